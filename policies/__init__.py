@@ -1,0 +1,10 @@
+"""Pure decisions of the governor: no processes, no threads, no I/O, no clock reads.
+
+This package knows what a limit is and how to read one; later it also decides retries,
+priority, admission and estimates. Everything here is deterministic and unit-tested alone.
+"""
+
+from policies._limits import Limits
+from policies._units import format_duration, format_size, parse_duration, parse_size
+
+__all__ = ["Limits", "format_duration", "format_size", "parse_duration", "parse_size"]

@@ -1,0 +1,129 @@
+"""``Limits``: what one execution may use, validated when it is built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from typing import Any
+
+from policies._units import format_duration, format_size, parse_duration, parse_size
+
+SizeLike = int | float | str
+DurationLike = int | float | str | timedelta
+
+# Limits whose value 0 would forbid the execution from running at all, and so is a mistake.
+_POSITIVE = ("memory", "cpu_time", "cpu_rate", "wall_time", "pids", "open_files")
+
+# Spellings accepted by ``Limits.from_mapping`` (task files, CLI) beside the field names.
+_ALIASES = {"cpu": "cpu_rate", "timeout": "wall_time", "processes": "pids", "nofile": "open_files"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """Resource limits for one execution; ``None`` means unlimited.
+
+    - ``memory``: bytes for the whole process tree (also ``"512M"``, ``"1.5GiB"``).
+    - ``cpu_time``: seconds of user + system CPU (also ``"5m"``).
+    - ``cpu_rate``: cores the tree may keep busy on average, e.g. ``0.5``.
+    - ``wall_time``: seconds from start to forced end (also ``"90s"``, ``"2m"``).
+    - ``pids``: processes and threads alive at once in the tree.
+    - ``open_files``: file descriptors per process.
+    - ``file_size``: largest file a process may write, bytes (``0`` forbids writing files).
+
+    Invalid values raise ``ValueError`` naming the field and the value.
+    """
+
+    memory: int | None = None
+    cpu_time: float | None = None
+    cpu_rate: float | None = None
+    wall_time: float | None = None
+    pids: int | None = None
+    open_files: int | None = None
+    file_size: int | None = None
+
+    def __init__(
+        self,
+        *,
+        memory: SizeLike | None = None,
+        cpu_time: DurationLike | None = None,
+        cpu_rate: float | int | str | None = None,
+        wall_time: DurationLike | None = None,
+        pids: int | None = None,
+        open_files: int | None = None,
+        file_size: SizeLike | None = None,
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "memory", _opt(memory, lambda v: parse_size(v, field="memory")))
+        setattr_(self, "cpu_time", _opt(cpu_time, lambda v: parse_duration(v, field="cpu_time")))
+        setattr_(self, "cpu_rate", _opt(cpu_rate, _cpu_rate))
+        setattr_(self, "wall_time", _opt(wall_time, lambda v: parse_duration(v, field="wall_time")))
+        setattr_(self, "pids", _opt(pids, lambda v: _count("pids", v)))
+        setattr_(self, "open_files", _opt(open_files, lambda v: _count("open_files", v)))
+        setattr_(self, "file_size", _opt(file_size, lambda v: parse_size(v, field="file_size")))
+        for name in _POSITIVE:
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name}: must be greater than zero, got 0 (omit it for no limit)")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "limits") -> Limits:
+        """Build from a mapping such as a TOML table; ``cpu`` and ``timeout`` are accepted as
+        aliases of ``cpu_rate`` and ``wall_time``. Unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = _ALIASES.get(key, key)
+            if name not in known:
+                allowed = ", ".join(sorted(known | set(_ALIASES)))
+                raise ValueError(f"{where}: unknown limit {key!r} (known: {allowed})")
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except ValueError as error:
+            raise ValueError(f"{where}.{error}") from None
+
+    def as_dict(self) -> dict[str, int | float]:
+        """The limits that are set, as plain numbers (bytes, seconds, cores, counts)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __bool__(self) -> bool:
+        return bool(self.as_dict())
+
+    def __repr__(self) -> str:
+        shown = []
+        for name, value in self.as_dict().items():
+            if name in ("memory", "file_size"):
+                shown.append(f"{name}={format_size(value)}")
+            elif name in ("cpu_time", "wall_time"):
+                shown.append(f"{name}={format_duration(value)}")
+            else:
+                shown.append(f"{name}={value}")
+        return f"Limits({', '.join(shown)})"
+
+
+def _opt(value: Any, convert: Any) -> Any:
+    return None if value is None else convert(value)
+
+
+def _cpu_rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"cpu_rate: expected a number of cores, got {value!r}")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError(f"cpu_rate: expected a number of cores, got {value!r}") from None
+    if math.isnan(rate) or math.isinf(rate) or rate < 0:
+        raise ValueError(f"cpu_rate: must be a finite, positive number of cores, got {value!r}")
+    return rate
+
+
+def _count(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{field}: expected a whole number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{field}: must not be negative, got {value!r}")
+    return value

@@ -1,0 +1,49 @@
+"""One isolated, governed execution: start a child, confine it, measure it, end it, say why.
+
+Public names only; the modules behind them are private. ``run`` is the blocking entry point;
+``ExecutionHandle`` is the non-blocking one that a supervisor loop drives.
+"""
+
+from runner._errors import (
+    EnforcementUnavailable,
+    ForkServerError,
+    RemoteError,
+    RemoteTraceback,
+    RunnerError,
+)
+from runner._execution import ExecutionHandle
+from runner._forkserver import ForkServer, default_fork_server
+from runner._records import (
+    Enforcement,
+    Execution,
+    ExecutionFailed,
+    Mechanism,
+    Outcome,
+    Sample,
+    TaskError,
+    Usage,
+)
+from runner._run import run, run_spec
+from runner._spec import ExecutionSpec
+
+__all__ = [
+    "Enforcement",
+    "EnforcementUnavailable",
+    "Execution",
+    "ExecutionFailed",
+    "ExecutionHandle",
+    "ExecutionSpec",
+    "ForkServer",
+    "ForkServerError",
+    "Mechanism",
+    "Outcome",
+    "RemoteError",
+    "RemoteTraceback",
+    "RunnerError",
+    "Sample",
+    "TaskError",
+    "Usage",
+    "default_fork_server",
+    "run",
+    "run_spec",
+]

@@ -1,0 +1,171 @@
+"""cgroup v2 backend: one cgroup per execution under ``<own cgroup>/governor/``.
+
+Uses memory.max with memory.swap.max=0 and memory.oom.group=1 (an OOM kill takes the whole
+tree), cpu.max, pids.max; reads memory.current, memory.peak (kernel 5.19+), cpu.stat,
+memory.events; kills with cgroup.kill (kernel 5.14+) where present.
+
+The v2 "no internal processes" rule means controllers can be enabled for ``governor/`` only
+if our own cgroup has them enabled in its subtree_control; on hosts where our cgroup holds
+processes and lacks them (a plain login session), this backend reports itself unavailable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from policies import Limits
+from runner._confinement import Reading, live_pids
+
+PARENT = "governor"
+NEEDED = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+
+
+def mount_point(mounts_file: str = "/proc/mounts") -> str | None:
+    """Where the cgroup2 hierarchy is mounted, or ``None``."""
+    with open(mounts_file) as mounts:
+        for line in mounts:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return parts[1]
+    return None
+
+
+def own_path(cgroup_file: str = "/proc/self/cgroup") -> str:
+    """This process's path in the v2 hierarchy (the ``0::`` line)."""
+    with open(cgroup_file) as lines:
+        for line in lines:
+            if line.startswith("0::"):
+                return line[3:].rstrip("\n")
+    return "/"
+
+
+def parent_dir(mount: str, own: str) -> str:
+    """``<mount>/<own path>/governor``."""
+    return os.path.join(mount + own.rstrip("/"), PARENT)
+
+
+def unavailable_reason(mount: str | None = None, own: str | None = None) -> str | None:
+    """Why v2 enforcement cannot be used here, or ``None`` when it can."""
+    mount = mount if mount is not None else mount_point()
+    if mount is None:
+        return "no cgroup2 hierarchy is mounted"
+    own = own if own is not None else own_path()
+    base = mount + own.rstrip("/")
+    try:
+        with open(os.path.join(base, "cgroup.controllers")) as handle:
+            offered = set(handle.read().split())
+    except OSError as error:
+        return f"cannot read {base}/cgroup.controllers: {error.strerror}"
+    missing = [name for name in NEEDED if name not in offered]
+    if missing:
+        return f"the v2 controllers {', '.join(missing)} are not available to {base} (bound to v1?)"
+    parent = parent_dir(mount, own)
+    try:
+        with open(os.path.join(base, "cgroup.subtree_control"), "w") as control:
+            control.write(" ".join(f"+{name}" for name in NEEDED))
+        os.makedirs(parent, exist_ok=True)
+        with open(os.path.join(parent, "cgroup.subtree_control"), "w") as control:
+            control.write(" ".join(f"+{name}" for name in NEEDED))
+    except OSError as error:
+        return f"cannot delegate {', '.join(NEEDED)} to {parent}: {error.strerror}"
+    return None
+
+
+class CgroupV2:
+    """One execution's v2 cgroup."""
+
+    def __init__(self, name: str, limits: Limits, parent: str | None = None) -> None:
+        if parent is None:
+            mount = mount_point()
+            if mount is None:
+                raise OSError(errno.ENOENT, "no cgroup2 hierarchy is mounted")
+            parent = parent_dir(mount, own_path())
+        self.path = os.path.join(parent, name)
+        os.makedirs(self.path)
+        try:
+            self._configure(limits)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _write(self, name: str, value: str) -> None:
+        with open(self._file(name), "w") as handle:
+            handle.write(value)
+
+    def _configure(self, limits: Limits) -> None:
+        if limits.memory is not None:
+            self._write("memory.max", str(limits.memory))
+            if os.path.exists(self._file("memory.swap.max")):
+                self._write("memory.swap.max", "0")
+            if os.path.exists(self._file("memory.oom.group")):
+                self._write("memory.oom.group", "1")
+        if limits.cpu_rate is not None:
+            quota = max(1000, int(limits.cpu_rate * CPU_PERIOD_US))
+            self._write("cpu.max", f"{quota} {CPU_PERIOD_US}")
+        if limits.pids is not None:
+            self._write("pids.max", str(limits.pids))
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path]
+
+    def procs_files(self) -> list[str]:
+        return [self._file("cgroup.procs")]
+
+    def attach(self, pid: int) -> None:
+        return None  # the child joins by itself, before it runs anything
+
+    def _keyed(self, name: str) -> dict[str, int]:
+        with open(self._file(name)) as handle:
+            return {key: int(value) for key, value in (line.split() for line in handle if line.strip())}
+
+    def read(self) -> Reading | None:
+        try:
+            with open(self._file("memory.current")) as handle:
+                memory = int(handle.read())
+            cpu = self._keyed("cpu.stat")
+        except (OSError, ValueError):
+            return None
+        return Reading(memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, len(self.members()))
+
+    def members(self, thorough: bool = False) -> list[int]:
+        try:
+            with open(self._file("cgroup.procs")) as procs:
+                return live_pids([int(line) for line in procs if line.strip()])
+        except OSError:
+            return []
+
+    def peak_memory(self) -> int | None:
+        try:
+            with open(self._file("memory.peak")) as handle:
+                return int(handle.read())
+        except (OSError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        try:
+            return self._keyed("memory.events").get("oom_kill", 0)
+        except (OSError, ValueError):
+            return 0
+
+    def kill_all(self) -> bool:
+        if not os.path.exists(self._file("cgroup.kill")):
+            return False
+        self._write("cgroup.kill", "1")
+        return True
+
+    def remove(self) -> bool:
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            return False
+        return True

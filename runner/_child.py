@@ -1,0 +1,207 @@
+"""The child's side of one execution: confine this process, then call the function or exec.
+
+Runs in a process freshly forked by the zygote (see ``_zygote``) and never returns: it ends in
+``os.execvpe`` or ``os._exit``. Kept to the standard library and imported by the zygote before
+it forks, so a child pays for no imports of its own.
+
+The order matters: own session first (so a kill of the group cannot reach the zygote), then
+the parent-death signal (so the child cannot outlive the zygote), then the cgroups (so every
+descendant is accounted for from its first instruction), then rlimits, then descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+
+RESULT_FD = 3
+PR_SET_PDEATHSIG = 1
+
+# Exit statuses the child uses for its own failures, before the task runs.
+EXIT_SETUP_FAILED = 70
+EXIT_EXEC_NOT_FOUND = 127
+EXIT_EXEC_FAILED = 126
+
+
+class ChildSpec:
+    """What the zygote's child needs to know; pickled into each fork request (kept small)."""
+
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "payload", "rlimits")
+
+    def __init__(
+        self,
+        *,
+        argv: list[str] | None,
+        payload: bytes | None,
+        env: dict[str, str],
+        cwd: str | None,
+        rlimits: list[tuple[int, int, int]],
+        cgroup_procs: list[str],
+    ) -> None:
+        self.argv = argv
+        self.payload = payload
+        self.env = env
+        self.cwd = cwd
+        self.rlimits = rlimits
+        self.cgroup_procs = cgroup_procs
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
+    """Confine this freshly forked process and run the task; never returns."""
+    try:
+        _confine(spec, result_fd, stdio, zygote)
+    except BaseException as error:  # the task has not started: report why, as text
+        _report(("setup_failed", f"{type(error).__name__}: {error}"), fd=result_fd)
+        os._exit(EXIT_SETUP_FAILED)
+    if spec.argv is not None:
+        _exec(spec)
+    else:
+        _call(spec)
+    os._exit(0)
+
+
+def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
+    os.setsid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != zygote:  # the zygote died before the signal was armed
+        os._exit(EXIT_SETUP_FAILED)
+    pid = str(os.getpid()).encode()
+    for procs in spec.cgroup_procs:
+        fd = os.open(procs, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+    _arrange_fds([*stdio, result_fd])
+    import resource  # the zygote preloads it; the import is a dictionary lookup
+
+    for which, soft, hard in spec.rlimits:
+        resource.setrlimit(which, (soft, hard))
+    if spec.cwd is not None:
+        os.chdir(spec.cwd)
+
+
+def _arrange_fds(sources: list[int]) -> None:
+    """Put ``sources`` at fds 0.. in order and close every other descriptor."""
+    import fcntl
+
+    # Duplicate above the target range first so no dup2 overwrites a source not yet moved.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+    os.closerange(len(sources), _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
+def _exec(spec: ChildSpec) -> None:
+    assert spec.argv is not None
+    os.set_inheritable(RESULT_FD, False)
+    try:
+        os.execvpe(spec.argv[0], spec.argv, spec.env)
+    except OSError as error:
+        _report(("exec_failed", error.errno, error.strerror or str(error)))
+        not_found = isinstance(error, FileNotFoundError)
+        os._exit(EXIT_EXEC_NOT_FOUND if not_found else EXIT_EXEC_FAILED)
+
+
+def _call(spec: ChildSpec) -> None:
+    os.environ.clear()
+    os.environ.update(spec.env)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - descriptors were replaced under sys.std*
+    sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+    try:
+        function, args, kwargs = pickle.loads(spec.payload)  # type: ignore[arg-type]
+        spec.payload = None
+        value = function(*args, **kwargs)
+    except BaseException as error:
+        _flush_std()
+        _report(_raised(error))
+        return
+    _flush_std()
+    try:
+        message = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as error:
+        message = pickle.dumps(_raised(error, note="the return value could not be pickled"))
+    _write(message, RESULT_FD)
+
+
+def _raised(error: BaseException, note: str = "") -> tuple[object, ...]:
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    try:
+        pickled: bytes | None = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        pickled = None
+    message = str(error)
+    if note:
+        message = f"{note}: {message}" if message else note
+    kind = type(error)
+    return ("raised", pickled, f"{kind.__module__}.{kind.__qualname__}", message, text,
+            isinstance(error, MemoryError))
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            continue
+
+
+def _report(message: tuple[object, ...], fd: int = RESULT_FD) -> None:
+    _write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), fd)
+
+
+def _write(payload: bytes, fd: int) -> None:
+    from runner._wire import write_frame
+
+    try:
+        write_frame(fd, payload)
+    except OSError:  # the supervisor is gone; nobody is left to tell
+        os._exit(EXIT_SETUP_FAILED)
+
+
+_libc = None
+
+
+def preload() -> None:
+    """Import what every child needs, once, in the zygote, so that forks inherit it."""
+    global _libc
+    import ctypes
+    import fcntl  # noqa: F401
+    import resource  # noqa: F401
+    import traceback  # noqa: F401
+
+    import runner._wire  # noqa: F401
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, value: int) -> None:
+    """Call prctl(2) with one argument; ``OSError`` if the kernel refuses."""
+    import ctypes
+
+    if _libc is None:
+        preload()
+    assert _libc is not None
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")

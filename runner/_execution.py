@@ -1,0 +1,611 @@
+"""One execution in flight, as a non-blocking state machine the caller's loop drives.
+
+    start ─> RUNNING ──violation / cancel──> TERMINATING ──grace──> KILLING ─┐
+                │  └──memory violation─────────────────────────> KILLING ─┤
+                └──child exited──> sweep leftovers (TERM, grace, KILL) ────┴─> FINISHED
+
+The owner waits on ``fds()`` with a timeout until ``deadline()``, then calls ``on_readable``
+for each ready fd and ``on_time`` once. Nothing here blocks: the result and output pipes are
+read without blocking, the kill protocol advances by deadlines, and the child's exit comes as
+a record (wait status + rusage) from the zygote on a status pipe. A loop can therefore drive
+many executions at once; ``runner.run`` drives one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import os
+import pickle
+import secrets
+import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import cloudpickle
+
+from runner import _enforcement
+from runner._cgroup_v1 import CgroupV1
+from runner._cgroup_v2 import CgroupV2
+from runner._child import EXIT_EXEC_FAILED, EXIT_EXEC_NOT_FOUND, ChildSpec
+from runner._confinement import Confinement, Reading
+from runner._forkserver import ForkServer, default_fork_server
+from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, TaskError, Usage
+from runner._spec import ExecutionSpec
+from runner._throttle import DutyCycle
+from runner._tree import COOKIE_VARIABLE, ProcessTree
+from runner._wire import FrameReader
+from runner._zygote import STATUS
+
+MAX_SAMPLES = 4096  # then the timeline halves its resolution
+KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
+KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop waiting
+_serial = itertools.count(1)
+
+# The outcome of a violation of each limit the supervisor itself acts on.
+_VIOLATION_OUTCOME = {
+    "memory": Outcome.MEMORY_EXCEEDED,
+    "cpu_time": Outcome.CPU_TIME_EXCEEDED,
+    "wall_time": Outcome.TIMED_OUT,
+    "pids": Outcome.FAILED,
+}
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    TERMINATING = "terminating"  # SIGTERM sent, waiting out the grace period
+    KILLING = "killing"  # SIGKILL until nothing is left
+    FINISHED = "finished"
+
+
+class ExecutionHandle:
+    """A started execution. Drive it with ``fds``/``deadline``/``on_readable``/``on_time``."""
+
+    def __init__(self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> None:
+        self.spec = spec
+        self._server = fork_server
+        self.id = f"{os.getpid()}-{next(_serial)}-{secrets.token_hex(3)}"
+        self.phase = Phase.RUNNING
+        self.execution: Execution | None = None
+        self.pid: int | None = None
+        self._plan = _enforcement.plan(spec.limits, _enforcement.resolve(spec.enforcement))
+        self._started_at = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self._fds: dict[int, str] = {}
+        self._result = FrameReader()
+        self._message: tuple[Any, ...] | None = None
+        self._output = {"stdout": bytearray(), "stderr": bytearray()}
+        self._dropped = {"stdout": 0, "stderr": 0}
+        self._exit: tuple[int, float, float, int] | None = None  # status, user, sys, maxrss KiB
+        self._zygote_died = False
+        self._pidfd: int | None = None
+        self._violation: str | None = None
+        self._cancelled = False
+        self._leftovers = 0
+        self._notes: list[str] = []
+        self._timeline: list[Sample] = []
+        self._sample_every = spec.sample_interval
+        self._next_sample = self._t0 + spec.sample_interval
+        self._wall_deadline = self._t0 + spec.limits.wall_time if spec.limits.wall_time else None
+        self._kill_at: float | None = None
+        self._kill_started: float | None = None
+        self._next_kill_pass: float | None = None
+        self._peak_sampled = 0
+        self._peak_processes = 1
+        self._last: Reading | None = None
+        self._throttle = DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
+        self._stopped = False
+        self._confinement: Confinement | None = None
+        try:
+            payload = self._payload()
+        except Exception as error:
+            self._finish_early(error, "the call could not be pickled")
+            return
+        self._confinement = self._confine()
+        try:
+            self._spawn(payload)
+        except BaseException:
+            self._close_fds()
+            self._remove_confinement()
+            raise
+
+    # -- starting -------------------------------------------------------------------------
+
+    def _payload(self) -> bytes | None:
+        if self.spec.is_command:
+            return None
+        call = (self.spec.target, tuple(self.spec.args), dict(self.spec.kwargs))
+        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _confine(self) -> Confinement:
+        mode = self._plan.mode
+        if mode is Enforcement.CGROUP2:
+            return CgroupV2(self.id, self.spec.limits)
+        if mode is Enforcement.CGROUP1:
+            return CgroupV1(self.id, self.spec.limits)
+        return ProcessTree(self.id)
+
+    def _spawn(self, payload: bytes | None) -> None:
+        spec = self.spec
+        env = dict(os.environ if spec.env is None else spec.env)
+        env[COOKIE_VARIABLE] = self.id
+        assert self._confinement is not None
+        child = ChildSpec(
+            argv=spec.target if spec.is_command else None,  # type: ignore[arg-type]
+            payload=payload,
+            env=env,
+            cwd=spec.cwd,
+            rlimits=self._plan.rlimits,
+            cgroup_procs=self._confinement.procs_files(),
+        )
+        result_r, result_w = os.pipe()
+        status_r, status_w = os.pipe()
+        self._fds[result_r] = "result"
+        self._fds[status_r] = "status"
+        theirs = [result_w, status_w]
+        stdin = spec.stdin if spec.stdin is not None else os.open(os.devnull, os.O_RDONLY)
+        if spec.stdin is None:
+            theirs.append(stdin)
+        stdio = [stdin]
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            if spec.capture:
+                read_end, write_end = os.pipe()
+                self._fds[read_end] = name
+                theirs.append(write_end)
+                stdio.append(write_end)
+            else:
+                stdio.append(fd)
+        for fd in self._fds:
+            os.set_blocking(fd, False)
+        server = self._server_or_default()
+        try:
+            self.pid, self._pidfd = server.spawn(child, result_w, status_w, (stdio[0], stdio[1], stdio[2]))
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self._confinement.attach(self.pid)
+        # The clock starts when the child exists: zygote start-up and cgroup set-up are ours.
+        self._started_at = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self._next_sample = self._t0 + spec.sample_interval
+        if spec.limits.wall_time:
+            self._wall_deadline = self._t0 + spec.limits.wall_time
+
+    def _server_or_default(self) -> ForkServer:
+        return self._server or default_fork_server()
+
+    # -- the owner's interface --------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once the record is ready in ``execution``."""
+        return self.phase is Phase.FINISHED
+
+    def fds(self) -> list[int]:
+        """Descriptors to wait on for reading."""
+        return list(self._fds)
+
+    def deadline(self) -> float | None:
+        """The monotonic time by which ``on_time`` must be called, or ``None``."""
+        exited = self._exit is not None or self._zygote_died
+        if self.phase is Phase.FINISHED:
+            return None
+        if self.phase is Phase.KILLING:
+            return self._next_kill_pass
+        if self.phase is Phase.TERMINATING:
+            assert self._kill_at is not None
+            return min(self._kill_at, self._next_kill_pass or self._kill_at) if exited else self._kill_at
+        if exited:
+            return time.monotonic()
+        candidates = [self._next_sample]
+        if self._wall_deadline is not None:
+            candidates.append(self._wall_deadline)
+        if self._throttle is not None and self._throttle.stopped_until is not None:
+            candidates.append(self._throttle.stopped_until)
+        return min(candidates)
+
+    def on_readable(self, fd: int) -> None:
+        """Consume what ``fd`` has to give."""
+        kind = self._fds.get(fd)
+        if kind == "result":
+            for frame in self._result.read_from(fd):
+                self._take_message(frame)
+            if self._result.eof:
+                self._close(fd)
+        elif kind == "status":
+            self._read_status(fd)
+        elif kind in ("stdout", "stderr"):
+            self._read_output(fd, kind)
+
+    def on_time(self, now: float | None = None) -> None:
+        """Advance sampling, limits, throttling and the kill protocol to ``now``."""
+        now = time.monotonic() if now is None else now
+        exited = self._exit is not None or self._zygote_died
+        if self.phase is Phase.RUNNING:
+            if exited:
+                self._sweep_leftovers(now)
+            elif self._wall_deadline is not None and now >= self._wall_deadline:
+                self._violate("wall_time", now)
+            else:
+                if now >= self._next_sample:
+                    self._sample(now)
+                if self._throttle is not None and self.phase is Phase.RUNNING:
+                    self._throttle_step(now)
+        if self.phase is Phase.TERMINATING:
+            assert self._kill_at is not None
+            if now >= self._kill_at:
+                self._begin_kill(now)
+            elif exited and (self._next_kill_pass is None or now >= self._next_kill_pass):
+                self._check_gone(now)
+        if self.phase is Phase.KILLING and (self._next_kill_pass is None or now >= self._next_kill_pass):
+            self._kill_pass(now)
+
+    def _check_gone(self, now: float) -> None:
+        """During the grace period: finish as soon as the whole tree has ended by itself."""
+        assert self._confinement is not None
+        if self._confinement.members(thorough=True):
+            self._next_kill_pass = now + KILL_RECHECK * 2
+        else:
+            self._finish(now)
+
+    def cancel(self) -> None:
+        """Stop the execution: TERM, grace, KILL; its outcome becomes ``cancelled``."""
+        if self.phase is not Phase.RUNNING or self._exit is not None:
+            return
+        self._cancelled = True
+        self._terminate(time.monotonic())
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _take_message(self, frame: bytes) -> None:
+        if self._message is not None:
+            return  # a descendant wrote to the inherited result pipe; the child's word stands
+        try:
+            self._message = pickle.loads(frame)
+        except Exception as error:
+            self._message = ("unreadable", f"{type(error).__name__}: {error}")
+
+    def _read_status(self, fd: int) -> None:
+        try:
+            data = os.read(fd, STATUS.size)
+        except BlockingIOError:
+            return
+        if len(data) == STATUS.size:
+            self._exit = STATUS.unpack(data)
+        else:
+            self._zygote_died = True
+        self._close(fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _read_output(self, fd: int, name: str) -> None:
+        buffer = self._output[name]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._close(fd)
+                return
+            room = self.spec.output_cap - len(buffer)
+            if room > 0:
+                buffer += chunk[:room]
+            self._dropped[name] += max(0, len(chunk) - max(room, 0))
+
+    def _close(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            os.close(fd)
+
+    def _close_fds(self) -> None:
+        for fd in list(self._fds):
+            self._close(fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    # -- watching -------------------------------------------------------------------------
+
+    def _sample(self, now: float) -> None:
+        assert self._confinement is not None
+        reading = self._confinement.read()
+        self._next_sample = now + self._sample_every
+        if reading is None:
+            return
+        self._last = reading
+        self._peak_sampled = max(self._peak_sampled, reading.memory_bytes)
+        self._peak_processes = max(self._peak_processes, reading.processes)
+        self._timeline.append(Sample(round(now - self._t0, 6), reading.memory_bytes, reading.cpu_seconds, reading.processes))
+        if len(self._timeline) > MAX_SAMPLES:
+            self._timeline = self._timeline[::2]
+            self._sample_every *= 2
+        limits, watch = self.spec.limits, self._plan.watch
+        if "memory" in watch and limits.memory is not None and reading.memory_bytes > limits.memory:
+            self._violate("memory", now)
+        elif "cpu_time" in watch and limits.cpu_time is not None and reading.cpu_seconds > limits.cpu_time:
+            self._violate("cpu_time", now)
+        elif "pids" in watch and limits.pids is not None and reading.processes > limits.pids:
+            self._violate("pids", now)
+
+    def _throttle_step(self, now: float) -> None:
+        assert self._throttle is not None and self._confinement is not None
+        reading = self._last if self._last is not None and now < self._next_sample else self._confinement.read()
+        if reading is None:
+            return
+        action = self._throttle.update(now, reading.cpu_seconds)
+        if action == "stop":
+            self._signal_members(signal.SIGSTOP)
+            self._stopped = True
+        elif action == "continue":
+            self._signal_members(signal.SIGCONT)
+            self._stopped = False
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _violate(self, limit: str, now: float) -> None:
+        if self._violation is None and not self._cancelled:
+            self._violation = limit
+        if limit == "memory":  # a memory violator is not given time to grow further
+            self._begin_kill(now)
+        else:
+            self._terminate(now)
+
+    def _terminate(self, now: float) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        self._signal_members(signal.SIGTERM)
+        self._signal_members(signal.SIGCONT)  # stopped processes act on TERM only once continued
+        self._stopped = False
+        self.phase = Phase.TERMINATING
+        self._kill_at = now + self.spec.kill_grace
+
+    def _begin_kill(self, now: float) -> None:
+        self.phase = Phase.KILLING
+        self._kill_started = now
+        self._kill_pass(now)
+
+    def _kill_pass(self, now: float) -> None:
+        assert self._confinement is not None
+        exited = self._exit is not None or self._zygote_died
+        if not self._confinement.kill_all():
+            self._signal_members(signal.SIGKILL, thorough=True)
+        survivors = self._confinement.members(thorough=True)
+        if exited and not survivors:
+            self._finish(now)
+            return
+        if self._kill_started is not None and now - self._kill_started > KILL_GIVE_UP and exited:
+            self._notes.append(f"processes {survivors} survived SIGKILL for {KILL_GIVE_UP:.0f}s (uninterruptible?)")
+            self._finish(now)
+            return
+        self._next_kill_pass = now + KILL_RECHECK
+
+    def _signal_members(self, signum: int, thorough: bool = False) -> None:
+        assert self._confinement is not None
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited; its status is on the way
+                signal.pidfd_send_signal(self._pidfd, signum)
+        for pid in self._confinement.members(thorough=thorough):
+            if pid == self.pid and self._pidfd is not None:
+                continue
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                continue
+
+    def _sweep_leftovers(self, now: float) -> None:
+        """The child has exited; stop whatever it left running, then finish."""
+        assert self._confinement is not None
+        leftovers = self._confinement.members(thorough=True)
+        if not leftovers:
+            self._finish(now)
+            return
+        self._leftovers = len(leftovers)
+        self._notes.append(f"{len(leftovers)} leftover process(es) were stopped after the child exited")
+        self._terminate(now)
+
+    def _finish(self, now: float) -> None:
+        for fd, kind in list(self._fds.items()):
+            if kind == "result":
+                for frame in self._result.read_from(fd, budget=1 << 40):
+                    self._take_message(frame)
+            elif kind in ("stdout", "stderr"):
+                self._read_output(fd, kind)
+        self._close_fds()
+        usage = self._usage(now)
+        self._remove_confinement()
+        self.execution = self._record(usage, now)
+        self.phase = Phase.FINISHED
+
+    def _remove_confinement(self) -> None:
+        if self._confinement is None:
+            return
+        for _ in range(200):  # an emptied cgroup can stay busy for a moment while it drains
+            if self._confinement.remove():
+                return
+            time.sleep(0.001)
+        self._notes.append("the cgroup could not be removed (still busy)")
+
+    def _finish_early(self, error: Exception, note: str) -> None:
+        now = time.monotonic()
+        usage = Usage(peak_memory_bytes=0, cpu_user_seconds=0.0, cpu_system_seconds=0.0, wall_seconds=0.0, peak_processes=0)
+        self._message = ("raised", None, f"{type(error).__module__}.{type(error).__qualname__}", f"{note}: {error}", "", False)
+        self.execution = self._record(usage, now, outcome=Outcome.FAILED)
+        self.phase = Phase.FINISHED
+
+    # -- the record -----------------------------------------------------------------------
+
+    def _usage(self, now: float) -> Usage:
+        assert self._confinement is not None
+        final = self._confinement.read() if not isinstance(self._confinement, ProcessTree) else None
+        candidates = {"sampled": self._peak_sampled}
+        kernel_peak = self._confinement.peak_memory()
+        if kernel_peak:
+            candidates["cgroup"] = kernel_peak
+        user = system = 0.0
+        if self._exit is not None:
+            _, user, system, maxrss_kib = self._exit
+            candidates["rusage"] = maxrss_kib * 1024
+        for reading in (self._last, final):
+            if reading is not None:
+                user, system = max(user, reading.cpu_user), max(system, reading.cpu_system)
+        source = max(candidates, key=lambda key: candidates[key])
+        return Usage(
+            peak_memory_bytes=candidates[source],
+            cpu_user_seconds=user,
+            cpu_system_seconds=system,
+            wall_seconds=now - self._t0,
+            peak_processes=max(self._peak_processes, self._leftovers + 1),
+            timeline=tuple(self._timeline),
+            oom_kills=self._confinement.oom_kills(),
+            memory_source=source,
+        )
+
+    def _record(self, usage: Usage, now: float, outcome: Outcome | None = None) -> Execution:
+        exit_code, signum = self._exit_facts()
+        derived, limit, error = self._classify(usage, exit_code, signum)
+        stdout = bytes(self._output["stdout"]) if self.spec.capture else None
+        stderr = bytes(self._output["stderr"]) if self.spec.capture else None
+        for name, dropped in self._dropped.items():
+            if dropped:
+                self._notes.append(f"{name}: {dropped} bytes beyond the {self.spec.output_cap}-byte cap were dropped")
+        value = self._message[1] if self._message is not None and self._message[0] == "ok" else None
+        return Execution(
+            outcome=outcome or derived,
+            exit_code=exit_code,
+            signal=signum,
+            breached_limit=limit,
+            error=error,
+            usage=usage,
+            limits=self.spec.limits,
+            enforcement={name: str(mechanism) for name, mechanism in self._plan.mechanisms.items()},
+            unenforced=self._plan.unenforced,
+            started_at=self._started_at,
+            ended_at=datetime.now(UTC),
+            pid=self.pid,
+            result=value,
+            stdout=stdout,
+            stderr=stderr,
+            notes=tuple(self._notes),
+        )
+
+    def _allocation_failure_marker(self) -> str | None:
+        """Under an RLIMIT_DATA memory limit a command cannot be told it hit the limit; it
+        fails its allocation and exits. Recognise the runtimes' own words for that."""
+        if self._plan.mechanisms.get("memory") is not Mechanism.RLIMIT:
+            return None
+        tail = bytes(self._output["stderr"][-4096:])
+        for marker in _ALLOCATION_FAILURES:
+            if marker in tail:
+                return marker.decode()
+        return None
+
+    def _exit_facts(self) -> tuple[int | None, int | None]:
+        if self._exit is None:
+            return None, None
+        status = self._exit[0]
+        if os.WIFSIGNALED(status):
+            return None, os.WTERMSIG(status)
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status), None
+        return None, None
+
+    def _classify(self, usage: Usage, exit_code: int | None, signum: int | None) -> tuple[Outcome, str | None, TaskError | None]:
+        """Decide the one outcome, the limit that caused it, and the error facts."""
+        limits = self.spec.limits
+        message = self._message
+        error = _error_from(message)
+        if self._cancelled:
+            return Outcome.CANCELLED, None, TaskError(type="Cancelled", message="cancelled on request")
+        if self._violation is not None:
+            observed = _observed(self._violation, usage, self._last)
+            text = f"{self._violation} limit {_limit_text(self._violation, limits)} exceeded{observed}; killed by the supervisor"
+            return _VIOLATION_OUTCOME[self._violation], self._violation, TaskError(type="LimitExceeded", message=text)
+        succeeded = exit_code == 0 and (self.spec.is_command or (message is not None and message[0] == "ok"))
+        if usage.oom_kills and not succeeded:
+            text = f"memory limit {_limit_text('memory', limits)} reached; the kernel OOM-killed {usage.oom_kills} process(es)"
+            return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
+        if signum == signal.SIGXCPU or (signum == signal.SIGKILL and limits.cpu_time is not None and usage.cpu_seconds >= limits.cpu_time):
+            text = f"cpu_time limit {_limit_text('cpu_time', limits)} exceeded (RLIMIT_CPU)"
+            return Outcome.CPU_TIME_EXCEEDED, "cpu_time", TaskError(type="LimitExceeded", message=text)
+        if signum == signal.SIGXFSZ:
+            text = f"file_size limit {_limit_text('file_size', limits)} exceeded (RLIMIT_FSIZE)"
+            return Outcome.FAILED, "file_size", TaskError(type="LimitExceeded", message=text)
+        if self._zygote_died:
+            return Outcome.CRASHED, None, TaskError(type="ForkServerDied", message="the fork server died while the child ran")
+        if message is not None and message[0] == "setup_failed":
+            return Outcome.CRASHED, None, error
+        if signum is not None:
+            text = f"killed by {signal.Signals(signum).name} ({-signum})" + _oom_hint(signum, limits)
+            return Outcome.CRASHED, None, TaskError(type="Signal", message=text)
+        if message is not None and message[0] == "raised":
+            if message[5] and self._plan.mechanisms.get("memory") is Mechanism.RLIMIT:
+                return Outcome.MEMORY_EXCEEDED, "memory", error
+            return Outcome.FAILED, None, error
+        if message is not None and message[0] in ("exec_failed", "unreadable"):
+            return Outcome.FAILED, None, error
+        if self.spec.is_command:
+            if exit_code == 0:
+                return Outcome.SUCCEEDED, None, None
+            marker = self._allocation_failure_marker()
+            if marker is not None:
+                text = (f"memory limit {_limit_text('memory', limits)} (RLIMIT_DATA) refused an allocation; "
+                        f"inferred from {marker!r} in the command's stderr, exit status {exit_code}")
+                return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
+            return Outcome.FAILED, None, TaskError(type="ExitStatus", message=f"exited with status {exit_code}")
+        if message is not None and message[0] == "ok":
+            return Outcome.SUCCEEDED, None, None
+        return Outcome.CRASHED, None, TaskError(type="NoResult", message=f"the child exited with status {exit_code} without sending a result")
+
+
+# What common runtimes print when an allocation is refused (RLIMIT_DATA makes mmap/brk fail).
+_ALLOCATION_FAILURES = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
+
+
+def _error_from(message: tuple[Any, ...] | None) -> TaskError | None:
+    if message is None:
+        return None
+    kind = message[0]
+    if kind == "raised":
+        _, pickled, type_name, text, traceback, _memory = message
+        return TaskError(type=type_name, message=text, traceback=traceback, pickled=pickled)
+    if kind == "exec_failed":
+        _, errno, text = message
+        code = EXIT_EXEC_NOT_FOUND if errno == 2 else EXIT_EXEC_FAILED
+        return TaskError(type="ExecFailed", message=f"cannot execute: {text} (errno {errno}; exit {code})")
+    if kind == "setup_failed":
+        return TaskError(type="SetupFailed", message=f"the child could not be confined: {message[1]}")
+    if kind == "unreadable":
+        return TaskError(type="UnpicklingError", message=f"the child's result could not be unpickled: {message[1]}")
+    return None
+
+
+def _limit_text(limit: str, limits: Any) -> str:
+    from policies import format_duration, format_size
+
+    value = getattr(limits, limit)
+    if limit in ("memory", "file_size"):
+        return format_size(value)
+    if limit in ("cpu_time", "wall_time"):
+        return format_duration(value)
+    return str(value)
+
+
+def _observed(limit: str, usage: Usage, last: Reading | None) -> str:
+    from policies import format_duration, format_size
+
+    if limit == "memory":
+        return f" (observed {format_size(usage.peak_memory_bytes)})"
+    if limit == "cpu_time":
+        return f" (observed {format_duration(usage.cpu_seconds)})"
+    if limit == "pids" and last is not None:
+        return f" (observed {last.processes} processes)"
+    return ""
+
+
+def _oom_hint(signum: int, limits: Any) -> str:
+    if signum == signal.SIGKILL:
+        return "; SIGKILL not sent by the governor (the system OOM killer?)"
+    return ""

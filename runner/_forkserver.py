@@ -1,0 +1,116 @@
+"""The supervisor's handle on the zygote (see ``_zygote`` for the process itself)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from runner._child import ChildSpec
+from runner._errors import ForkServerError
+from runner._zygote import REPLY, REQUEST
+
+_BOOT = "import sys; sys.path.insert(0, sys.argv[2]); from runner._zygote import main; main()"
+
+
+class ForkServer:
+    """A running zygote. ``spawn`` is thread-safe; the zygote restarts if it died.
+
+    ``preload`` names modules the zygote imports once so that children start with them loaded
+    (the task's own module, numpy, ...): a child pays nothing for what its zygote imported.
+    """
+
+    def __init__(self, preload: Iterable[str] = ()) -> None:
+        self.preload = tuple(preload)
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid, or ``None`` before the first spawn and after ``close``."""
+        return self._process.pid if self._process is not None else None
+
+    def spawn(self, spec: ChildSpec, result_w: int, status_w: int, stdio: tuple[int, int, int]) -> tuple[int, int]:
+        """Fork a child for ``spec``; return ``(pid, pidfd)``. The caller owns the pidfd."""
+        payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        fds = [result_w, status_w, *stdio]
+        with self._lock:
+            control = self._ensure_running()
+            try:
+                socket.send_fds(control, [REQUEST.pack(len(payload), len(fds))], fds)
+                control.sendall(payload)
+                data, received, _flags, _addr = socket.recv_fds(control, REPLY.size, 1)
+                if len(data) < REPLY.size:
+                    raise ConnectionError("the zygote closed its control socket")
+            except OSError as error:
+                self._discard()
+                raise ForkServerError(f"the fork server failed during a spawn: {error}") from error
+        pid, errno = REPLY.unpack(data)
+        if pid == 0:
+            raise ForkServerError(f"fork failed in the fork server: {os.strerror(errno)}")
+        return pid, received[0]
+
+    def close(self) -> None:
+        """Stop the zygote (its running children die with it)."""
+        with self._lock:
+            self._discard()
+
+    def _ensure_running(self) -> socket.socket:
+        if self._process is not None and self._process.poll() is None and self._control:
+            return self._control
+        self._discard()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = str(Path(__file__).resolve().parent.parent)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(theirs.fileno()), root],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            theirs.close()
+        settings = {"sys_path": list(sys.path), "cwd": os.getcwd(), "preload": list(self.preload)}
+        blob = pickle.dumps(settings)
+        ours.sendall(REQUEST.pack(len(blob), 0) + blob)
+        if ours.recv(1) != b"R":
+            code = self._process.wait()
+            ours.close()
+            self._process = None
+            raise ForkServerError(f"the fork server failed to start (exit status {code})")
+        self._control = ours
+        return ours
+
+    def _discard(self) -> None:
+        if self._control is not None:
+            self._control.close()  # EOF tells the zygote to exit
+            self._control = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+_default: ForkServer | None = None
+_default_lock = threading.Lock()
+
+
+def default_fork_server() -> ForkServer:
+    """The process-wide zygote, started on first use and stopped at interpreter exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ForkServer()
+            atexit.register(_default.close)
+        return _default

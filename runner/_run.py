@@ -1,0 +1,68 @@
+"""``run``: drive one ``ExecutionHandle`` to its end, blocking the calling thread."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from policies import Limits
+from runner._execution import ExecutionHandle
+from runner._forkserver import ForkServer
+from runner._records import Execution
+from runner._spec import ExecutionSpec
+
+
+def run_spec(spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> Execution:
+    """Run ``spec`` in a fresh child and return its record.
+
+    A ``KeyboardInterrupt`` while waiting cancels the execution (TERM, grace, KILL), waits
+    for the tree to be gone, then propagates.
+    """
+    handle = ExecutionHandle(spec, fork_server=fork_server)
+    interrupted: BaseException | None = None
+    poller = select.poll()
+    registered: set[int] = set()
+    while not handle.done:
+        try:
+            _wait(handle, poller, registered)
+        except KeyboardInterrupt as interrupt:
+            interrupted = interrupted or interrupt
+            handle.cancel()
+    assert handle.execution is not None
+    if interrupted is not None:
+        raise interrupted
+    return handle.execution
+
+
+def _wait(handle: ExecutionHandle, poller: select.poll, registered: set[int]) -> None:
+    fds = set(handle.fds())
+    for fd in registered - fds:
+        poller.unregister(fd)
+    for fd in fds - registered:
+        poller.register(fd, select.POLLIN)
+    registered.clear()
+    registered.update(fds)
+    deadline = handle.deadline()
+    timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+    for fd, _events in poller.poll(timeout_ms):
+        handle.on_readable(fd)
+    handle.on_time()
+
+
+def run(
+    target: Callable[..., Any] | Sequence[str],
+    *args: Any,
+    limits: Limits | None = None,
+    **options: Any,
+) -> Execution:
+    """Run ``target(*args)`` (or the argv list ``target``) isolated; return its record.
+
+    ``options`` are ``ExecutionSpec`` fields (``enforcement``, ``env``, ``cwd``, ``capture``,
+    ``sample_interval``, ``kill_grace``, ...) plus ``kwargs`` for the callable's keyword
+    arguments and ``fork_server``.
+    """
+    fork_server = options.pop("fork_server", None)
+    spec = ExecutionSpec(target=target, args=args, limits=limits or Limits(), **options)
+    return run_spec(spec, fork_server=fork_server)

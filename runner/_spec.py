@@ -1,0 +1,73 @@
+"""``ExecutionSpec``: what to run, under which limits, with which environment and output."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies import Limits
+from runner._records import Enforcement
+
+DEFAULT_OUTPUT_CAP = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionSpec:
+    """One execution, fully described. Validated when built.
+
+    ``target`` is a callable (run with ``args``/``kwargs`` in the child) or an argv list.
+    ``env`` replaces the child's environment (``None``: the supervisor's, copied at start).
+    ``capture`` keeps up to ``output_cap`` bytes of stdout and stderr each; without it the
+    child writes to the supervisor's own stdout/stderr. ``stdin`` is an fd to read from, or
+    ``None`` for /dev/null. ``kill_grace`` is the time between SIGTERM and SIGKILL.
+    """
+
+    target: Callable[..., Any] | Sequence[str]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    enforcement: Enforcement = Enforcement.AUTO
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    capture: bool = True
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    stdin: int | None = None
+    sample_interval: float = 0.1
+    kill_grace: float = 2.0
+
+    def __post_init__(self) -> None:
+        target = self.target
+        if isinstance(target, str | bytes):
+            raise ValueError(f"target: give an argv list, not a string: {target!r} (try {[target]!r})")
+        if not callable(target):
+            if not isinstance(target, Sequence) or isinstance(target, bytes):
+                raise ValueError(f"target: expected a callable or an argv list, got {target!r}")
+            argv = list(target)
+            if not argv:
+                raise ValueError("target: argv must not be empty")
+            if not all(isinstance(part, str | os.PathLike) for part in argv):
+                raise ValueError(f"target: every argv item must be a string, got {argv!r}")
+            if self.args or self.kwargs:
+                raise ValueError("args/kwargs: only a callable target takes arguments; put them in argv")
+            object.__setattr__(self, "target", [os.fspath(part) for part in argv])
+        if not isinstance(self.limits, Limits):
+            raise ValueError(f"limits: expected a Limits, got {self.limits!r}")
+        object.__setattr__(self, "enforcement", Enforcement(self.enforcement))
+        for name in ("sample_interval", "kill_grace"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+                raise ValueError(f"{name}: must be a positive number of seconds, got {value!r}")
+        if isinstance(self.output_cap, bool) or not isinstance(self.output_cap, int) or self.output_cap < 0:
+            raise ValueError(f"output_cap: must be a whole number of bytes >= 0, got {self.output_cap!r}")
+        if self.env is not None:
+            for key, value in self.env.items():
+                if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
+                    raise ValueError(f"env: invalid variable {key!r}={value!r}")
+
+    @property
+    def is_command(self) -> bool:
+        """True for an argv command, False for a callable."""
+        return isinstance(self.target, list)

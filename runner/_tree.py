@@ -1,0 +1,129 @@
+"""Confinement without cgroups: the execution's process tree, tracked with psutil.
+
+Membership is the union of: the child and its descendants now (one scan of the process
+table), every descendant seen at an earlier sample (a pid + creation time, so pid reuse
+cannot fool it), and — in a ``thorough`` pass, used when killing — every process whose
+session is the child's or whose environment carries the execution's cookie
+(``GOVERNOR_EXECUTION_ID``). Double-forked and setsid'd descendants of a command keep the
+cookie, so they are found after their parent is gone; a descendant that both scrubs its
+environment and leaves the session escapes, which only a cgroup prevents.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from runner._confinement import Reading
+
+COOKIE_VARIABLE = "GOVERNOR_EXECUTION_ID"
+
+
+class ProcessTree:
+    """One execution's processes, found by ancestry, memory of past samples, session and cookie."""
+
+    def __init__(self, cookie: str) -> None:
+        self._cookie = f"{COOKIE_VARIABLE}={cookie}".encode()
+        self._root: psutil.Process | None = None
+        self._seen: dict[tuple[int, float], psutil.Process] = {}
+        self._cpu_floor = (0.0, 0.0)  # CPU can only grow; members that vanish keep theirs
+
+    def procs_files(self) -> list[str]:
+        return []
+
+    def attach(self, pid: int) -> None:
+        try:
+            self._root = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            self._root = None
+            return
+        self._remember([self._root])
+
+    def _remember(self, processes: list[psutil.Process]) -> None:
+        for process in processes:
+            try:
+                self._seen.setdefault((process.pid, process.create_time()), process)
+            except psutil.NoSuchProcess:
+                continue
+
+    def _current(self) -> list[psutil.Process]:
+        if self._root is None:
+            return []
+        try:
+            found = [self._root, *self._root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            found = []
+        self._remember(found)
+        return [process for process in self._seen.values() if _alive(process)]
+
+    def read(self) -> Reading | None:
+        memory = 0
+        user = system = 0.0
+        count = 0
+        for process in self._current():
+            try:
+                with process.oneshot():
+                    memory += process.memory_info().rss
+                    times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            user += times.user + times.children_user
+            system += times.system + times.children_system
+            count += 1
+        user = max(user, self._cpu_floor[0])
+        system = max(system, self._cpu_floor[1])
+        self._cpu_floor = (user, system)
+        return Reading(memory, user, system, count)
+
+    def members(self, thorough: bool = False) -> list[int]:
+        pids = {process.pid for process in self._current()}
+        if thorough:
+            pids.update(self._by_session_or_cookie())
+        pids.discard(os.getpid())
+        return sorted(pids)
+
+    def _by_session_or_cookie(self) -> set[int]:
+        session = self._root.pid if self._root is not None else None
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                if session is not None and os.getsid(pid) == session:
+                    found.add(pid)
+                    continue
+                with open(f"/proc/{pid}/environ", "rb") as environ:
+                    variables = environ.read().split(b"\0")
+            except (OSError, ProcessLookupError):
+                continue
+            if self._cookie in variables:
+                found.add(pid)
+        return {pid for pid in found if _alive_pid(pid)}
+
+    def peak_memory(self) -> int | None:
+        return None
+
+    def oom_kills(self) -> int:
+        return 0
+
+    def kill_all(self) -> bool:
+        return False
+
+    def remove(self) -> bool:
+        return True
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
