@@ -81,7 +81,9 @@ def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygot
             os.write(fd, pid)
         finally:
             os.close(fd)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: restore them, as
+    # subprocess does, so that a file_size limit ends a task the way it would any program.
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_DFL)
     _arrange_fds([*stdio, result_fd])
     import resource  # the zygote preloads it; the import is a dictionary lookup

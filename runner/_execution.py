@@ -245,7 +245,12 @@ class ExecutionHandle:
     def _check_gone(self, now: float) -> None:
         """During the grace period: finish as soon as the whole tree has ended by itself."""
         assert self._confinement is not None
-        if self._confinement.members(thorough=True):
+        remaining = self._confinement.members(thorough=True)
+        if remaining:
+            # Processes forked after the first SIGTERM never got it: tell them too.
+            for pid in remaining:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             self._next_kill_pass = now + KILL_RECHECK * 2
         else:
             self._finish(now)
@@ -291,6 +296,8 @@ class ExecutionHandle:
             if not chunk:
                 self._close(fd)
                 return
+            if self.spec.on_output is not None:
+                self.spec.on_output(name, chunk)
             room = self.spec.output_cap - len(buffer)
             if room > 0:
                 buffer += chunk[:room]
@@ -440,14 +447,17 @@ class ExecutionHandle:
     def _usage(self, now: float) -> Usage:
         assert self._confinement is not None
         final = self._confinement.read() if not isinstance(self._confinement, ProcessTree) else None
+        # The kernel's own peak of the cgroup is what its limit counts, spikes included; without
+        # one, the larger of wait4's ru_maxrss (the top process's true peak) and the samples.
         candidates = {"sampled": self._peak_sampled}
+        if self._exit is not None:
+            candidates["rusage"] = self._exit[3] * 1024
         kernel_peak = self._confinement.peak_memory()
         if kernel_peak:
-            candidates["cgroup"] = kernel_peak
+            candidates = {"cgroup": kernel_peak}
         user = system = 0.0
         if self._exit is not None:
-            _, user, system, maxrss_kib = self._exit
-            candidates["rusage"] = maxrss_kib * 1024
+            _, user, system, _maxrss = self._exit
         for reading in (self._last, final):
             if reading is not None:
                 user, system = max(user, reading.cpu_user), max(system, reading.cpu_system)

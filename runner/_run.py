@@ -14,11 +14,14 @@ from runner._records import Execution
 from runner._spec import ExecutionSpec
 
 
-def run_spec(spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> Execution:
+def run_spec(
+    spec: ExecutionSpec, *, fork_server: ForkServer | None = None, raise_interrupt: bool = True
+) -> Execution:
     """Run ``spec`` in a fresh child and return its record.
 
-    A ``KeyboardInterrupt`` while waiting cancels the execution (TERM, grace, KILL), waits
-    for the tree to be gone, then propagates.
+    A ``KeyboardInterrupt`` while waiting cancels the execution (TERM, grace, KILL) and waits
+    for the tree to be gone; then it propagates, or with ``raise_interrupt=False`` the
+    ``cancelled`` record is returned.
     """
     handle = ExecutionHandle(spec, fork_server=fork_server)
     interrupted: BaseException | None = None
@@ -31,7 +34,7 @@ def run_spec(spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> E
             interrupted = interrupted or interrupt
             handle.cancel()
     assert handle.execution is not None
-    if interrupted is not None:
+    if interrupted is not None and raise_interrupt:
         raise interrupted
     return handle.execution
 

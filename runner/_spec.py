@@ -23,6 +23,8 @@ class ExecutionSpec:
     ``capture`` keeps up to ``output_cap`` bytes of stdout and stderr each; without it the
     child writes to the supervisor's own stdout/stderr. ``stdin`` is an fd to read from, or
     ``None`` for /dev/null. ``kill_grace`` is the time between SIGTERM and SIGKILL.
+    ``on_output(stream, chunk)`` sees every captured chunk as it arrives, beyond the cap too
+    (``stream`` is ``"stdout"`` or ``"stderr"``).
     """
 
     target: Callable[..., Any] | Sequence[str]
@@ -37,6 +39,7 @@ class ExecutionSpec:
     stdin: int | None = None
     sample_interval: float = 0.1
     kill_grace: float = 2.0
+    on_output: Callable[[str, bytes], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         target = self.target

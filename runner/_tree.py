@@ -58,23 +58,28 @@ class ProcessTree:
         return [process for process in self._seen.values() if _alive(process)]
 
     def read(self) -> Reading | None:
-        memory = 0
+        # Summing RSS counts pages shared between forked processes once per process; counting
+        # each process's private part plus the largest shared part is far closer to the truth.
+        private = 0
+        shared = 0
         user = system = 0.0
         count = 0
         for process in self._current():
             try:
                 with process.oneshot():
-                    memory += process.memory_info().rss
+                    info = process.memory_info()
                     times = process.cpu_times()
             except psutil.NoSuchProcess:
                 continue
+            private += info.rss - info.shared
+            shared = max(shared, info.shared)
             user += times.user + times.children_user
             system += times.system + times.children_system
             count += 1
         user = max(user, self._cpu_floor[0])
         system = max(system, self._cpu_floor[1])
         self._cpu_floor = (user, system)
-        return Reading(memory, user, system, count)
+        return Reading(private + shared, user, system, count)
 
     def members(self, thorough: bool = False) -> list[int]:
         pids = {process.pid for process in self._current()}

@@ -1,0 +1,5 @@
+"""``python -m governor`` is the ``governor`` command."""
+
+from governor._cli import main
+
+raise SystemExit(main())

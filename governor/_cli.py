@@ -1,0 +1,221 @@
+"""The ``governor`` command line.
+
+``governor run [limits] [--enforce MODE] [--json] -- COMMAND [ARG...]`` runs one command
+governed, like ``timeout`` and ``/usr/bin/time -v`` in one, with memory, CPU and process
+limits. Exit status (documented in the README):
+
+    the command's own    it ended by itself (128+N if a signal we did not send killed it)
+    121                  memory_exceeded          122  cpu_time_exceeded
+    123                  another limit (pids, file_size) ended it
+    124                  timed_out (as coreutils timeout)
+    125                  the governor itself failed (bad option, enforcement unavailable)
+    126 / 127            the command could not be executed / was not found
+    130 / 143            cancelled by SIGINT / SIGTERM sent to the governor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from policies import Limits, format_duration, format_size
+from runner import Enforcement, EnforcementUnavailable, Execution, ExecutionSpec, Outcome, RunnerError
+from runner._run import run_spec
+
+EXIT_MEMORY = 121
+EXIT_CPU_TIME = 122
+EXIT_OTHER_LIMIT = 123
+EXIT_TIMEOUT = 124
+EXIT_GOVERNOR_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="governor",
+        description="Run tasks in isolated child processes under CPU and memory limits.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run one command under limits and report what it used",
+        description="Run COMMAND in a fresh, confined process tree; report its usage.",
+        usage="governor run [options] -- COMMAND [ARG...]",
+    )
+    limits = run.add_argument_group("limits")
+    limits.add_argument("--memory", metavar="SIZE", help="memory of the whole tree, e.g. 512M, 1.5GiB")
+    limits.add_argument("--cpu-time", metavar="S", help="CPU seconds (user+system), e.g. 30, 5m")
+    limits.add_argument("--cpu", metavar="CORES", help="CPU rate in cores, e.g. 0.5")
+    limits.add_argument("--timeout", metavar="S", help="wall time, e.g. 90s, 2m")
+    limits.add_argument("--pids", metavar="N", type=int, help="processes alive at once")
+    limits.add_argument("--open-files", metavar="N", type=int, help="open files per process")
+    limits.add_argument("--file-size", metavar="SIZE", help="largest file a process may write")
+    run.add_argument(
+        "--enforce",
+        choices=[mode.value for mode in Enforcement],
+        default="auto",
+        help="enforcement mechanism (default: auto, the strongest this host offers)",
+    )
+    run.add_argument("--kill-grace", metavar="S", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
+    run.add_argument("--sample-interval", metavar="S", type=float, default=0.1, help="seconds between usage samples")
+    run.add_argument("--json", action="store_true", help="print the execution record as JSON on the last line of stdout")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``governor`` console script."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    try:
+        if arguments.command == "run":
+            return _run(arguments)
+    except _UsageError as error:
+        parser.exit(EXIT_GOVERNOR_FAILED, f"governor: {error}\n")
+    except EnforcementUnavailable as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_GOVERNOR_FAILED
+    except RunnerError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_GOVERNOR_FAILED
+    return EXIT_GOVERNOR_FAILED
+
+
+def _limits(arguments: argparse.Namespace) -> Limits:
+    try:
+        return Limits(
+            memory=arguments.memory,
+            cpu_time=arguments.cpu_time,
+            cpu_rate=arguments.cpu,
+            wall_time=arguments.timeout,
+            pids=arguments.pids,
+            open_files=arguments.open_files,
+            file_size=arguments.file_size,
+        )
+    except ValueError as error:
+        raise _UsageError(f"invalid limit: {error}") from None
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    command = list(arguments.argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise _UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
+    echo = _Echo() if arguments.json else None
+    try:
+        spec = ExecutionSpec(
+            target=command,
+            limits=_limits(arguments),
+            enforcement=arguments.enforce,
+            capture=echo is not None,
+            output_cap=64 * 1024,
+            stdin=0,
+            kill_grace=arguments.kill_grace,
+            sample_interval=arguments.sample_interval,
+            on_output=echo,
+        )
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        record = run_spec(spec, raise_interrupt=False)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if echo is not None:
+        echo.finish()
+        print(json.dumps({"command": command, **_json_record(record)}), flush=True)
+    else:
+        _print_summary(record, sys.stderr)
+    return exit_status(record, received[0] if received else None)
+
+
+class _Echo:
+    """Forwards a captured command's output as it arrives; remembers if stdout ended a line."""
+
+    def __init__(self) -> None:
+        self.last = b"\n"
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+        target.write(chunk)
+        target.flush()
+        if stream == "stdout" and chunk:
+            self.last = chunk[-1:]
+
+    def finish(self) -> None:
+        if self.last != b"\n":
+            sys.stdout.buffer.write(b"\n")
+            sys.stdout.flush()
+
+
+def _json_record(record: Execution) -> dict[str, Any]:
+    data = record.to_dict()
+    data["enforcement"] = record.enforcement
+    return data
+
+
+def exit_status(record: Execution, cancelled_by: int | None = None) -> int:
+    """The ``governor run`` exit status for ``record`` (see the module docstring)."""
+    outcome = record.outcome
+    if outcome is Outcome.CANCELLED:
+        return 128 + (cancelled_by or signal.SIGTERM)
+    if outcome is Outcome.TIMED_OUT:
+        return EXIT_TIMEOUT
+    if outcome is Outcome.MEMORY_EXCEEDED:
+        return EXIT_MEMORY
+    if outcome is Outcome.CPU_TIME_EXCEEDED:
+        return EXIT_CPU_TIME
+    if record.breached_limit is not None:
+        return EXIT_OTHER_LIMIT
+    if record.signal is not None:
+        return 128 + record.signal
+    if record.exit_code is not None:
+        return record.exit_code
+    return EXIT_GOVERNOR_FAILED
+
+
+def _print_summary(record: Execution, stream: Any) -> None:
+    usage = record.usage
+    lines = []
+    reason = f" ({record.error.message})" if record.error and not record.ok else ""
+    lines.append(("outcome", f"{record.outcome}{reason}"))
+    if record.signal is not None:
+        lines.append(("ended by", f"signal {signal.Signals(record.signal).name} ({record.signal})"))
+    else:
+        lines.append(("exit status", str(record.exit_code)))
+    peak = format_size(usage.peak_memory_bytes)
+    limit = f" of {format_size(record.limits.memory)} limit" if record.limits.memory else ""
+    lines.append(("peak memory", f"{peak}{limit} (from {usage.memory_source})"))
+    lines.append(("cpu", f"{usage.cpu_user_seconds:.3f}s user, {usage.cpu_system_seconds:.3f}s system"))
+    lines.append(("wall", format_duration(usage.wall_seconds)))
+    lines.append(("processes", f"{usage.peak_processes} at most"))
+    if record.enforcement:
+        lines.append(("enforcement", ", ".join(f"{k}={v}" for k, v in record.enforcement.items())))
+    for note in record.notes:
+        lines.append(("note", note))
+    width = max(len(label) for label, _ in lines)
+    for label, text in lines:
+        print(f"governor: {label:<{width}}  {text}", file=stream)
+    stream.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

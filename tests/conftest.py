@@ -1,0 +1,130 @@
+"""Fixtures shared by the suite. The ``no_leaks`` fixture runs for every test: it fails a test
+that leaves a child process, an execution's process anywhere on the host, or a cgroup behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runner import default_fork_server
+from runner._tree import COOKIE_VARIABLE
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` (a deadlock guard, not a delay)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def _our_execution_processes() -> list[psutil.Process]:
+    prefix = f"{COOKIE_VARIABLE}={os.getpid()}-".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+            process = psutil.Process(int(entry))
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (OSError, psutil.NoSuchProcess):
+            continue
+        if any(variable.startswith(prefix) for variable in variables):
+            found.append(process)
+    return found
+
+
+def _our_cgroups() -> list[str]:
+    prefix = f"{os.getpid()}-"
+    found = []
+    for parent in Path("/sys/fs/cgroup").glob("**/governor"):
+        if parent.is_dir():
+            found += [str(child) for child in parent.iterdir() if child.is_dir() and child.name.startswith(prefix)]
+    return found
+
+
+def _leaked_children() -> list[psutil.Process]:
+    zygote = default_fork_server().pid
+    leaked = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid != zygote and child.status() != psutil.STATUS_ZOMBIE:
+                leaked.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return leaked
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves processes or cgroups behind (and clean them up)."""
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        processes = _leaked_children() + _our_execution_processes()
+        cgroups = _our_cgroups()
+        if not processes and not cgroups or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    for path in cgroups:
+        try:
+            os.rmdir(path)
+        except OSError:
+            continue
+    assert not processes, f"processes left behind: {[(p.pid, p.info if hasattr(p, 'info') else p) for p in processes]}"
+    assert not cgroups, f"cgroups left behind: {cgroups}"
+
+
+@pytest.fixture
+def ready_file(tmp_path: Path) -> str:
+    """A path a child creates when it is ready (tests wait for it instead of sleeping)."""
+    return str(tmp_path / "ready")
+
+
+def _mode_params() -> list[object]:
+    from runner import Enforcement
+    from runner._enforcement import cgroup_unavailable
+
+    params = []
+    for mode in (Enforcement.CGROUP2, Enforcement.CGROUP1):
+        reason = cgroup_unavailable(mode)
+        marks = [pytest.mark.skip(reason=f"host lacks {mode}: {reason}")] if reason else []
+        params.append(pytest.param(mode, marks=marks, id=str(mode)))
+    params.append(pytest.param(Enforcement.RLIMIT, id="rlimit"))
+    params.append(pytest.param(Enforcement.WATCHDOG, id="watchdog"))
+    return params
+
+
+MODES = _mode_params()
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> object:
+    """Every enforcement mode; those this host lacks are skipped with the reason."""
+    return request.param
+
+
+def cgroup_mode_or_skip() -> object:
+    """The strongest cgroup mode this host has; skips the test when it has none."""
+    from runner import Enforcement
+    from runner._enforcement import cgroup_unavailable
+
+    for mode in (Enforcement.CGROUP2, Enforcement.CGROUP1):
+        if cgroup_unavailable(mode) is None:
+            return mode
+    pytest.skip("this host offers no writable cgroup hierarchy")

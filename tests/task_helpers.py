@@ -1,0 +1,159 @@
+"""Task bodies the tests run in child processes: crashes, hogs, bombs, well-behaved work.
+
+Kept free of pytest and of heavy imports: every child that calls one imports this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def echo_kwargs(**kwargs: object) -> dict[str, object]:
+    return kwargs
+
+
+def raise_value_error(text: str) -> None:
+    def deeper() -> None:
+        raise ValueError(text)
+
+    deeper()
+
+
+class PickyError(Exception):
+    """An exception whose __init__ needs two arguments: unpickling it by default fails."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_picky() -> None:
+    raise PickyError(1, 2)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def exit_without_result(code: int = 0) -> None:
+    os._exit(code)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def memory_hog(total: int = 2 << 30, step: int = 16 << 20, ready: str | None = None) -> int:
+    """Allocate and touch ``total`` bytes in ``step`` chunks (about 2 GB/s here)."""
+    chunks = []
+    for _ in range(total // step):
+        chunks.append(bytearray(step))  # bytearray zero-fills: the pages are touched
+    return len(chunks)
+
+
+def spike(size: int) -> str:
+    """Touch ``size`` bytes once and free them at once: a spike no sampler would see."""
+    block = bytearray(size)
+    del block
+    return "spiked"
+
+
+def busy(seconds: float) -> float:
+    """Spin for ``seconds`` of wall time; return the CPU seconds this process got."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return time.process_time()
+
+
+def busy_forever() -> None:
+    while True:
+        pass
+
+
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def wait_for_ever(ready: str) -> None:
+    """Signal readiness by creating ``ready``, then block."""
+    Path(ready).touch()
+    threading.Event().wait()
+
+
+def ignore_term_and_wait(ready: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(ready).touch()
+    while True:
+        time.sleep(3600)
+
+
+def big_result(size: int) -> bytes:
+    return b"x" * size
+
+
+def return_lock() -> object:
+    return threading.Lock()
+
+
+def fork_bomb(limit: int = 300) -> int:
+    """Fork sleeping children until fork fails or ``limit`` (a safety bound) is reached."""
+    count = 0
+    while count < limit:
+        try:
+            pid = os.fork()
+        except OSError:
+            return count  # refused: the limit held
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        count += 1
+    time.sleep(60)  # the safety bound was reached: wait to be killed
+    return count
+
+
+def open_files(count: int) -> int:
+    handles = [open(os.devnull) for _ in range(count)]  # noqa: SIM115
+    return len(handles)
+
+
+def write_file(path: str, size: int) -> int:
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * size)
+    return size
+
+
+def describe_self() -> dict[str, object]:
+    """Facts about the child's own confinement, for the isolation tests."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    signum = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(signum), 0, 0, 0)  # PR_GET_PDEATHSIG
+    with open("/proc/self/cgroup") as handle:
+        cgroups = handle.read()
+    return {
+        "pid": os.getpid(),
+        "sid": os.getsid(0),
+        "pdeathsig": signum.value,
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "cgroups": cgroups,
+        "threads": threading.active_count(),
+        "modules": len(sys.modules),
+    }
+
+
+def print_and_return(text: str) -> str:
+    print(text)
+    print("to stderr", file=sys.stderr)
+    return text

@@ -1,0 +1,76 @@
+"""The cgroup v2 backend's file protocol.
+
+This host binds memory, cpu and pids to cgroup v1, so a real v2 cgroup cannot be made here;
+these tests run the backend against a directory laid out like a v2 cgroup (a stand-in for
+the kernel, and only for that). On a v2 host the real-process tests in
+test_limits_enforced.py run the backend for real (their ``cgroup2`` parameter).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policies import Limits
+from runner._cgroup_v2 import CgroupV2, mount_point, own_path, unavailable_reason
+
+
+def _fake_parent(tmp_path: Path) -> Path:
+    parent = tmp_path / "governor"
+    parent.mkdir()
+    return parent
+
+
+def test_limits_are_written_to_the_v2_files(tmp_path: Path) -> None:
+    parent = _fake_parent(tmp_path)
+
+    # The kernel creates the interface files with mkdir; the stand-in creates them first.
+    class Prepared(CgroupV2):
+        def _configure(self, limits: Limits) -> None:
+            for name in ("memory.swap.max", "memory.oom.group"):
+                (Path(self.path) / name).write_text("max\n")
+            super()._configure(limits)
+
+    group = Prepared("exec-1", Limits(memory="256MiB", cpu_rate=0.5, pids=64), parent=str(parent))
+    directory = parent / "exec-1"
+    assert (directory / "memory.max").read_text() == str(256 << 20)
+    assert (directory / "memory.swap.max").read_text() == "0"
+    assert (directory / "memory.oom.group").read_text() == "1"
+    assert (directory / "cpu.max").read_text() == "50000 100000"
+    assert (directory / "pids.max").read_text() == "64"
+    assert group.procs_files() == [str(directory / "cgroup.procs")]
+
+
+def test_readings_come_from_the_v2_files(tmp_path: Path) -> None:
+    parent = _fake_parent(tmp_path)
+    group = CgroupV2("exec-2", Limits(), parent=str(parent))
+    directory = parent / "exec-2"
+    (directory / "memory.current").write_text("1048576\n")
+    (directory / "memory.peak").write_text("5242880\n")
+    (directory / "cpu.stat").write_text("usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\n")
+    (directory / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (directory / "cgroup.procs").write_text("")
+    reading = group.read()
+    assert reading is not None
+    assert (reading.memory_bytes, reading.cpu_user, reading.cpu_system) == (1 << 20, 2.0, 1.0)
+    assert group.peak_memory() == 5 << 20
+    assert group.oom_kills() == 1
+    assert group.kill_all() is False  # no cgroup.kill file: the caller falls back to a loop
+    (directory / "cgroup.kill").write_text("")
+    assert group.kill_all() is True and (directory / "cgroup.kill").read_text() == "1"
+
+
+def test_unavailable_reason_names_missing_controllers(tmp_path: Path) -> None:
+    root = tmp_path / "unified"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("hugetlb\n")
+    reason = unavailable_reason(mount=str(root), own="/")
+    assert reason is not None and "memory, cpu, pids" in reason
+
+
+def test_mount_and_own_path_parsing(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("cgroup /sys/fs/cgroup/memory cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    assert mount_point(str(mounts)) == "/sys/fs/cgroup/unified"
+    cgroup = tmp_path / "cgroup"
+    cgroup.write_text("4:memory:/a\n0::/user.slice/session-1.scope\n")
+    assert own_path(str(cgroup)) == "/user.slice/session-1.scope"

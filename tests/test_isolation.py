@@ -1,0 +1,103 @@
+"""The child is isolated: own session, dies with its parent, clean fds, chosen env and cwd."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import task_helpers as th
+
+import governor
+from governor import Outcome
+from runner import ForkServer
+
+
+def test_child_has_its_own_session_and_parent_death_signal() -> None:
+    facts = governor.run(th.describe_self).unwrap()
+    assert facts["sid"] == facts["pid"]
+    assert facts["pdeathsig"] == signal.SIGKILL
+
+
+def test_child_inherits_no_descriptors(tmp_path: Path) -> None:
+    leaked = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        facts = governor.run(th.describe_self).unwrap()
+    finally:
+        os.close(leaked)
+    # stdin, stdout, stderr, the result pipe; plus the one listdir itself opens.
+    assert facts["fds"][:4] == [0, 1, 2, 3]
+    assert len(facts["fds"]) <= 5
+
+
+def test_environment_and_working_directory_are_the_callers_choice(tmp_path: Path) -> None:
+    facts = governor.run(th.describe_self, env={"ONLY": "this"}, cwd=str(tmp_path)).unwrap()
+    assert facts["cwd"] == str(tmp_path)
+    assert facts["env"]["ONLY"] == "this"
+    assert set(facts["env"]) == {"ONLY", "GOVERNOR_EXECUTION_ID"}
+
+
+def test_command_gets_env_and_cwd(tmp_path: Path) -> None:
+    record = governor.run(["sh", "-c", 'echo "$GREETING $(pwd)"'], env={"GREETING": "hello", "PATH": os.environ["PATH"]}, cwd=str(tmp_path))
+    assert record.stdout == f"hello {tmp_path}\n".encode()
+
+
+def test_children_are_single_threaded_forks_of_a_small_zygote() -> None:
+    facts = governor.run(th.describe_self).unwrap()
+    assert facts["threads"] == 1
+
+
+def test_output_is_captured_and_capped() -> None:
+    record = governor.run(th.print_and_return, "hello")
+    assert record.stdout == b"hello\n" and record.stderr == b"to stderr\n"
+    big = governor.run(["sh", "-c", "head -c 100000 /dev/zero"], output_cap=1000)
+    assert big.outcome is Outcome.SUCCEEDED
+    assert big.stdout == b"\0" * 1000
+    assert any("99000 bytes beyond" in note for note in big.notes)
+
+
+def test_children_die_with_the_fork_server(ready_file: str) -> None:
+    """Parent-death signal: when the zygote dies, its running children die with it."""
+    import threading
+
+    from conftest import wait_until
+
+    server = ForkServer()
+    result: list[governor.Execution] = []
+    worker = threading.Thread(target=lambda: result.append(governor.run(th.wait_for_ever, ready_file, fork_server=server)))
+    worker.start()
+    wait_until(lambda: Path(ready_file).exists())
+    assert server.pid is not None
+    child = psutil.Process(server.pid).children()[0]
+    os.kill(server.pid, signal.SIGKILL)
+    worker.join(timeout=30)
+    server.close()
+    assert result and result[0].outcome is Outcome.CRASHED
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_fork_server_restarts_after_dying() -> None:
+    server = ForkServer()
+    assert governor.run(th.add, 1, 1, fork_server=server).result == 2
+    first = server.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    psutil.Process(first).wait(timeout=10)
+    assert governor.run(th.add, 2, 2, fork_server=server).result == 4
+    assert server.pid != first
+    server.close()
+
+
+def test_bad_definitions_are_refused_with_the_field_named() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="argv must not be empty"):
+        governor.run([])
+    with pytest.raises(ValueError, match="not a string"):
+        governor.run("ls -l")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kill_grace"):
+        governor.run(["true"], kill_grace=-1)
+    with pytest.raises(ValueError, match="only a callable"):
+        governor.run(["echo"], "extra")

@@ -1,0 +1,160 @@
+"""Limits enforced for real, under every mechanism this host has."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import task_helpers as th
+from conftest import cgroup_mode_or_skip, wait_until
+
+import governor
+from governor import Enforcement, Limits, Outcome
+from runner._enforcement import resolve
+
+MiB = 1 << 20
+
+
+def test_memory_hog_is_stopped_near_the_limit(mode: Enforcement) -> None:
+    limit = 200 * MiB
+    record = governor.run(th.memory_hog, 2 << 30, limits=Limits(memory=limit), enforcement=mode, sample_interval=0.01)
+    assert record.outcome is Outcome.MEMORY_EXCEEDED, record
+    assert record.breached_limit == "memory"
+    assert record.enforcement["memory"] == {"cgroup2": "cgroup2", "cgroup1": "cgroup1"}.get(str(mode), str(mode))
+    if mode in (Enforcement.CGROUP1, Enforcement.CGROUP2):
+        assert record.usage.oom_kills >= 1
+        assert record.usage.peak_memory_bytes <= limit  # the kernel stops it at the limit exactly
+        assert record.usage.peak_memory_bytes > limit * 0.9
+    elif mode is Enforcement.RLIMIT:
+        assert record.error is not None and record.error.type == "builtins.MemoryError"
+    else:  # the watchdog overshoots by allocation rate x part of a sample interval
+        assert limit < record.usage.peak_memory_bytes < limit + 400 * MiB
+
+
+def test_memory_hog_command_under_the_default_mechanism() -> None:
+    """The README's promise: this ends as memory_exceeded with a true peak."""
+    record = governor.run(["python3", "-c", "b = bytearray(10**9)"], limits=Limits(memory="100M"))
+    assert record.outcome is Outcome.MEMORY_EXCEEDED, record
+    assert record.usage.peak_memory_bytes >= 50 * MiB
+    assert record.error is not None
+
+
+def test_true_peak_of_a_spike_shorter_than_the_sampling_interval(mode: Enforcement) -> None:
+    size = 300 * MiB
+    record = governor.run(th.spike, size, enforcement=mode, sample_interval=5.0)
+    assert record.outcome is Outcome.SUCCEEDED
+    assert record.usage.timeline == ()  # no sample was taken: the peak is the kernel's
+    assert record.usage.peak_memory_bytes >= size
+    assert record.usage.memory_source in ("cgroup", "rusage")
+
+
+def test_timeline_is_sampled_at_the_interval() -> None:
+    record = governor.run(th.busy, 0.5, sample_interval=0.05)
+    samples = record.usage.timeline
+    assert 5 <= len(samples) <= 11
+    assert all(b.seconds > a.seconds for a, b in zip(samples, samples[1:], strict=False))
+    assert samples[-1].cpu_seconds >= samples[0].cpu_seconds
+    assert all(sample.memory_bytes > 0 for sample in samples)
+
+
+@pytest.mark.parametrize("mode", [m for m in pytest.importorskip("conftest").MODES if m.id != "rlimit"])
+def test_busy_loop_capped_at_half_a_core(mode: Enforcement) -> None:
+    record = governor.run(th.busy, 2.0, limits=Limits(cpu_rate=0.5), enforcement=mode, sample_interval=0.1)
+    assert record.outcome is Outcome.SUCCEEDED
+    rate = record.usage.cpu_seconds / record.usage.wall_seconds
+    assert 0.4 <= rate <= 0.6, f"measured {rate:.3f} cores"
+
+
+def _tree_script(pidfile_dir: Path) -> list[str]:
+    # A grandchild, a double-forked daemon and a setsid'd one: all must die with the tree.
+    script = f"""
+sleep 1000 & echo $! > {pidfile_dir}/grandchild
+( sleep 1000 & echo $! > {pidfile_dir}/double ) &
+setsid sh -c 'sleep 1000 & echo $! > {pidfile_dir}/setsid; wait' &
+touch {pidfile_dir}/ready
+wait
+"""
+    return ["sh", "-c", script]
+
+
+@pytest.mark.parametrize("mode", [m for m in pytest.importorskip("conftest").MODES if m.id != "watchdog"])
+def test_kill_reaches_grandchildren_double_forked_and_setsid(mode: Enforcement, tmp_path: Path) -> None:
+    record = governor.run(_tree_script(tmp_path), limits=Limits(wall_time=1.0), enforcement=mode, kill_grace=0.2)
+    assert (tmp_path / "ready").exists()
+    assert record.outcome is Outcome.TIMED_OUT
+    for name in ("grandchild", "double", "setsid"):
+        pid = int((tmp_path / name).read_text())
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", timeout=5)
+
+
+def test_leftover_processes_are_stopped_when_the_child_exits(tmp_path: Path) -> None:
+    script = f"setsid sleep 1000 & echo $! > {tmp_path}/daemon"
+    record = governor.run(["sh", "-c", script], kill_grace=0.2)
+    assert record.outcome is Outcome.SUCCEEDED
+    assert any("leftover" in note for note in record.notes)
+    pid = int((tmp_path / "daemon").read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_fork_bomb_is_contained_by_pids(mode: Enforcement) -> None:
+    record = governor.run(th.fork_bomb, 300, limits=Limits(pids=20, wall_time=20), enforcement=mode, sample_interval=0.01)
+    if record.enforcement["pids"] in ("cgroup1", "cgroup2"):
+        # The kernel refuses the 21st process: the bomb sees fork fail and returns.
+        assert record.outcome is Outcome.SUCCEEDED, record
+        assert record.result < 20
+        assert record.usage.peak_processes <= 20
+    else:
+        assert record.outcome is Outcome.FAILED and record.breached_limit == "pids"
+        assert record.usage.peak_processes > 20
+    assert record.usage.peak_processes < 300
+
+
+def test_open_files_limit() -> None:
+    record = governor.run(th.open_files, 100, limits=Limits(open_files=32))
+    assert record.outcome is Outcome.FAILED
+    assert record.error is not None and "Too many open files" in record.error.message
+    assert record.enforcement["open_files"] == "rlimit"
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    record = governor.run(th.write_file, str(tmp_path / "big"), 10 * MiB, limits=Limits(file_size=MiB))
+    assert record.outcome is Outcome.FAILED
+    assert record.breached_limit == "file_size"
+    assert record.signal == signal.SIGXFSZ
+
+
+def test_cgroups_sit_under_governor_and_are_removed() -> None:
+    mode = cgroup_mode_or_skip()
+    record = governor.run(th.describe_self, enforcement=mode)
+    facts = record.result
+    paths = [line.split(":", 2)[2] for line in facts["cgroups"].splitlines()]
+    ours = [path for path in paths if "/governor/" in path]
+    assert ours, facts["cgroups"]
+    name = ours[0].rsplit("/", 1)[1]
+    assert name.startswith(f"{os.getpid()}-")
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/governor/{name}"))
+
+
+def test_forcing_an_unavailable_mechanism_is_a_clear_error() -> None:
+    from runner._enforcement import cgroup_unavailable
+
+    for mode in (Enforcement.CGROUP2, Enforcement.CGROUP1):
+        if cgroup_unavailable(mode) is not None:
+            with pytest.raises(governor.EnforcementUnavailable, match=str(mode)):
+                governor.run(th.add, 1, 2, enforcement=mode)
+            return
+    pytest.skip("this host has every cgroup mode")
+
+
+def test_auto_picks_the_strongest_available() -> None:
+    from runner._enforcement import cgroup_unavailable
+
+    expected = Enforcement.RLIMIT
+    for mode in (Enforcement.CGROUP2, Enforcement.CGROUP1):
+        if cgroup_unavailable(mode) is None:
+            expected = mode
+            break
+    assert resolve("auto") is expected

@@ -1,0 +1,187 @@
+"""Every way an execution can end, on real child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import task_helpers as th
+from conftest import wait_until
+
+import governor
+from governor import Limits, Outcome
+from runner import ExecutionHandle, ExecutionSpec, RemoteTraceback
+
+
+def test_callable_result_comes_back() -> None:
+    record = governor.run(th.add, 2, 3)
+    assert record.outcome is Outcome.SUCCEEDED
+    assert record.result == 5
+    assert record.exit_code == 0 and record.signal is None and record.error is None
+    assert record.pid is not None and record.pid != os.getpid()
+
+
+def test_kwargs_and_lambdas_and_main_functions_travel_by_value() -> None:
+    assert governor.run(th.echo_kwargs, kwargs={"a": 1}).result == {"a": 1}
+    offset = 40
+    assert governor.run(lambda: offset + 2).result == 42
+
+
+def test_exception_arrives_with_type_message_and_remote_traceback() -> None:
+    record = governor.run(th.raise_value_error, "bad input")
+    assert record.outcome is Outcome.FAILED
+    assert record.error is not None
+    assert record.error.type == "builtins.ValueError"
+    assert record.error.message == "bad input"
+    assert "deeper" in record.error.traceback and "raise ValueError(text)" in record.error.traceback
+    with pytest.raises(ValueError, match="bad input") as caught:
+        record.unwrap()
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+    assert "deeper" in str(caught.value.__cause__)
+
+
+def test_exception_that_cannot_be_rebuilt_becomes_remote_error() -> None:
+    record = governor.run(th.raise_picky)
+    assert record.outcome is Outcome.FAILED
+    assert record.error is not None and record.error.type.endswith("PickyError")
+    error = record.exception()
+    assert isinstance(error, governor.RemoteError)
+    assert "PickyError" in str(error) and "1/2" in str(error)
+
+
+def test_command_exit_statuses() -> None:
+    assert governor.run(["true"]).outcome is Outcome.SUCCEEDED
+    failed = governor.run(["sh", "-c", "exit 7"])
+    assert failed.outcome is Outcome.FAILED and failed.exit_code == 7
+    assert failed.error is not None and "status 7" in failed.error.message
+
+
+def test_missing_command_fails_with_127() -> None:
+    record = governor.run(["definitely-not-a-command-xyz"])
+    assert record.outcome is Outcome.FAILED
+    assert record.exit_code == 127
+    assert record.error is not None and record.error.type == "ExecFailed"
+
+
+def test_segfault_is_crashed_with_the_signal() -> None:
+    record = governor.run(th.segfault)
+    assert record.outcome is Outcome.CRASHED
+    assert record.signal == signal.SIGSEGV
+    assert record.error is not None and "SIGSEGV" in record.error.message
+
+
+def test_exit_without_result_is_crashed_not_succeeded() -> None:
+    record = governor.run(th.exit_without_result, 0)
+    assert record.outcome is Outcome.CRASHED
+    assert record.exit_code == 0
+    assert record.error is not None and "without sending a result" in record.error.message
+
+
+def test_self_kill_is_crashed() -> None:
+    record = governor.run(th.kill_self)
+    assert record.outcome is Outcome.CRASHED and record.signal == signal.SIGKILL
+
+
+def test_unpicklable_argument_fails_without_starting_a_child() -> None:
+    record = governor.run(th.add, threading.Lock(), 1)
+    assert record.outcome is Outcome.FAILED
+    assert record.pid is None
+    assert record.error is not None and "could not be pickled" in record.error.message
+
+
+def test_unpicklable_result_fails_with_the_reason() -> None:
+    record = governor.run(th.return_lock)
+    assert record.outcome is Outcome.FAILED
+    assert record.error is not None and "return value could not be pickled" in record.error.message
+
+
+class _FailsToUnpickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (th.raise_value_error, ("cannot rebuild me",))
+
+
+def test_argument_that_fails_to_unpickle_in_the_child_fails() -> None:
+    record = governor.run(th.add, _FailsToUnpickle(), 1)
+    assert record.outcome is Outcome.FAILED
+    assert record.error is not None and "cannot rebuild me" in record.error.message
+
+
+def test_hundred_megabyte_result() -> None:
+    size = 100 * 1024 * 1024
+    record = governor.run(th.big_result, size)
+    assert record.outcome is Outcome.SUCCEEDED
+    assert isinstance(record.result, bytes) and len(record.result) == size
+
+
+def test_wall_time_exceeded_is_timed_out() -> None:
+    record = governor.run(th.sleep, 60, limits=Limits(wall_time=0.2))
+    assert record.outcome is Outcome.TIMED_OUT
+    assert record.breached_limit == "wall_time"
+    assert record.signal == signal.SIGTERM
+    assert 0.2 <= record.usage.wall_seconds < 5
+
+
+def test_child_ignoring_sigterm_is_killed_after_the_grace(ready_file: str) -> None:
+    record = governor.run(th.ignore_term_and_wait, ready_file, limits=Limits(wall_time=0.3), kill_grace=0.3)
+    assert Path(ready_file).exists()
+    assert record.outcome is Outcome.TIMED_OUT
+    assert record.signal == signal.SIGKILL
+    assert record.usage.wall_seconds >= 0.6
+    with pytest.raises(ProcessLookupError):
+        os.kill(record.pid, 0)  # type: ignore[arg-type]
+
+
+def _drive(handle: ExecutionHandle, until: object = None) -> None:
+    import select
+
+    while not handle.done:
+        deadline = handle.deadline()
+        import time
+
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        readable, _, _ = select.select(handle.fds(), [], [], timeout)
+        for fd in readable:
+            handle.on_readable(fd)
+        handle.on_time()
+        if until is not None and until():  # type: ignore[operator]
+            return
+
+
+def test_cancel_kills_the_tree_and_records_cancelled(ready_file: str) -> None:
+    handle = ExecutionHandle(ExecutionSpec(target=th.wait_for_ever, args=(ready_file,), kill_grace=0.5))
+    _drive(handle, until=lambda: Path(ready_file).exists())
+    handle.cancel()
+    _drive(handle)
+    record = handle.execution
+    assert record is not None
+    assert record.outcome is Outcome.CANCELLED
+    assert record.signal == signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(record.pid, 0)  # type: ignore[arg-type]
+
+
+def test_cpu_time_exceeded(mode: object) -> None:
+    record = governor.run(th.busy_forever, limits=Limits(cpu_time=0.3), enforcement=mode, sample_interval=0.05)
+    assert record.outcome is Outcome.CPU_TIME_EXCEEDED, record
+    assert record.breached_limit == "cpu_time"
+    assert record.usage.cpu_seconds >= 0.3
+
+
+def test_keyboard_interrupt_cancels_then_propagates(ready_file: str) -> None:
+    from runner._run import run_spec
+
+    def interrupt_when_ready() -> None:
+        wait_until(lambda: Path(ready_file).exists())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    helper = threading.Thread(target=interrupt_when_ready)
+    helper.start()
+    spec = ExecutionSpec(target=th.wait_for_ever, args=(ready_file,), kill_grace=0.5)
+    try:
+        record = run_spec(spec, raise_interrupt=False)
+    finally:
+        helper.join()
+    assert record.outcome is Outcome.CANCELLED
