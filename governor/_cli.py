@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -66,9 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="enforcement mechanism (default: auto, the strongest this host offers)",
     )
-    run.add_argument("--kill-grace", metavar="S", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
-    run.add_argument("--sample-interval", metavar="S", type=float, default=0.1, help="seconds between usage samples")
-    run.add_argument("--json", action="store_true", help="print the execution record as JSON on the last line of stdout")
+    run.add_argument(
+        "--kill-grace", metavar="S", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL"
+    )
+    run.add_argument(
+        "--sample-interval", metavar="S", type=float, default=0.1, help="seconds between usage samples"
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     return parser
 

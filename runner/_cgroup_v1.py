@@ -18,9 +18,6 @@ from runner._confinement import Reading, live_pids
 
 PARENT = "governor"
 CFS_PERIOD_US = 100_000
-# What cgutils reads in get_stats()/get_configs(); without filters it reads every file,
-# memory.kmem.slabinfo included.
-_FILTERS = {"memory": ["max_usage_in_bytes", "usage_in_bytes", "oom_control"]}
 
 
 @cache
@@ -35,8 +32,8 @@ def _mounts() -> dict[str, str]:
     return dict(_cgutils().SubsystemStatus().paths)
 
 
-def own_paths() -> dict[str, str]:
-    """This process's cgroup path in each v1 hierarchy, by controller name."""
+@cache
+def _own_paths(pid: int) -> dict[str, str]:
     paths: dict[str, str] = {}
     with open("/proc/self/cgroup") as lines:
         for line in lines:
@@ -47,9 +44,21 @@ def own_paths() -> dict[str, str]:
     return paths
 
 
+def own_paths() -> dict[str, str]:
+    """This process's cgroup path in each v1 hierarchy, by controller name (cached per pid)."""
+    return _own_paths(os.getpid())
+
+
 def parent_dir(controller: str) -> str:
     """``<mount>/<own path>/governor`` for ``controller``."""
-    return os.path.join(_mounts()[controller] + own_paths().get(controller, "/"), PARENT)
+    return _parent_dir(controller, os.getpid())
+
+
+@cache
+def _parent_dir(controller: str, pid: int) -> str:
+    path = os.path.join(_mounts()[controller] + own_paths().get(controller, "/").rstrip("/"), PARENT)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def unavailable_reason() -> str | None:
@@ -75,49 +84,54 @@ def available_controllers() -> set[str]:
 
 
 class CgroupV1:
-    """One execution's v1 cgroups."""
+    """One execution's v1 cgroups.
+
+    cgroup-utils finds the hierarchies and parses what it reads; the per-execution files are
+    written and read by path, because building a ``cgutils.CGroup`` re-reads /proc/mounts
+    and /proc/cgroups (about 0.5 ms each time) and this sits on every execution's path.
+    """
 
     def __init__(self, name: str, limits: Limits) -> None:
-        cgutils = _cgutils()
         wanted = ["memory", "cpuacct"]
         if limits.cpu_rate is not None:
             wanted.append("cpu")
         if limits.pids is not None and "pids" in available_controllers():
             wanted.append("pids")
-        self._groups: dict[str, Any] = {}
+        self._dir: dict[str, str] = {}
         self._dirs: list[str] = []
         try:
             for controller in wanted:
                 path = os.path.join(parent_dir(controller), name)
                 if path not in self._dirs:  # comounted controllers (cpu,cpuacct) share a dir
-                    os.makedirs(path)
+                    os.mkdir(path)
                     self._dirs.append(path)
-                subsystem = cgutils._get_subsystem(controller)
-                root = cgutils.CGroup(subsystem, _mounts()[controller])
-                self._groups[controller] = cgutils.CGroup(
-                    subsystem, path, parent=root, filters=_FILTERS.get(controller, [])
-                )
+                self._dir[controller] = path
             self._configure(limits)
         except BaseException:
             self.remove()
             raise
 
+    def _file(self, controller: str, name: str) -> str:
+        return os.path.join(self._dir[controller], name)
+
+    def _set(self, controller: str, name: str, value: int) -> None:
+        with open(self._file(controller, f"{controller}.{name}"), "w") as handle:
+            handle.write(str(value))
+
     def _configure(self, limits: Limits) -> None:
-        memory = self._groups["memory"]
         if limits.memory is not None:
-            memory.set_config("limit_in_bytes", limits.memory)
-            if os.path.exists(memory.paths["memsw.limit_in_bytes"]):
+            self._set("memory", "limit_in_bytes", limits.memory)
+            if os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
                 try:  # swap counted too, so the limit cannot be dodged by swapping out
-                    memory.set_config("memsw.limit_in_bytes", limits.memory)
+                    self._set("memory", "memsw.limit_in_bytes", limits.memory)
                 except OSError as error:
                     if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                         raise
         if limits.cpu_rate is not None:
-            cpu = self._groups["cpu"]
-            cpu.set_config("cfs_period_us", CFS_PERIOD_US)
-            cpu.set_config("cfs_quota_us", max(1000, int(limits.cpu_rate * CFS_PERIOD_US)))
-        if "pids" in self._groups and limits.pids is not None:
-            self._groups["pids"].set_config("max", limits.pids)
+            self._set("cpu", "cfs_period_us", CFS_PERIOD_US)
+            self._set("cpu", "cfs_quota_us", max(1000, int(limits.cpu_rate * CFS_PERIOD_US)))
+        if "pids" in self._dir and limits.pids is not None:
+            self._set("pids", "max", limits.pids)
 
     @property
     def paths(self) -> list[str]:
@@ -132,17 +146,16 @@ class CgroupV1:
 
     def read(self) -> Reading | None:
         try:
-            memory = _read_int(self._groups["memory"].paths["usage_in_bytes"])
-            cpuacct = self._groups["cpuacct"].paths
-            user = _read_int(cpuacct["usage_user"]) / 1e9
-            system = _read_int(cpuacct["usage_sys"]) / 1e9
+            memory = _read_int(self._file("memory", "memory.usage_in_bytes"))
+            user = _read_int(self._file("cpuacct", "cpuacct.usage_user")) / 1e9
+            system = _read_int(self._file("cpuacct", "cpuacct.usage_sys")) / 1e9
         except (OSError, ValueError):
             return None
         return Reading(memory, user, system, len(self.members()))
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
-            with open(self._groups["memory"].paths["cgroup.procs"]) as procs:
+            with open(self._file("memory", "cgroup.procs")) as procs:
                 pids = [int(line) for line in procs if line.strip()]
         except OSError:
             return []
@@ -150,13 +163,14 @@ class CgroupV1:
 
     def peak_memory(self) -> int | None:
         try:
-            return int(self._groups["memory"].get_stats().get("max_usage_in_bytes", 0)) or None
-        except OSError:
+            return _read_int(self._file("memory", "memory.max_usage_in_bytes")) or None
+        except (OSError, ValueError):
             return None
 
     def oom_kills(self) -> int:
         try:
-            control = self._groups["memory"].get_configs().get("oom_control", {})
+            with open(self._file("memory", "memory.oom_control")) as handle:
+                control = _cgutils().SimpleStat.parse(handle.read())
         except OSError:
             return 0
         return int(control.get("oom_kill", 0))

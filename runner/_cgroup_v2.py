@@ -131,7 +131,9 @@ class CgroupV2:
             cpu = self._keyed("cpu.stat")
         except (OSError, ValueError):
             return None
-        return Reading(memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, len(self.members()))
+        return Reading(
+            memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, len(self.members())
+        )
 
     def members(self, thorough: bool = False) -> list[int]:
         try:

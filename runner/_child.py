@@ -16,6 +16,10 @@ import pickle
 import signal
 import sys
 
+# Bound now, while the zygote imports this module: a child must never import from ``runner``
+# at run time (that would import the whole package, psutil and all, in every child).
+from runner._wire import write_frame
+
 RESULT_FD = 3
 PR_SET_PDEATHSIG = 1
 
@@ -102,14 +106,11 @@ def _arrange_fds(sources: list[int]) -> None:
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=True)
-    os.closerange(len(sources), _max_fd())
+    # One close_range(2) call on Linux 5.9+; no descriptor can sit above the hard limit.
+    import resource
 
-
-def _max_fd() -> int:
-    try:
-        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
-    except (OSError, ValueError):
-        return os.sysconf("SC_OPEN_MAX")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    os.closerange(len(sources), hard if 0 < hard < 1 << 24 else 1 << 20)
 
 
 def _exec(spec: ChildSpec) -> None:
@@ -124,8 +125,7 @@ def _exec(spec: ChildSpec) -> None:
 
 
 def _call(spec: ChildSpec) -> None:
-    os.environ.clear()
-    os.environ.update(spec.env)
+    _replace_environment(spec.env)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - descriptors were replaced under sys.std*
     sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
@@ -145,6 +145,16 @@ def _call(spec: ChildSpec) -> None:
     _write(message, RESULT_FD)
 
 
+def _replace_environment(env: dict[str, str]) -> None:
+    """Make ``os.environ`` equal ``env``, touching only what differs (each change is a
+    putenv/unsetenv; the zygote's environment is usually the supervisor's, one key apart)."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def _raised(error: BaseException, note: str = "") -> tuple[object, ...]:
     import traceback
 
@@ -157,8 +167,14 @@ def _raised(error: BaseException, note: str = "") -> tuple[object, ...]:
     if note:
         message = f"{note}: {message}" if message else note
     kind = type(error)
-    return ("raised", pickled, f"{kind.__module__}.{kind.__qualname__}", message, text,
-            isinstance(error, MemoryError))
+    return (
+        "raised",
+        pickled,
+        f"{kind.__module__}.{kind.__qualname__}",
+        message,
+        text,
+        isinstance(error, MemoryError),
+    )
 
 
 def _flush_std() -> None:
@@ -174,8 +190,6 @@ def _report(message: tuple[object, ...], fd: int = RESULT_FD) -> None:
 
 
 def _write(payload: bytes, fd: int) -> None:
-    from runner._wire import write_frame
-
     try:
         write_frame(fd, payload)
     except OSError:  # the supervisor is gone; nobody is left to tell
@@ -192,8 +206,6 @@ def preload() -> None:
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import traceback  # noqa: F401
-
-    import runner._wire  # noqa: F401
 
     _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -95,7 +95,9 @@ class ExecutionHandle:
         self._peak_sampled = 0
         self._peak_processes = 1
         self._last: Reading | None = None
-        self._throttle = DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
+        self._throttle = (
+            DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
+        )
         self._stopped = False
         self._confinement: Confinement | None = None
         try:
@@ -325,7 +327,9 @@ class ExecutionHandle:
         self._last = reading
         self._peak_sampled = max(self._peak_sampled, reading.memory_bytes)
         self._peak_processes = max(self._peak_processes, reading.processes)
-        self._timeline.append(Sample(round(now - self._t0, 6), reading.memory_bytes, reading.cpu_seconds, reading.processes))
+        self._timeline.append(
+            Sample(round(now - self._t0, 6), reading.memory_bytes, reading.cpu_seconds, reading.processes)
+        )
         if len(self._timeline) > MAX_SAMPLES:
             self._timeline = self._timeline[::2]
             self._sample_every *= 2
@@ -339,7 +343,9 @@ class ExecutionHandle:
 
     def _throttle_step(self, now: float) -> None:
         assert self._throttle is not None and self._confinement is not None
-        reading = self._last if self._last is not None and now < self._next_sample else self._confinement.read()
+        reading = (
+            self._last if self._last is not None and now < self._next_sample else self._confinement.read()
+        )
         if reading is None:
             return
         action = self._throttle.update(now, reading.cpu_seconds)
@@ -384,7 +390,9 @@ class ExecutionHandle:
             self._finish(now)
             return
         if self._kill_started is not None and now - self._kill_started > KILL_GIVE_UP and exited:
-            self._notes.append(f"processes {survivors} survived SIGKILL for {KILL_GIVE_UP:.0f}s (uninterruptible?)")
+            self._notes.append(
+                f"processes {survivors} survived SIGKILL for {KILL_GIVE_UP:.0f}s (uninterruptible?)"
+            )
             self._finish(now)
             return
         self._next_kill_pass = now + KILL_RECHECK
@@ -437,8 +445,21 @@ class ExecutionHandle:
 
     def _finish_early(self, error: Exception, note: str) -> None:
         now = time.monotonic()
-        usage = Usage(peak_memory_bytes=0, cpu_user_seconds=0.0, cpu_system_seconds=0.0, wall_seconds=0.0, peak_processes=0)
-        self._message = ("raised", None, f"{type(error).__module__}.{type(error).__qualname__}", f"{note}: {error}", "", False)
+        usage = Usage(
+            peak_memory_bytes=0,
+            cpu_user_seconds=0.0,
+            cpu_system_seconds=0.0,
+            wall_seconds=0.0,
+            peak_processes=0,
+        )
+        self._message = (
+            "raised",
+            None,
+            f"{type(error).__module__}.{type(error).__qualname__}",
+            f"{note}: {error}",
+            "",
+            False,
+        )
         self.execution = self._record(usage, now, outcome=Outcome.FAILED)
         self.phase = Phase.FINISHED
 
@@ -480,7 +501,9 @@ class ExecutionHandle:
         stderr = bytes(self._output["stderr"]) if self.spec.capture else None
         for name, dropped in self._dropped.items():
             if dropped:
-                self._notes.append(f"{name}: {dropped} bytes beyond the {self.spec.output_cap}-byte cap were dropped")
+                self._notes.append(
+                    f"{name}: {dropped} bytes beyond the {self.spec.output_cap}-byte cap were dropped"
+                )
         value = self._message[1] if self._message is not None and self._message[0] == "ok" else None
         return Execution(
             outcome=outcome or derived,
@@ -522,7 +545,9 @@ class ExecutionHandle:
             return os.WEXITSTATUS(status), None
         return None, None
 
-    def _classify(self, usage: Usage, exit_code: int | None, signum: int | None) -> tuple[Outcome, str | None, TaskError | None]:
+    def _classify(
+        self, usage: Usage, exit_code: int | None, signum: int | None
+    ) -> tuple[Outcome, str | None, TaskError | None]:
         """Decide the one outcome, the limit that caused it, and the error facts."""
         limits = self.spec.limits
         message = self._message
@@ -531,20 +556,32 @@ class ExecutionHandle:
             return Outcome.CANCELLED, None, TaskError(type="Cancelled", message="cancelled on request")
         if self._violation is not None:
             observed = _observed(self._violation, usage, self._last)
-            text = f"{self._violation} limit {_limit_text(self._violation, limits)} exceeded{observed}; killed by the supervisor"
-            return _VIOLATION_OUTCOME[self._violation], self._violation, TaskError(type="LimitExceeded", message=text)
+            limit = _limit_text(self._violation, limits)
+            text = f"{self._violation} limit {limit} exceeded{observed}; killed by the supervisor"
+            return (
+                _VIOLATION_OUTCOME[self._violation],
+                self._violation,
+                TaskError(type="LimitExceeded", message=text),
+            )
         succeeded = exit_code == 0 and (self.spec.is_command or (message is not None and message[0] == "ok"))
         if usage.oom_kills and not succeeded:
-            text = f"memory limit {_limit_text('memory', limits)} reached; the kernel OOM-killed {usage.oom_kills} process(es)"
+            limit = _limit_text("memory", limits)
+            text = f"memory limit {limit} reached; the kernel OOM-killed {usage.oom_kills} process(es)"
             return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
-        if signum == signal.SIGXCPU or (signum == signal.SIGKILL and limits.cpu_time is not None and usage.cpu_seconds >= limits.cpu_time):
+        if signum == signal.SIGXCPU or (
+            signum == signal.SIGKILL and limits.cpu_time is not None and usage.cpu_seconds >= limits.cpu_time
+        ):
             text = f"cpu_time limit {_limit_text('cpu_time', limits)} exceeded (RLIMIT_CPU)"
             return Outcome.CPU_TIME_EXCEEDED, "cpu_time", TaskError(type="LimitExceeded", message=text)
         if signum == signal.SIGXFSZ:
             text = f"file_size limit {_limit_text('file_size', limits)} exceeded (RLIMIT_FSIZE)"
             return Outcome.FAILED, "file_size", TaskError(type="LimitExceeded", message=text)
         if self._zygote_died:
-            return Outcome.CRASHED, None, TaskError(type="ForkServerDied", message="the fork server died while the child ran")
+            return (
+                Outcome.CRASHED,
+                None,
+                TaskError(type="ForkServerDied", message="the fork server died while the child ran"),
+            )
         if message is not None and message[0] == "setup_failed":
             return Outcome.CRASHED, None, error
         if signum is not None:
@@ -561,13 +598,25 @@ class ExecutionHandle:
                 return Outcome.SUCCEEDED, None, None
             marker = self._allocation_failure_marker()
             if marker is not None:
-                text = (f"memory limit {_limit_text('memory', limits)} (RLIMIT_DATA) refused an allocation; "
-                        f"inferred from {marker!r} in the command's stderr, exit status {exit_code}")
+                text = (
+                    f"memory limit {_limit_text('memory', limits)} (RLIMIT_DATA) refused an allocation; "
+                    f"inferred from {marker!r} in the command's stderr, exit status {exit_code}"
+                )
                 return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
-            return Outcome.FAILED, None, TaskError(type="ExitStatus", message=f"exited with status {exit_code}")
+            return (
+                Outcome.FAILED,
+                None,
+                TaskError(type="ExitStatus", message=f"exited with status {exit_code}"),
+            )
         if message is not None and message[0] == "ok":
             return Outcome.SUCCEEDED, None, None
-        return Outcome.CRASHED, None, TaskError(type="NoResult", message=f"the child exited with status {exit_code} without sending a result")
+        return (
+            Outcome.CRASHED,
+            None,
+            TaskError(
+                type="NoResult", message=f"the child exited with status {exit_code} without sending a result"
+            ),
+        )
 
 
 # What common runtimes print when an allocation is refused (RLIMIT_DATA makes mmap/brk fail).
@@ -588,7 +637,9 @@ def _error_from(message: tuple[Any, ...] | None) -> TaskError | None:
     if kind == "setup_failed":
         return TaskError(type="SetupFailed", message=f"the child could not be confined: {message[1]}")
     if kind == "unreadable":
-        return TaskError(type="UnpicklingError", message=f"the child's result could not be unpickled: {message[1]}")
+        return TaskError(
+            type="UnpicklingError", message=f"the child's result could not be unpickled: {message[1]}"
+        )
     return None
 
 

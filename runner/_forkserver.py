@@ -16,7 +16,18 @@ from runner._child import ChildSpec
 from runner._errors import ForkServerError
 from runner._zygote import REPLY, REQUEST
 
-_BOOT = "import sys; sys.path.insert(0, sys.argv[2]); from runner._zygote import main; main()"
+# The zygote must stay small: importing ``runner`` would run its __init__ and pull in psutil,
+# cloudpickle and the rest. A stand-in package object lets it import only the leaf modules it
+# needs; the stand-in is dropped again so that a task importing ``runner`` gets the real one.
+_BOOT = """
+import sys, types
+stub = types.ModuleType("runner")
+stub.__path__ = [sys.argv[2] + "/runner"]
+sys.modules["runner"] = stub
+import runner._zygote
+del sys.modules["runner"]
+runner._zygote.main()
+"""
 
 
 class ForkServer:
@@ -37,9 +48,13 @@ class ForkServer:
         """The zygote's pid, or ``None`` before the first spawn and after ``close``."""
         return self._process.pid if self._process is not None else None
 
-    def spawn(self, spec: ChildSpec, result_w: int, status_w: int, stdio: tuple[int, int, int]) -> tuple[int, int]:
+    def spawn(
+        self, spec: ChildSpec, result_w: int, status_w: int, stdio: tuple[int, int, int]
+    ) -> tuple[int, int]:
         """Fork a child for ``spec``; return ``(pid, pidfd)``. The caller owns the pidfd."""
-        payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        # Plain builtins only: unpickling a runner class would import the whole package into
+        # the zygote (and so into every child).
+        payload = pickle.dumps(spec.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
         fds = [result_w, status_w, *stdio]
         with self._lock:
             control = self._ensure_running()

@@ -70,7 +70,7 @@ class FrameReader:
         return self._frames()
 
     def _frames(self) -> list[bytes]:
-        frames = []
+        frames: list[bytes] = []
         while True:
             if self._expected is None:
                 if len(self._buffer) < HEADER_SIZE:

@@ -17,6 +17,8 @@ supervisor is gone); its children then die too (their parent-death signal is SIG
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pickle
 import select
@@ -24,6 +26,10 @@ import signal
 import socket
 import struct
 import sys
+
+# Imported at module level, while the boot stub stands in for the ``runner`` package: an
+# import from ``runner`` later would load the real package, psutil and all, into the zygote.
+from runner import _child
 
 REQUEST = struct.Struct("<QI")  # payload length, number of fds that came with it
 REPLY = struct.Struct("<ii")  # pid (0 on failure), errno
@@ -38,11 +44,12 @@ def main() -> None:
     settings = pickle.loads(_recv_exact(control, REQUEST.unpack(_recv_exact(control, REQUEST.size))[0]))
     sys.path[:] = settings["sys_path"]
     os.chdir(settings["cwd"])
-    from runner import _child
-
     _child.preload()
     for module in settings["preload"]:
         __import__(module)
+    # Everything loaded so far lives as long as the zygote: keep the collector's hands off it,
+    # so that a collection in a child does not write to (and so copy) every inherited page.
+    gc.freeze()
     _child.prctl(PR_SET_CHILD_SUBREAPER, 1)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -51,11 +58,11 @@ def main() -> None:
     children: dict[int, int] = {}  # pid -> write end of its status pipe
     control.sendall(b"R")  # ready
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        readable, _, _ = select.select([control.fileno(), wake_r], [], [])
         if wake_r in readable:
             _drain(wake_r)
             _reap(children)
-        if control in readable:
+        if control.fileno() in readable:
             header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
             data, fds = header[0], header[1]
             if not data:
@@ -63,7 +70,8 @@ def main() -> None:
             if len(data) < REQUEST.size:
                 data += _recv_exact(control, REQUEST.size - len(data))
             size, _count = REQUEST.unpack(data)
-            spec = pickle.loads(_recv_exact(control, size))
+            spec = _child.ChildSpec.__new__(_child.ChildSpec)
+            spec.__setstate__(pickle.loads(_recv_exact(control, size)))
             _fork(control, spec, fds, children, (wake_r, wake_w))
 
 
@@ -88,9 +96,7 @@ def _fork(
         os.close(status_w)
         for fd in wake:
             os.close(fd)
-        from runner._child import child_main
-
-        child_main(spec, result_w, (stdin, stdout, stderr), os.getppid())  # type: ignore[arg-type]
+        _child.child_main(spec, result_w, (stdin, stdout, stderr), os.getppid())  # type: ignore[arg-type]
         os._exit(0)
     for fd in (result_w, stdin, stdout, stderr):
         os.close(fd)
@@ -114,10 +120,10 @@ def _reap(children: dict[int, int]) -> None:
         if status_w is None:  # an orphan adopted as subreaper: reaping it is all we owe it
             continue
         record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
-        try:
-            os.write(status_w, record)  # far below PIPE_BUF into an empty pipe: never blocks
-        except BrokenPipeError:
-            pass  # the supervisor gave up on this execution (it closed the read end)
+        # Far below PIPE_BUF into an empty pipe: never blocks. A broken pipe means the
+        # supervisor gave up on this execution and closed its end; nobody is left to tell.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(status_w, record)
         os.close(status_w)
 
 

@@ -49,7 +49,9 @@ def _our_cgroups() -> list[str]:
     found = []
     for parent in Path("/sys/fs/cgroup").glob("**/governor"):
         if parent.is_dir():
-            found += [str(child) for child in parent.iterdir() if child.is_dir() and child.name.startswith(prefix)]
+            found += [
+                str(child) for child in parent.iterdir() if child.is_dir() and child.name.startswith(prefix)
+            ]
     return found
 
 
@@ -73,7 +75,7 @@ def no_leaks() -> Iterator[None]:
     while True:
         processes = _leaked_children() + _our_execution_processes()
         cgroups = _our_cgroups()
-        if not processes and not cgroups or time.monotonic() > deadline:
+        if (not processes and not cgroups) or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     for process in processes:
@@ -86,7 +88,9 @@ def no_leaks() -> Iterator[None]:
             os.rmdir(path)
         except OSError:
             continue
-    assert not processes, f"processes left behind: {[(p.pid, p.info if hasattr(p, 'info') else p) for p in processes]}"
+    assert not processes, (
+        f"processes left behind: {[(p.pid, p.info if hasattr(p, 'info') else p) for p in processes]}"
+    )
     assert not cgroups, f"cgroups left behind: {cgroups}"
 
 

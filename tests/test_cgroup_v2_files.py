@@ -69,7 +69,9 @@ def test_unavailable_reason_names_missing_controllers(tmp_path: Path) -> None:
 
 def test_mount_and_own_path_parsing(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
-    mounts.write_text("cgroup /sys/fs/cgroup/memory cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    mounts.write_text(
+        "cgroup /sys/fs/cgroup/memory cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
     assert mount_point(str(mounts)) == "/sys/fs/cgroup/unified"
     cgroup = tmp_path / "cgroup"
     cgroup.write_text("4:memory:/a\n0::/user.slice/session-1.scope\n")

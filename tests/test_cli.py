@@ -29,7 +29,16 @@ def test_json_record_is_the_last_line_of_stdout() -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == "no newline"
     record = json.loads(lines[-1])
-    for key in ("outcome", "exit_code", "signal", "peak_memory_bytes", "cpu_user_seconds", "cpu_system_seconds", "wall_seconds", "enforcement"):
+    for key in (
+        "outcome",
+        "exit_code",
+        "signal",
+        "peak_memory_bytes",
+        "cpu_user_seconds",
+        "cpu_system_seconds",
+        "wall_seconds",
+        "enforcement",
+    ):
         assert key in record
     assert record["outcome"] == "succeeded" and record["exit_code"] == 0
 
@@ -49,7 +58,19 @@ def test_output_passes_through_and_summary_goes_to_stderr() -> None:
         (["--", "no-such-command-xyz"], 127),
         (["--", "sh", "-c", "exit 9"], 9),
         (["--", "sh", "-c", "kill -SEGV $$"], 128 + 11),
-        (["--cpu-time", "0.3", "--sample-interval", "0.05", "--", sys.executable, "-c", "while True: pass"], 122),
+        (
+            [
+                "--cpu-time",
+                "0.3",
+                "--sample-interval",
+                "0.05",
+                "--",
+                sys.executable,
+                "-c",
+                "while True: pass",
+            ],
+            122,
+        ),
         (["--memory", "12XB", "--", "true"], 125),
         (["--"], 125),
     ],
@@ -74,8 +95,20 @@ def test_bad_limit_names_the_field() -> None:
 def test_sigterm_to_the_governor_cancels_the_command(tmp_path: os.PathLike[str]) -> None:
     ready = os.path.join(tmp_path, "ready")
     process = subprocess.Popen(
-        [*GOVERNOR, "run", "--json", "--kill-grace", "0.2", "--", "sh", "-c", f"touch {ready}; exec sleep 30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *GOVERNOR,
+            "run",
+            "--json",
+            "--kill-grace",
+            "0.2",
+            "--",
+            "sh",
+            "-c",
+            f"touch {ready}; exec sleep 30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     from conftest import wait_until
 

@@ -40,7 +40,11 @@ def test_environment_and_working_directory_are_the_callers_choice(tmp_path: Path
 
 
 def test_command_gets_env_and_cwd(tmp_path: Path) -> None:
-    record = governor.run(["sh", "-c", 'echo "$GREETING $(pwd)"'], env={"GREETING": "hello", "PATH": os.environ["PATH"]}, cwd=str(tmp_path))
+    record = governor.run(
+        ["sh", "-c", 'echo "$GREETING $(pwd)"'],
+        env={"GREETING": "hello", "PATH": os.environ["PATH"]},
+        cwd=str(tmp_path),
+    )
     assert record.stdout == f"hello {tmp_path}\n".encode()
 
 
@@ -66,7 +70,9 @@ def test_children_die_with_the_fork_server(ready_file: str) -> None:
 
     server = ForkServer()
     result: list[governor.Execution] = []
-    worker = threading.Thread(target=lambda: result.append(governor.run(th.wait_for_ever, ready_file, fork_server=server)))
+    worker = threading.Thread(
+        target=lambda: result.append(governor.run(th.wait_for_ever, ready_file, fork_server=server))
+    )
     worker.start()
     wait_until(lambda: Path(ready_file).exists())
     assert server.pid is not None

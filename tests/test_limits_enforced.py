@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -20,16 +21,24 @@ MiB = 1 << 20
 
 def test_memory_hog_is_stopped_near_the_limit(mode: Enforcement) -> None:
     limit = 200 * MiB
-    record = governor.run(th.memory_hog, 2 << 30, limits=Limits(memory=limit), enforcement=mode, sample_interval=0.01)
+    record = governor.run(
+        th.memory_hog, 2 << 30, limits=Limits(memory=limit), enforcement=mode, sample_interval=0.01
+    )
     assert record.outcome is Outcome.MEMORY_EXCEEDED, record
     assert record.breached_limit == "memory"
-    assert record.enforcement["memory"] == {"cgroup2": "cgroup2", "cgroup1": "cgroup1"}.get(str(mode), str(mode))
+    assert record.enforcement["memory"] == {"cgroup2": "cgroup2", "cgroup1": "cgroup1"}.get(
+        str(mode), str(mode)
+    )
     if mode in (Enforcement.CGROUP1, Enforcement.CGROUP2):
         assert record.usage.oom_kills >= 1
         assert record.usage.peak_memory_bytes <= limit  # the kernel stops it at the limit exactly
         assert record.usage.peak_memory_bytes > limit * 0.9
     elif mode is Enforcement.RLIMIT:
-        assert record.error is not None and record.error.type == "builtins.MemoryError"
+        # RLIMIT_DATA refuses the allocation (the task sees MemoryError), unless the tree
+        # watchdog, which also counts code and libraries, sees the limit crossed first.
+        assert record.error is not None
+        assert record.error.type in ("builtins.MemoryError", "LimitExceeded")
+        assert record.usage.peak_memory_bytes < limit + 100 * MiB
     else:  # the watchdog overshoots by allocation rate x part of a sample interval
         assert limit < record.usage.peak_memory_bytes < limit + 400 * MiB
 
@@ -55,7 +64,7 @@ def test_timeline_is_sampled_at_the_interval() -> None:
     record = governor.run(th.busy, 0.5, sample_interval=0.05)
     samples = record.usage.timeline
     assert 5 <= len(samples) <= 11
-    assert all(b.seconds > a.seconds for a, b in zip(samples, samples[1:], strict=False))
+    assert all(b.seconds > a.seconds for a, b in itertools.pairwise(samples))
     assert samples[-1].cpu_seconds >= samples[0].cpu_seconds
     assert all(sample.memory_bytes > 0 for sample in samples)
 
@@ -82,12 +91,16 @@ wait
 
 @pytest.mark.parametrize("mode", [m for m in pytest.importorskip("conftest").MODES if m.id != "watchdog"])
 def test_kill_reaches_grandchildren_double_forked_and_setsid(mode: Enforcement, tmp_path: Path) -> None:
-    record = governor.run(_tree_script(tmp_path), limits=Limits(wall_time=1.0), enforcement=mode, kill_grace=0.2)
+    record = governor.run(
+        _tree_script(tmp_path), limits=Limits(wall_time=1.0), enforcement=mode, kill_grace=0.2
+    )
     assert (tmp_path / "ready").exists()
     assert record.outcome is Outcome.TIMED_OUT
     for name in ("grandchild", "double", "setsid"):
         pid = int((tmp_path / name).read_text())
-        wait_until(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", timeout=5)
+        wait_until(
+            lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", timeout=5
+        )
 
 
 def test_leftover_processes_are_stopped_when_the_child_exits(tmp_path: Path) -> None:
@@ -100,7 +113,9 @@ def test_leftover_processes_are_stopped_when_the_child_exits(tmp_path: Path) -> 
 
 
 def test_fork_bomb_is_contained_by_pids(mode: Enforcement) -> None:
-    record = governor.run(th.fork_bomb, 300, limits=Limits(pids=20, wall_time=20), enforcement=mode, sample_interval=0.01)
+    record = governor.run(
+        th.fork_bomb, 300, limits=Limits(pids=20, wall_time=20), enforcement=mode, sample_interval=0.01
+    )
     if record.enforcement["pids"] in ("cgroup1", "cgroup2"):
         # The kernel refuses the 21st process: the bomb sees fork fail and returns.
         assert record.outcome is Outcome.SUCCEEDED, record

@@ -164,7 +164,9 @@ def test_cancel_kills_the_tree_and_records_cancelled(ready_file: str) -> None:
 
 
 def test_cpu_time_exceeded(mode: object) -> None:
-    record = governor.run(th.busy_forever, limits=Limits(cpu_time=0.3), enforcement=mode, sample_interval=0.05)
+    record = governor.run(
+        th.busy_forever, limits=Limits(cpu_time=0.3), enforcement=mode, sample_interval=0.05
+    )
     assert record.outcome is Outcome.CPU_TIME_EXCEEDED, record
     assert record.breached_limit == "cpu_time"
     assert record.usage.cpu_seconds >= 0.3

@@ -12,8 +12,18 @@ from policies import Limits, format_duration, format_size, parse_duration, parse
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512", 512), ("512M", 512 << 20), ("512MiB", 512 << 20), ("1.5GiB", 3 << 29), ("100kB", 100_000),
-     ("2g", 2 << 30), ("1MB", 1_000_000), (" 64 KiB ", 64 << 10), (4096, 4096), (1.5, 1)],
+    [
+        ("512", 512),
+        ("512M", 512 << 20),
+        ("512MiB", 512 << 20),
+        ("1.5GiB", 3 << 29),
+        ("100kB", 100_000),
+        ("2g", 2 << 30),
+        ("1MB", 1_000_000),
+        (" 64 KiB ", 64 << 10),
+        (4096, 4096),
+        (1.5, 1),
+    ],
 )
 def test_sizes(text: object, expected: int) -> None:
     assert parse_size(text) == expected  # type: ignore[arg-type]
@@ -21,8 +31,17 @@ def test_sizes(text: object, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("90s", 90), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5), ("1.5h", 5400), ("3", 3), (2.5, 2.5),
-     (timedelta(minutes=1), 60), ("1d", 86400)],
+    [
+        ("90s", 90),
+        ("2m", 120),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1.5h", 5400),
+        ("3", 3),
+        (2.5, 2.5),
+        (timedelta(minutes=1), 60),
+        ("1d", 86400),
+    ],
 )
 def test_durations(text: object, expected: float) -> None:
     assert parse_duration(text) == pytest.approx(expected)  # type: ignore[arg-type]
@@ -67,9 +86,9 @@ def test_limits_are_frozen_and_readable() -> None:
 def test_from_mapping_accepts_aliases_and_names_unknown_keys() -> None:
     limits = Limits.from_mapping({"memory": "1G", "cpu": 1.5, "timeout": "20m"})
     assert limits.cpu_rate == 1.5 and limits.wall_time == 1200
-    with pytest.raises(ValueError, match="task.limits: unknown limit 'memroy'"):
+    with pytest.raises(ValueError, match=r"task\.limits: unknown limit 'memroy'"):
         Limits.from_mapping({"memroy": "1G"}, where="task.limits")
-    with pytest.raises(ValueError, match="task.limits.memory: unknown size unit"):
+    with pytest.raises(ValueError, match=r"task\.limits\.memory: unknown size unit"):
         Limits.from_mapping({"memory": "1Q"}, where="task.limits")
 
 
