@@ -98,19 +98,25 @@ def governor_handles(tasks: int, server: ForkServer) -> list[float]:
 
 
 def futures_pool(make: Callable[[], concurrent.futures.Executor], tasks: int) -> list[float]:
+    """Submit-to-result latency with at most IN_FLIGHT calls outstanding, as for the others."""
     latencies: list[float] = []
     with make() as pool:
-        starts = {}
-        futures = []
+        outstanding: dict[concurrent.futures.Future[int], float] = {}
         for index in range(tasks):
-            starts_at = time.perf_counter()
-            future = pool.submit(bench_tasks.trivial, index)
-            future.add_done_callback(lambda f, s=starts_at: latencies.append(time.perf_counter() - s))
-            starts[future] = starts_at
-            futures.append(future)
-        for future in futures:
-            future.result()
+            if len(outstanding) >= IN_FLIGHT:
+                _collect(outstanding, latencies)
+            outstanding[pool.submit(bench_tasks.trivial, index)] = time.perf_counter()
+        while outstanding:
+            _collect(outstanding, latencies)
     return latencies
+
+
+def _collect(outstanding: dict[concurrent.futures.Future[int], float], latencies: list[float]) -> None:
+    done, _ = concurrent.futures.wait(outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
+    now = time.perf_counter()
+    for future in done:
+        future.result()
+        latencies.append(now - outstanding.pop(future))
 
 
 def process_pool(tasks: int) -> list[float]:
@@ -131,17 +137,21 @@ def process_pool_forkserver(tasks: int) -> list[float]:
 def pebble_pool(tasks: int) -> list[float]:
     import pebble
 
-    latencies: list[float] = []
-    with pebble.ProcessPool(max_workers=IN_FLIGHT, max_tasks=1) as pool:
-        futures = []
-        for index in range(tasks):
-            start = time.perf_counter()
-            future = pool.schedule(bench_tasks.trivial, args=(index,))
-            future.add_done_callback(lambda f, s=start: latencies.append(time.perf_counter() - s))
-            futures.append(future)
-        for future in futures:
-            future.result()
-    return latencies
+    class Submitter:  # pebble's schedule() in the Executor shape futures_pool expects
+        def __init__(self) -> None:
+            self.pool = pebble.ProcessPool(max_workers=IN_FLIGHT, max_tasks=1)
+
+        def submit(self, function: Callable[[int], int], argument: int) -> concurrent.futures.Future[int]:
+            return self.pool.schedule(function, args=(argument,))
+
+        def __enter__(self) -> Submitter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.pool.close()
+            self.pool.join()
+
+    return futures_pool(Submitter, tasks)  # type: ignore[arg-type]
 
 
 def measure(run: Callable[[int], list[float]], tasks: int, repeat: int) -> tuple[float, float, float]:

@@ -121,7 +121,7 @@ class CgroupV1:
     def _configure(self, limits: Limits) -> None:
         if limits.memory is not None:
             self._set("memory", "limit_in_bytes", limits.memory)
-            if os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
+            if _host_has_swap() and os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
                 try:  # swap counted too, so the limit cannot be dodged by swapping out
                     self._set("memory", "memsw.limit_in_bytes", limits.memory)
                 except OSError as error:
@@ -144,14 +144,14 @@ class CgroupV1:
     def attach(self, pid: int) -> None:
         return None  # the child joins by itself, before it runs anything
 
-    def read(self) -> Reading | None:
+    def read(self, count_processes: bool = True) -> Reading | None:
         try:
             memory = _read_int(self._file("memory", "memory.usage_in_bytes"))
             user = _read_int(self._file("cpuacct", "cpuacct.usage_user")) / 1e9
             system = _read_int(self._file("cpuacct", "cpuacct.usage_sys")) / 1e9
         except (OSError, ValueError):
             return None
-        return Reading(memory, user, system, len(self.members()))
+        return Reading(memory, user, system, len(self.members()) if count_processes else 0)
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
@@ -191,6 +191,15 @@ class CgroupV1:
                 remaining.append(path)
         self._dirs = [path for path in self._dirs if path in remaining]
         return not self._dirs
+
+
+@cache
+def _host_has_swap() -> bool:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1]) > 0
+    return True
 
 
 def _read_int(path: str) -> int:

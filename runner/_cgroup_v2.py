@@ -124,16 +124,15 @@ class CgroupV2:
         with open(self._file(name)) as handle:
             return {key: int(value) for key, value in (line.split() for line in handle if line.strip())}
 
-    def read(self) -> Reading | None:
+    def read(self, count_processes: bool = True) -> Reading | None:
         try:
             with open(self._file("memory.current")) as handle:
                 memory = int(handle.read())
             cpu = self._keyed("cpu.stat")
         except (OSError, ValueError):
             return None
-        return Reading(
-            memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, len(self.members())
-        )
+        processes = len(self.members()) if count_processes else 0
+        return Reading(memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, processes)
 
     def members(self, thorough: bool = False) -> list[int]:
         try:

@@ -126,9 +126,8 @@ def _exec(spec: ChildSpec) -> None:
 
 def _call(spec: ChildSpec) -> None:
     _replace_environment(spec.env)
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - descriptors were replaced under sys.std*
-    sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
-    sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+    # sys.std* still name fds 0-2, which now are the task's: no need to reopen them. The
+    # zygote never writes to them, so nothing of its own is left in their buffers.
     try:
         function, args, kwargs = pickle.loads(spec.payload)  # type: ignore[arg-type]
         spec.payload = None

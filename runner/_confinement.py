@@ -33,8 +33,9 @@ class Confinement(Protocol):
         """Note the child's pid once it exists."""
         ...
 
-    def read(self) -> Reading | None:
-        """Current usage of the tree, or ``None`` when it cannot be read."""
+    def read(self, count_processes: bool = True) -> Reading | None:
+        """Current usage of the tree, or ``None`` when it cannot be read; the process count is
+        0 when not asked for (it costs a read of the member list)."""
         ...
 
     def members(self, thorough: bool = False) -> list[int]:

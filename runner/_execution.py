@@ -467,7 +467,8 @@ class ExecutionHandle:
 
     def _usage(self, now: float) -> Usage:
         assert self._confinement is not None
-        final = self._confinement.read() if not isinstance(self._confinement, ProcessTree) else None
+        tree = isinstance(self._confinement, ProcessTree)
+        final = None if tree else self._confinement.read(count_processes=False)
         # The kernel's own peak of the cgroup is what its limit counts, spikes included; without
         # one, the larger of wait4's ru_maxrss (the top process's true peak) and the samples.
         candidates = {"sampled": self._peak_sampled}

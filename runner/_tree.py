@@ -57,7 +57,7 @@ class ProcessTree:
         self._remember(found)
         return [process for process in self._seen.values() if _alive(process)]
 
-    def read(self) -> Reading | None:
+    def read(self, count_processes: bool = True) -> Reading | None:
         # Summing RSS counts pages shared between forked processes once per process; counting
         # each process's private part plus the largest shared part is far closer to the truth.
         private = 0
