@@ -42,6 +42,7 @@ from runner._zygote import STATUS
 MAX_SAMPLES = 4096  # then the timeline halves its resolution
 KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
 KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop waiting
+RELEASE_GIVE_UP = 5.0  # a cgroup that stays busy this long is left behind, with a note
 _serial = itertools.count(1)
 
 # The outcome of a violation of each limit the supervisor itself acts on.
@@ -57,6 +58,7 @@ class Phase(enum.Enum):
     RUNNING = "running"
     TERMINATING = "terminating"  # SIGTERM sent, waiting out the grace period
     KILLING = "killing"  # SIGKILL until nothing is left
+    RELEASING = "releasing"  # the tree is gone; the cgroup is being removed
     FINISHED = "finished"
 
 
@@ -100,6 +102,8 @@ class ExecutionHandle:
         )
         self._stopped = False
         self._confinement: Confinement | None = None
+        self._usage_at_end: Usage | None = None
+        self._release_by = 0.0
         try:
             payload = self._payload()
         except Exception as error:
@@ -194,7 +198,7 @@ class ExecutionHandle:
         exited = self._exit is not None or self._zygote_died
         if self.phase is Phase.FINISHED:
             return None
-        if self.phase is Phase.KILLING:
+        if self.phase in (Phase.KILLING, Phase.RELEASING):
             return self._next_kill_pass
         if self.phase is Phase.TERMINATING:
             assert self._kill_at is not None
@@ -243,6 +247,8 @@ class ExecutionHandle:
                 self._check_gone(now)
         if self.phase is Phase.KILLING and (self._next_kill_pass is None or now >= self._next_kill_pass):
             self._kill_pass(now)
+        if self.phase is Phase.RELEASING and self._next_kill_pass is not None and now >= self._next_kill_pass:
+            self._release(now)
 
     def _check_gone(self, now: float) -> None:
         """During the grace period: finish as soon as the whole tree has ended by itself."""
@@ -429,19 +435,26 @@ class ExecutionHandle:
             elif kind in ("stdout", "stderr"):
                 self._read_output(fd, kind)
         self._close_fds()
-        usage = self._usage(now)
-        self._remove_confinement()
-        self.execution = self._record(usage, now)
+        self._usage_at_end = self._usage(now)
+        self._release_by = now + RELEASE_GIVE_UP
+        self._release(now)
+
+    def _release(self, now: float) -> None:
+        """Remove the cgroup, then write the record. An emptied cgroup can stay busy for a
+        moment while the kernel finishes with its last tasks: retry on a short deadline."""
+        assert self._confinement is not None and self._usage_at_end is not None
+        if not self._confinement.remove():
+            if now < self._release_by:
+                self.phase = Phase.RELEASING
+                self._next_kill_pass = now + KILL_RECHECK
+                return
+            self._notes.append(f"the cgroup could not be removed within {RELEASE_GIVE_UP:.0f}s (still busy)")
+        self.execution = self._record(self._usage_at_end, now)
         self.phase = Phase.FINISHED
 
     def _remove_confinement(self) -> None:
-        if self._confinement is None:
-            return
-        for _ in range(200):  # an emptied cgroup can stay busy for a moment while it drains
-            if self._confinement.remove():
-                return
-            time.sleep(0.001)
-        self._notes.append("the cgroup could not be removed (still busy)")
+        if self._confinement is not None and not self._confinement.remove():
+            self._notes.append("the cgroup could not be removed (still busy)")
 
     def _finish_early(self, error: Exception, note: str) -> None:
         now = time.monotonic()

@@ -58,7 +58,11 @@ class ExecutionSpec:
             object.__setattr__(self, "target", [os.fspath(part) for part in argv])
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits: expected a Limits, got {self.limits!r}")
-        object.__setattr__(self, "enforcement", Enforcement(self.enforcement))
+        try:
+            object.__setattr__(self, "enforcement", Enforcement(self.enforcement))
+        except ValueError:
+            choices = ", ".join(mode.value for mode in Enforcement)
+            raise ValueError(f"enforcement: expected one of {choices}, got {self.enforcement!r}") from None
         for name in ("sample_interval", "kill_grace"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or math.isnan(value) or value <= 0:

@@ -44,10 +44,26 @@ def _our_execution_processes() -> list[psutil.Process]:
     return found
 
 
+def _governor_parents() -> list[Path]:
+    from runner import _cgroup_v1, _cgroup_v2
+
+    parents = []
+    if _cgroup_v1.unavailable_reason() is None:
+        parents += [
+            Path(_cgroup_v1.parent_dir(c))
+            for c in ("memory", "cpuacct", "cpu", "pids")
+            if c in _cgroup_v1.available_controllers()
+        ]
+    mount = _cgroup_v2.mount_point()
+    if mount is not None:
+        parents.append(Path(_cgroup_v2.parent_dir(mount, _cgroup_v2.own_path())))
+    return parents
+
+
 def _our_cgroups() -> list[str]:
     prefix = f"{os.getpid()}-"
     found = []
-    for parent in Path("/sys/fs/cgroup").glob("**/governor"):
+    for parent in _governor_parents():
         if parent.is_dir():
             found += [
                 str(child) for child in parent.iterdir() if child.is_dir() and child.name.startswith(prefix)

@@ -107,3 +107,42 @@ def test_bad_definitions_are_refused_with_the_field_named() -> None:
         governor.run(["true"], kill_grace=-1)
     with pytest.raises(ValueError, match="only a callable"):
         governor.run(["echo"], "extra")
+
+
+def test_output_callback_sees_every_chunk_even_beyond_the_cap() -> None:
+    seen: list[tuple[str, bytes]] = []
+    record = governor.run(
+        ["sh", "-c", "printf abcdef; printf err >&2"],
+        output_cap=2,
+        on_output=lambda s, c: seen.append((s, c)),
+    )
+    assert record.stdout == b"ab"
+    assert b"".join(c for s, c in seen if s == "stdout") == b"abcdef"
+    assert b"".join(c for s, c in seen if s == "stderr") == b"err"
+
+
+def test_stdin_can_be_given(tmp_path: Path) -> None:
+    source = tmp_path / "input"
+    source.write_bytes(b"from stdin\n")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        record = governor.run(["cat"], stdin=fd)
+    finally:
+        os.close(fd)
+    assert record.stdout == b"from stdin\n"
+
+
+def test_concurrent_runs_from_threads_share_one_fork_server() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        records = list(pool.map(lambda n: governor.run(th.add, n, n), range(24)))
+    assert [r.result for r in records] == [2 * n for n in range(24)]
+    assert len({r.pid for r in records}) == 24
+
+
+def test_unknown_enforcement_names_the_field() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="enforcement: expected one of auto, cgroup2"):
+        governor.run(["true"], enforcement="magic")

@@ -1,0 +1,37 @@
+"""The leak guard itself must be able to fail: it sees a stray child, a stray execution
+process and a stray cgroup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import conftest
+import pytest
+
+from runner._tree import COOKIE_VARIABLE
+
+
+def test_guard_sees_a_stray_child_and_an_execution_process() -> None:
+    env = {**os.environ, COOKIE_VARIABLE: f"{os.getpid()}-999-test"}
+    stray = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        assert stray.pid in {p.pid for p in conftest._leaked_children()}
+        assert stray.pid in {p.pid for p in conftest._our_execution_processes()}
+    finally:
+        stray.kill()
+        stray.wait()
+    assert stray.pid not in {p.pid for p in conftest._leaked_children()}
+
+
+def test_guard_sees_a_stray_cgroup() -> None:
+    parents = [p for p in conftest._governor_parents() if p.is_dir()]
+    if not parents:
+        pytest.skip("no writable cgroup hierarchy on this host")
+    stray = parents[0] / f"{os.getpid()}-999-test"
+    stray.mkdir()
+    try:
+        assert str(stray) in conftest._our_cgroups()
+    finally:
+        stray.rmdir()
+    assert str(stray) not in conftest._our_cgroups()
