@@ -65,7 +65,7 @@ def raw_fork(tasks: int) -> list[float]:
     return latencies
 
 
-def governor_handles(tasks: int, server: ForkServer) -> list[float]:
+def governor_handles(tasks: int, server: ForkServer, enforcement: str = "auto") -> list[float]:
     """Our runner driven like the scheduler's loop: 2 handles in flight, one poll."""
     limits = Limits(memory="256MiB", wall_time=60)
     latencies: list[float] = []
@@ -75,7 +75,9 @@ def governor_handles(tasks: int, server: ForkServer) -> list[float]:
     while submitted < tasks or running:
         while submitted < tasks and len(running) < IN_FLIGHT:
             start = time.perf_counter()
-            spec = ExecutionSpec(target=bench_tasks.trivial, args=(submitted,), limits=limits)
+            spec = ExecutionSpec(
+                target=bench_tasks.trivial, args=(submitted,), limits=limits, enforcement=enforcement
+            )
             running[ExecutionHandle(spec, fork_server=server)] = start
             submitted += 1
         owners = {}
@@ -181,6 +183,11 @@ def main() -> None:
     contenders: list[tuple[str, Callable[[int], list[float]], int]] = [
         ("raw os.fork() loop (floor)", raw_fork, arguments.tasks),
         (f"governor ({mode}, limits + sampling)", lambda n: governor_handles(n, server), arguments.tasks),
+        (
+            "governor (no cgroups: rlimit + watchdog)",
+            lambda n: governor_handles(n, server, "rlimit"),
+            arguments.tasks,
+        ),
         ("ProcessPoolExecutor(max_tasks_per_child=1)", process_pool, max(20, arguments.tasks // 10)),
         ("  same, forkserver context", process_pool_forkserver, max(20, arguments.tasks // 10)),
         ("pebble ProcessPool(max_tasks=1)", pebble_pool, max(20, arguments.tasks // 10)),

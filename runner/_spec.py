@@ -31,7 +31,7 @@ class ExecutionSpec:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
-    enforcement: Enforcement = Enforcement.AUTO
+    enforcement: Enforcement | str = Enforcement.AUTO
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     capture: bool = True

@@ -12,6 +12,7 @@ environment and leaves the session escapes, which only a cgroup prevents.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import psutil
 
@@ -28,6 +29,7 @@ class ProcessTree:
         self._root: psutil.Process | None = None
         self._seen: dict[tuple[int, float], psutil.Process] = {}
         self._cpu_floor = (0.0, 0.0)  # CPU can only grow; members that vanish keep theirs
+        self._root_start = 0  # the child's start time in clock ticks since boot
 
     def procs_files(self) -> list[str]:
         return []
@@ -38,6 +40,8 @@ class ProcessTree:
         except psutil.NoSuchProcess:
             self._root = None
             return
+        stat = _stat(pid)
+        self._root_start = stat.start if stat is not None else 0
         self._remember([self._root])
 
     def _remember(self, processes: list[psutil.Process]) -> None:
@@ -82,30 +86,40 @@ class ProcessTree:
         return Reading(private + shared, user, system, count)
 
     def members(self, thorough: bool = False) -> list[int]:
-        pids = {process.pid for process in self._current()}
-        if thorough:
-            pids.update(self._by_session_or_cookie())
+        pids = self._scan_proc() if thorough else {process.pid for process in self._current()}
         pids.discard(os.getpid())
         return sorted(pids)
 
-    def _by_session_or_cookie(self) -> set[int]:
-        session = self._root.pid if self._root is not None else None
-        found = set()
+    def _scan_proc(self) -> set[int]:
+        """One pass over /proc: descendants (by parent links), the child's session, and the
+        cookie holders. Only processes started no earlier than the child can be any of these,
+        so older ones are skipped after reading their stat line (no environ read)."""
+        root = self._root.pid if self._root is not None else None
+        seen = {pid for pid, _ in self._seen}
+        table: dict[int, tuple[int, int]] = {}  # pid -> (parent, session), young live ones only
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            pid = int(entry)
-            try:
-                if session is not None and os.getsid(pid) == session:
-                    found.add(pid)
-                    continue
-                with open(f"/proc/{pid}/environ", "rb") as environ:
-                    variables = environ.read().split(b"\0")
-            except (OSError, ProcessLookupError):
+            stat = _stat(int(entry))
+            if stat is None or stat.zombie or stat.start < self._root_start:
                 continue
-            if self._cookie in variables:
-                found.add(pid)
-        return {pid for pid in found if _alive_pid(pid)}
+            table[int(entry)] = (stat.parent, stat.session)
+        found = {pid for pid in table if pid in seen or pid == root or table[pid][1] == root}
+        changed = True
+        while changed:  # close over parent links: children of members are members
+            changed = False
+            for pid, (parent, _session) in table.items():
+                if pid not in found and parent in found:
+                    found.add(pid)
+                    changed = True
+        for pid in table.keys() - found:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as environ:
+                    if self._cookie in environ.read().split(b"\0"):
+                        found.add(pid)
+            except OSError:
+                continue
+        return found
 
     def peak_memory(self) -> int | None:
         return None
@@ -127,8 +141,20 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _alive_pid(pid: int) -> bool:
+class _Stat(NamedTuple):
+    parent: int
+    session: int
+    start: int
+    zombie: bool
+
+
+def _stat(pid: int) -> _Stat | None:
+    """Parent, session, start time and zombie state from /proc/<pid>/stat (one read)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    # Fields after the command name, from 0: state, ppid, pgrp, session, ... starttime at 19.
+    return _Stat(int(fields[1]), int(fields[3]), int(fields[19]), fields[0] in (b"Z", b"X"))
