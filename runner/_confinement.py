@@ -4,6 +4,7 @@ processes, and cleanup. Backends: ``CgroupV2``, ``CgroupV1`` and ``ProcessTree``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,8 +63,11 @@ class Confinement(Protocol):
 def is_zombie(pid: int) -> bool:
     """True if ``pid`` is a zombie or gone (state read from /proc, no psutil)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
     except OSError:
         return True
     return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")

@@ -150,9 +150,12 @@ class _Stat(NamedTuple):
 
 def _stat(pid: int) -> _Stat | None:
     """Parent, session, start time and zombie state from /proc/<pid>/stat (one read)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
+    try:  # os-level calls: this runs for every process on the host, at every sweep
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2 :].split()
