@@ -24,6 +24,7 @@ from typing import Any
 
 from policies import Limits, format_duration, format_size
 from runner import Enforcement, EnforcementUnavailable, Execution, ExecutionSpec, Outcome, RunnerError
+from runner._enforcement import resolve
 from runner._run import run_spec
 
 EXIT_MEMORY = 121
@@ -117,11 +118,16 @@ def _run(arguments: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise _UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
-    echo = _Echo() if arguments.json else None
+    limits = _limits(arguments)
+    # Output passes straight through (a terminal stays a terminal) unless we must see it: for
+    # --json, to end the command's last line before ours; under an RLIMIT_DATA memory limit,
+    # to recognise a refused allocation in its stderr. Then it is forwarded as it arrives.
+    rlimit_memory = limits.memory is not None and resolve(arguments.enforce) is Enforcement.RLIMIT
+    echo = _Echo() if arguments.json or rlimit_memory else None
     try:
         spec = ExecutionSpec(
             target=command,
-            limits=_limits(arguments),
+            limits=limits,
             enforcement=arguments.enforce,
             capture=echo is not None,
             output_cap=64 * 1024,
@@ -144,7 +150,8 @@ def _run(arguments: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if echo is not None:
+    if arguments.json:
+        assert echo is not None
         echo.finish()
         print(json.dumps({"command": command, **_json_record(record)}), flush=True)
     else:

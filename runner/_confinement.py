@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,21 @@ class Confinement(Protocol):
         ...
 
 
-def is_zombie(pid: int) -> bool:
-    """True if ``pid`` is a zombie or gone (state read from /proc, no psutil)."""
+class ProcStat(NamedTuple):
+    """The few fields of /proc/<pid>/stat the runner needs."""
+
+    parent: int
+    session: int
+    start: int  # clock ticks since boot
+    zombie: bool  # a zombie, or dead and about to vanish
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """Read /proc/<pid>/stat; ``None`` if the process is gone.
+
+    os-level calls, not ``open``: this runs for every member at every kill pass and for every
+    process on the host at a tree sweep.
+    """
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
         try:
@@ -69,8 +82,16 @@ def is_zombie(pid: int) -> bool:
         finally:
             os.close(fd)
     except OSError:
-        return True
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")
+        return None
+    # After the parenthesised command name, from 0: state, ppid, pgrp, session, ..., starttime.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return ProcStat(int(fields[1]), int(fields[3]), int(fields[19]), fields[0] in (b"Z", b"X"))
+
+
+def is_zombie(pid: int) -> bool:
+    """True if ``pid`` is a zombie or gone."""
+    stat = proc_stat(pid)
+    return stat is None or stat.zombie
 
 
 def live_pids(pids: list[int]) -> list[int]:

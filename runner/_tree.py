@@ -12,11 +12,10 @@ environment and leaves the session escapes, which only a cgroup prevents.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import psutil
 
-from runner._confinement import Reading
+from runner._confinement import Reading, proc_stat
 
 COOKIE_VARIABLE = "GOVERNOR_EXECUTION_ID"
 
@@ -40,7 +39,7 @@ class ProcessTree:
         except psutil.NoSuchProcess:
             self._root = None
             return
-        stat = _stat(pid)
+        stat = proc_stat(pid)
         self._root_start = stat.start if stat is not None else 0
         self._remember([self._root])
 
@@ -100,7 +99,7 @@ class ProcessTree:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            stat = _stat(int(entry))
+            stat = proc_stat(int(entry))
             if stat is None or stat.zombie or stat.start < self._root_start:
                 continue
             table[int(entry)] = (stat.parent, stat.session)
@@ -139,25 +138,3 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-class _Stat(NamedTuple):
-    parent: int
-    session: int
-    start: int
-    zombie: bool
-
-
-def _stat(pid: int) -> _Stat | None:
-    """Parent, session, start time and zombie state from /proc/<pid>/stat (one read)."""
-    try:  # os-level calls: this runs for every process on the host, at every sweep
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    # Fields after the command name, from 0: state, ppid, pgrp, session, ... starttime at 19.
-    return _Stat(int(fields[1]), int(fields[3]), int(fields[19]), fields[0] in (b"Z", b"X"))

@@ -23,6 +23,15 @@ def test_readme_promise_memory_hog_ends_as_memory_exceeded() -> None:
     assert "peak memory" in done.stderr and "MiB" in done.stderr
 
 
+@pytest.mark.parametrize("mode", ["rlimit", "watchdog"])
+def test_memory_hog_without_cgroups_still_ends_as_memory_exceeded(mode: str) -> None:
+    done = governor(
+        "run", "--enforce", mode, "--memory", "100M", "--", sys.executable, "-c", "b = bytearray(10**9)"
+    )
+    assert done.returncode == 121, done.stderr
+    assert f"memory={mode}" in done.stderr
+
+
 def test_json_record_is_the_last_line_of_stdout() -> None:
     done = governor("run", "--json", "--", "sh", "-c", "printf 'no newline'")
     assert done.returncode == 0
