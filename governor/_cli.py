@@ -141,12 +141,11 @@ def _run(arguments: argparse.Namespace) -> int:
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
+        received.append(signum)  # a flag, not an exception: the loop is never cut mid-step
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        record = run_spec(spec, raise_interrupt=False)
+        record = run_spec(spec, raise_interrupt=False, cancel_requested=lambda: bool(received))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -42,6 +42,7 @@ class ForkServer:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
+        self._owner = os.getpid()
 
     @property
     def pid(self) -> int | None:
@@ -78,6 +79,12 @@ class ForkServer:
             self._discard()
 
     def _ensure_running(self) -> socket.socket:
+        if self._owner != os.getpid():
+            # We are a fork of the process that started the zygote: its control socket is
+            # the parent's to use. Drop our copy (the parent's stays open) and start our own.
+            if self._control is not None:
+                self._control.close()
+            self._control, self._process, self._owner = None, None, os.getpid()
         if self._process is not None and self._process.poll() is None and self._control:
             return self._control
         self._discard()
@@ -105,6 +112,8 @@ class ForkServer:
         return ours
 
     def _discard(self) -> None:
+        if self._owner != os.getpid():
+            return  # inherited across a fork: the zygote is the parent process's to stop
         if self._control is not None:
             self._control.close()  # EOF tells the zygote to exit
             self._control = None

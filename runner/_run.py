@@ -15,13 +15,18 @@ from runner._spec import ExecutionSpec
 
 
 def run_spec(
-    spec: ExecutionSpec, *, fork_server: ForkServer | None = None, raise_interrupt: bool = True
+    spec: ExecutionSpec,
+    *,
+    fork_server: ForkServer | None = None,
+    raise_interrupt: bool = True,
+    cancel_requested: Callable[[], bool] | None = None,
 ) -> Execution:
     """Run ``spec`` in a fresh child and return its record.
 
     A ``KeyboardInterrupt`` while waiting cancels the execution (TERM, grace, KILL) and waits
     for the tree to be gone; then it propagates, or with ``raise_interrupt=False`` the
-    ``cancelled`` record is returned.
+    ``cancelled`` record is returned. ``cancel_requested`` is asked after every wake-up (at
+    least every ``sample_interval``): a signal handler can set a flag instead of raising.
     """
     handle = ExecutionHandle(spec, fork_server=fork_server)
     interrupted: BaseException | None = None
@@ -30,7 +35,10 @@ def run_spec(
     while not handle.done:
         try:
             _wait(handle, poller, registered)
+            if cancel_requested is not None and cancel_requested():
+                handle.cancel()
         except KeyboardInterrupt as interrupt:
+            # Whatever step it cut short is safe to repeat: the loop carries on to the end.
             interrupted = interrupted or interrupt
             handle.cancel()
     assert handle.execution is not None

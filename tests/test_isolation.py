@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import psutil
@@ -146,3 +147,27 @@ def test_unknown_enforcement_names_the_field() -> None:
 
     with pytest.raises(ValueError, match="enforcement: expected one of auto, cgroup2"):
         governor.run(["true"], enforcement="magic")
+
+
+def test_a_forked_supervisor_gets_its_own_fork_server() -> None:
+    """After os.fork(), the child process must not talk over its parent's zygote socket."""
+    server = ForkServer()
+    assert governor.run(th.add, 1, 1, fork_server=server).result == 2
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns that forking a threaded process is risky;
+        warnings.simplefilter("ignore", DeprecationWarning)  # this child only runs governor.run
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked copy of the test process
+        try:
+            ok = governor.run(th.add, 2, 3, fork_server=server).result == 5
+            server.close()
+            os.write(write_end, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert governor.run(th.add, 3, 3, fork_server=server).result == 6  # the parent's still works
+    server.close()
