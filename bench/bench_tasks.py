@@ -3,3 +3,11 @@
 
 def trivial(index: int) -> int:
     return index * 2
+
+
+def spin(seconds: float) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass

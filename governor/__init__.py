@@ -5,10 +5,18 @@
     >>> record.outcome, record.result
     (<Outcome.SUCCEEDED: 'succeeded'>, 6)
 
-Public names are re-exported here; ``runner`` and ``policies`` hold the machinery.
+``Scheduler`` runs ``Task``s on triggers (``PeriodicTrigger``, ``EventTrigger``,
+``OneTimeTrigger``) by priority with retries; ``GovernedExecutor`` is a
+``concurrent.futures.Executor`` on the same machinery. Public names are re-exported here;
+``runner`` and ``policies`` hold the machinery.
 """
 
-from policies import Limits, format_duration, format_size, parse_duration, parse_size
+from governor._clock import Clock, FakeClock, SystemClock
+from governor._executor import GovernedExecutor
+from governor._scheduler import Scheduler
+from governor._task import Task
+from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, Trigger
+from policies import Limits, RetryPolicy, format_duration, format_size, parse_duration, parse_size
 from runner import (
     Enforcement,
     EnforcementUnavailable,
@@ -27,19 +35,30 @@ from runner import (
 )
 
 __all__ = [
+    "Clock",
     "Enforcement",
     "EnforcementUnavailable",
+    "EventTrigger",
     "Execution",
     "ExecutionFailed",
     "ExecutionSpec",
+    "FakeClock",
     "ForkServer",
+    "GovernedExecutor",
     "Limits",
     "Mechanism",
+    "OneTimeTrigger",
     "Outcome",
+    "PeriodicTrigger",
     "RemoteError",
     "RemoteTraceback",
+    "RetryPolicy",
     "Sample",
+    "Scheduler",
+    "SystemClock",
+    "Task",
     "TaskError",
+    "Trigger",
     "Usage",
     "format_duration",
     "format_size",

@@ -5,6 +5,16 @@ priority, admission and estimates. Everything here is deterministic and unit-tes
 """
 
 from policies._limits import Limits
+from policies._priority import ReadyQueue
+from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
 
-__all__ = ["Limits", "format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = [
+    "Limits",
+    "ReadyQueue",
+    "RetryPolicy",
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_size",
+]

@@ -30,9 +30,13 @@ from runner._records import Enforcement, Mechanism
 CPU_RLIMIT_GRACE = 1
 
 
-@cache
-def cgroup_unavailable(mode: Enforcement) -> str | None:
+def cgroup_unavailable(mode: Enforcement | str) -> str | None:
     """Why a cgroup mode cannot be used here (``None`` when it can). Cached per process."""
+    return _cgroup_unavailable(Enforcement(mode))
+
+
+@cache
+def _cgroup_unavailable(mode: Enforcement) -> str | None:
     if mode is Enforcement.CGROUP2:
         return _cgroup_v2.unavailable_reason()
     if mode is Enforcement.CGROUP1:

@@ -458,13 +458,7 @@ class ExecutionHandle:
 
     def _finish_early(self, error: Exception, note: str) -> None:
         now = time.monotonic()
-        usage = Usage(
-            peak_memory_bytes=0,
-            cpu_user_seconds=0.0,
-            cpu_system_seconds=0.0,
-            wall_seconds=0.0,
-            peak_processes=0,
-        )
+        usage = Usage.zero()
         self._message = (
             "raised",
             None,

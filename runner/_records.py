@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import pickle
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from policies import Limits, format_duration, format_size
@@ -83,6 +83,17 @@ class Usage:
         """User + system CPU seconds."""
         return self.cpu_user_seconds + self.cpu_system_seconds
 
+    @classmethod
+    def zero(cls) -> Usage:
+        """The usage of an execution that never started."""
+        return cls(
+            peak_memory_bytes=0,
+            cpu_user_seconds=0.0,
+            cpu_system_seconds=0.0,
+            wall_seconds=0.0,
+            peak_processes=0,
+        )
+
     def __repr__(self) -> str:
         return (
             f"Usage(peak={format_size(self.peak_memory_bytes)}, cpu={self.cpu_seconds:.3f}s "
@@ -134,6 +145,31 @@ class Execution:
     stderr: bytes | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()  # facts worth knowing that are not errors
     attempt: int = 1
+    queued_at: datetime | None = None  # when a scheduler queued it (None for a direct run)
+
+    @classmethod
+    def unstarted(
+        cls, limits: Limits, error: BaseException, *, outcome: Outcome = Outcome.FAILED
+    ) -> Execution:
+        """The record of an execution that could not be started (``error`` says why)."""
+        now = datetime.now(UTC)
+        kind = type(error)
+        return cls(
+            outcome=outcome,
+            exit_code=None,
+            signal=None,
+            breached_limit=None,
+            error=TaskError(
+                type=f"{kind.__module__}.{kind.__qualname__}", message=f"could not start: {error}"
+            ),
+            usage=Usage.zero(),
+            limits=limits,
+            enforcement={},
+            unenforced=(),
+            started_at=now,
+            ended_at=now,
+            pid=None,
+        )
 
     @property
     def ok(self) -> bool:
@@ -178,6 +214,7 @@ class Execution:
             "ended_at": self.ended_at.isoformat(),
             "pid": self.pid,
             "attempt": self.attempt,
+            "queued_at": self.queued_at.isoformat() if self.queued_at else None,
             "notes": list(self.notes),
             "timeline": [asdict(sample) for sample in usage.timeline],
         }

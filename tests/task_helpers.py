@@ -157,3 +157,34 @@ def print_and_return(text: str) -> str:
     print(text)
     print("to stderr", file=sys.stderr)
     return text
+
+
+def wait_for_release(fifo: str, ready: str | None = None) -> str:
+    """Block until the test opens ``fifo`` for writing and closes it (no sleeping, no polling)."""
+    if ready is not None:
+        Path(ready).touch()
+    with open(fifo, "rb") as pipe:
+        pipe.read()
+    return "released"
+
+
+def fail_until(counter: str, successes_after: int) -> int:
+    """Fail on the first ``successes_after`` calls (counted in a file), then succeed."""
+    path = Path(counter)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls <= successes_after:
+        raise RuntimeError(f"attempt {calls} fails on purpose")
+    return calls
+
+
+def hold_memory(size: int) -> int:
+    """Touch ``size`` bytes and keep them until returning."""
+    block = bytearray(size)
+    return len(block)
+
+
+def append_line(path: str, text: str, payload: object = None) -> str:
+    with open(path, "a") as handle:
+        handle.write(f"{text}\n" if payload is None else f"{text}:{payload}\n")
+    return text

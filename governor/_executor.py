@@ -1,0 +1,151 @@
+"""``GovernedExecutor``: a ``concurrent.futures.Executor`` whose every call is an isolated,
+limited, measured execution in a fresh child process, run by a ``Scheduler``'s loop.
+
+A drop-in for ``ProcessPoolExecutor`` where isolation matters: no worker is reused, so no
+state leaks between calls, a crash fails only its own call, and a call that breaks its limits
+is killed (whole tree) without harming the others. A call's exception re-raises from
+``Future.result()`` as its original type, with the child's traceback as ``__cause__``;
+any other failure raises ``ExecutionFailed`` carrying the record. Every finished future has
+the record of its last attempt as ``future.execution``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from typing import Any
+
+from governor._scheduler import Scheduler
+from policies import Limits, RetryPolicy
+from runner import Enforcement, ExecutionSpec, ForkServer
+
+
+class GovernedExecutor(Executor):
+    """Runs each submitted call in its own governed child process.
+
+    ``max_workers`` calls run at once (default: the number of CPUs); ``limits``,
+    ``retry_policy``, ``enforcement``, ``env`` and ``cwd`` apply to every call unless
+    ``options(...)`` overrides them for some calls.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        limits: Limits | None = None,
+        retry_policy: RetryPolicy | None = None,
+        *,
+        enforcement: Enforcement | str = Enforcement.AUTO,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        priority: int = 0,
+        fork_server: ForkServer | None = None,
+    ) -> None:
+        workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"max_workers: must be a whole number >= 1, got {max_workers!r}")
+        self._defaults = _CallOptions(
+            limits=limits or Limits(),
+            retry_policy=retry_policy or RetryPolicy(),
+            priority=priority,
+            enforcement=enforcement,
+            env=env,
+            cwd=cwd,
+        )
+        self._scheduler = Scheduler(workers, fork_server=fork_server)
+        self._scheduler.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)`` as a governed execution; return its future."""
+        return self._defaults.submit_to(self._scheduler, fn, args, kwargs)
+
+    def options(
+        self,
+        *,
+        limits: Limits | None = None,
+        retry_policy: RetryPolicy | None = None,
+        priority: int | None = None,
+        enforcement: Enforcement | str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> _CallOptions:
+        """A view of this executor whose ``submit``/``map`` use other limits or priority:
+        ``executor.options(limits=Limits(memory="2GiB"), priority=5).submit(fn, x)``."""
+        defaults = self._defaults
+        return _CallOptions(
+            limits=limits if limits is not None else defaults.limits,
+            retry_policy=retry_policy if retry_policy is not None else defaults.retry_policy,
+            priority=priority if priority is not None else defaults.priority,
+            enforcement=enforcement if enforcement is not None else defaults.enforcement,
+            env=env if env is not None else defaults.env,
+            cwd=cwd if cwd is not None else defaults.cwd,
+            executor=self,
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new calls; with ``cancel_futures`` drop those not started, else run them all."""
+        self._scheduler._shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class _CallOptions:
+    """Options for some calls of a ``GovernedExecutor``; has ``submit`` and ``map``."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        retry_policy: RetryPolicy,
+        priority: int,
+        enforcement: Enforcement | str,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        executor: GovernedExecutor | None = None,
+    ) -> None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority: must be a whole number, got {priority!r}")
+        if not isinstance(limits, Limits):
+            raise ValueError(f"limits: expected a Limits, got {limits!r}")
+        self.limits = limits
+        self.retry_policy = retry_policy
+        self.priority = priority
+        self.enforcement = enforcement
+        self.env = env
+        self.cwd = cwd
+        self._executor = executor
+
+    def submit_to(
+        self, scheduler: Scheduler, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable, got {fn!r}")
+        spec = ExecutionSpec(
+            target=fn,
+            args=args,
+            kwargs=kwargs,
+            limits=self.limits,
+            enforcement=self.enforcement,
+            env=self.env,
+            cwd=self.cwd,
+        )
+        return scheduler._submit(spec, self.priority, self.retry_policy)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Like ``GovernedExecutor.submit``, with these options."""
+        assert self._executor is not None
+        return self.submit_to(self._executor._scheduler, fn, args, kwargs)
+
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None) -> Any:
+        """Like ``Executor.map``, with these options."""
+        assert self._executor is not None
+        view = _View(self)
+        return Executor.map(view, fn, *iterables, timeout=timeout)
+
+
+class _View(Executor):
+    """Adapts ``_CallOptions`` to ``Executor.map``, which needs only ``submit``."""
+
+    def __init__(self, options: _CallOptions) -> None:
+        self._options = options
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._options.submit(fn, *args, **kwargs)

@@ -1,0 +1,662 @@
+"""The scheduler: tasks fire on triggers, queue by priority, and run as governed executions.
+
+One loop thread owns every piece of scheduling state. Public methods never touch that state:
+they append a command (a closure) to a queue and wake the loop through a pipe. The loop has
+one blocking point, a ``poll`` on {the wake-up pipe, every running execution's pipes}, with
+a timeout equal to the nearest deadline: the next trigger fire or retry (a heap, stale
+entries skipped lazily), the next sample or kill step of a running execution, the next poll
+of a custom ``is_ready()`` trigger. Idle, it sleeps; 100,000 idle periodic tasks cost a heap.
+
+    trigger fires ─┐
+    event fired ───┼──> ready queue (priority + aging) ──slot free──> ExecutionHandle ──> record
+    fire() / submit┘          ^                                                           │
+                              └──── retry after delay (policy: outcome, backoff, memory) <┘
+
+Missed fires (the loop was busy, the task paused, the scheduler stopped): a time trigger
+never queues more than one run of its task (coalescing), and after a late fire the next fire
+is computed from now, so catching up is one run, never a burst. Fires while a task is paused
+are skipped; events are kept and run on resume. Events are never lost: each fire is a run.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import json
+import logging
+import os
+import random
+import select
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from governor._clock import Clock, SystemClock
+from governor._task import Task
+from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
+from policies import ReadyQueue, RetryPolicy
+from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome
+
+PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
+_log = logging.getLogger("governor.scheduler")
+
+
+@dataclass(eq=False)
+class _Request:
+    """One execution waiting for a slot (the work item: it stays in the supervisor)."""
+
+    spec: ExecutionSpec
+    priority: int
+    attempt: int
+    queued_at: datetime
+    retry_policy: RetryPolicy
+    task: Task | None = None
+    future: Future[Any] | None = None
+    scheduled_for: datetime | None = None  # the fire time it answers, for lateness
+    time_fire: bool = False  # queued by a time trigger (coalesced per task)
+    queued_mono: float = field(default_factory=time.monotonic)
+
+
+@dataclass(order=True)
+class _Due:
+    """A heap entry: a trigger fire or a retry, due at ``when``."""
+
+    when: datetime
+    seq: int
+    kind: str = field(compare=False)  # "fire" | "retry"
+    task_id: int = field(compare=False, default=0)
+    trigger: int = field(compare=False, default=0)
+    generation: int = field(compare=False, default=0)
+    anchor: datetime | None = field(compare=False, default=None)  # un-jittered fire time
+    request: _Request | None = field(compare=False, default=None)
+
+
+class Scheduler:
+    """Runs tasks in isolated, governed child processes when their triggers fire.
+
+    ``max_running_tasks`` executions run at once; more wait in a queue ordered by priority
+    (higher first), arrival, and ``aging_per_second`` (waiting raises priority, so nothing
+    starves). ``clock`` drives schedule logic (a ``FakeClock`` in tests). All methods are
+    thread-safe; the scheduler is a context manager and can be started again after a stop.
+    """
+
+    def __init__(
+        self,
+        max_running_tasks: int = 1,
+        *,
+        clock: Clock | None = None,
+        fork_server: ForkServer | None = None,
+        aging_per_second: float = 1.0,
+        poll_interval: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if (
+            isinstance(max_running_tasks, bool)
+            or not isinstance(max_running_tasks, int)
+            or max_running_tasks < 1
+        ):
+            raise ValueError(f"max_running_tasks: must be a whole number >= 1, got {max_running_tasks!r}")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval: must be a positive number of seconds, got {poll_interval!r}")
+        self.max_running_tasks = max_running_tasks
+        self._clock = clock or SystemClock()
+        self._fork_server = fork_server
+        self._poll_interval = poll_interval
+        self._random = random.Random(seed)
+        self._lock = threading.RLock()  # reentrant: wait()'s predicate may call get_task()
+        self._changed = threading.Condition(self._lock)
+        self._tasks: dict[int, Task] = {}
+        self._ids = itertools.count(1)
+        self._commands: deque[Callable[[], None]] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._accepting = True
+        self._clock.subscribe(self._wake)
+        # Loop-owned state (touched only by the loop thread, or before it starts).
+        self._heap: list[_Due] = []
+        self._seq = itertools.count()
+        self._ready: ReadyQueue[_Request] = ReadyQueue(aging_per_second)
+        self._running: dict[ExecutionHandle, _Request] = {}
+        self._instances: Counter[int] = Counter()
+        self._queued_time_fire: Counter[int] = Counter()
+        self._generation: Counter[int] = Counter()
+        self._fired_once: set[tuple[int, int]] = set()  # one-time triggers that have fired
+        self._next_poll: datetime | None = None
+        self._running_count = 0
+        self._cancel_running = False
+        self._drain_submitted = False
+        self._lateness: deque[float] = deque(maxlen=100_000)
+
+    # -- public API -----------------------------------------------------------------------
+
+    def add_task(self, task: Task) -> Task:
+        """Register ``task`` (assigns ``task.id``) and arm its triggers; returns it."""
+        if not isinstance(task, Task):
+            raise TypeError(f"task: expected a Task, got {task!r}")
+        with self._lock:
+            if task.id is not None and self._tasks.get(task.id) is task:
+                raise ValueError(f"task {task.name!r} is already added (id {task.id})")
+            task.id = next(self._ids)
+            self._tasks[task.id] = task
+        for index, trigger in enumerate(task.triggers):
+            if isinstance(trigger, EventTrigger):
+                trigger._attach(self._event_listener(task.id, index))
+        added = self._clock.now()  # triggers count from the call, not from when the loop gets to it
+        self._post(lambda: self._arm(task, added))
+        return task
+
+    def remove_task(self, task_id: int) -> None:
+        """Unregister a task: no more fires, queued runs dropped; a running one finishes."""
+        with self._lock:
+            task = self._tasks.pop(task_id, None)
+        if task is None:
+            raise KeyError(f"no task with id {task_id}")
+        for trigger in task.triggers:
+            if isinstance(trigger, EventTrigger):
+                trigger._attach(None)
+        self._post(lambda: self._disarm(task_id))
+
+    def get_task(self, task_id: int) -> Task | None:
+        """The task with this id, or ``None``."""
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def tasks(self) -> list[Task]:
+        """Every registered task, in the order they were added."""
+        with self._lock:
+            return list(self._tasks.values())
+
+    def pause_task(self, task_id: int) -> None:
+        """Stop starting this task: time fires are skipped, events wait for ``resume_task``."""
+        self._require(task_id).paused = True
+        self._wake()
+
+    def resume_task(self, task_id: int) -> None:
+        """Let a paused task run again (its waiting events run now; missed fires do not)."""
+        task = self._require(task_id)
+        task.paused = False
+        self._post(lambda: self._drain_events(task))
+
+    def fire(self, task_id: int, payload: Any = None) -> None:
+        """Queue one run of the task now, as if an event had fired."""
+        task = self._require(task_id)
+        self._post(lambda: self._enqueue_task_run(task, payload=payload))
+
+    def running_tasks_count(self) -> int:
+        """Executions running right now."""
+        return self._running_count
+
+    def start(self) -> None:
+        """Start the loop thread (a no-op if it is running). Triggers are armed from now."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._accepting = True
+            self._cancel_running = False
+            self._drain_submitted = False
+            self._thread = threading.Thread(target=self._loop, name="governor-scheduler", daemon=True)
+            now = self._clock.now()
+            for task in self._tasks.values():
+                self._commands.append(functools.partial(self._arm, task, now))
+            self._thread.start()
+
+    def stop(self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None) -> None:
+        """Stop triggering; then let running executions finish, or cancel them.
+
+        With ``cancel`` they are cancelled at once (whole trees killed, outcome ``cancelled``);
+        otherwise they may run until ``timeout`` seconds have passed, then are cancelled.
+        Queued runs that have not started are dropped. Calling it again is harmless.
+        """
+        self._request_stop(cancel=cancel, drain_submitted=False)
+        if wait:
+            self._join(timeout)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``predicate()`` is true, re-checked whenever an execution ends or the
+        scheduler's state changes; ``False`` if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def fire_lateness(self) -> list[float]:
+        """Seconds between each time-triggered fire's due time and its start (for benchmarks)."""
+        return list(self._lateness)
+
+    def __enter__(self) -> Scheduler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    continue
+
+    # -- used by GovernedExecutor ---------------------------------------------------------
+
+    def _submit(self, spec: ExecutionSpec, priority: int, retry_policy: RetryPolicy) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if not self._accepting:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        request = _Request(spec, priority, 1, self._clock.now(), retry_policy, future=future)
+        self._post(lambda: self._push(request))
+        return future
+
+    def _shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            self._post(self._cancel_queued_futures)
+        self._request_stop(cancel=False, drain_submitted=True)
+        if wait:
+            self._join(None)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _post(self, command: Callable[[], None]) -> None:
+        self._commands.append(command)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            return  # the pipe is full: the loop is already bound to wake
+        except OSError:
+            return  # closed: the scheduler is being collected
+
+    def _require(self, task_id: int) -> Task:
+        task = self.get_task(task_id)
+        if task is None:
+            raise KeyError(f"no task with id {task_id}")
+        return task
+
+    def _request_stop(self, *, cancel: bool, drain_submitted: bool) -> None:
+        with self._lock:
+            self._accepting = False
+            thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+
+        def stop() -> None:
+            self._stopping = True
+            self._drain_submitted = drain_submitted
+            if cancel:
+                self._cancel_running = True
+
+        self._post(stop)
+
+    def _join(self, timeout: float | None) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        if threading.current_thread() is thread:
+            raise RuntimeError("stop() cannot be called from the scheduler's own thread")
+        thread.join(timeout)
+        if thread.is_alive():  # the grace is over: cancel what still runs, and wait for it
+
+            def cancel() -> None:
+                self._cancel_running = True
+
+            self._post(cancel)
+            thread.join()
+
+    def _event_listener(self, task_id: int, index: int) -> Callable[[], None]:
+        def fired() -> None:
+            task = self.get_task(task_id)
+            if task is not None:
+                self._post(lambda: self._drain_events(task))
+
+        return fired
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        registered: dict[int, ExecutionHandle | None] = {self._wake_r: None}
+        try:
+            while True:
+                try:
+                    self._run_commands()
+                    if self._stopping:
+                        self._wind_down()
+                        if not self._running and not (self._drain_submitted and len(self._ready)):
+                            return
+                    now = self._clock.now()
+                    if not self._stopping:
+                        self._fire_due(now)
+                        self._poll_custom(now)
+                    self._start_ready()
+                    self._wait(poller, registered, now)
+                    self._advance_running()
+                except Exception:  # a bug must not silently end supervision of running children
+                    _log.exception("scheduler loop error; carrying on")
+                    time.sleep(0.01)  # keeps a persistent error from spinning a core
+        finally:
+            self._fail_queued("the scheduler stopped before it ran")
+            with self._changed:
+                self._changed.notify_all()
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            self._commands.popleft()()
+
+    def _wait(
+        self, poller: select.poll, registered: dict[int, ExecutionHandle | None], now: datetime
+    ) -> None:
+        wanted: dict[int, ExecutionHandle | None] = {self._wake_r: None}
+        deadlines = []
+        for handle in self._running:
+            for fd in handle.fds():
+                wanted[fd] = handle
+            deadline = handle.deadline()
+            if deadline is not None:
+                deadlines.append(deadline - time.monotonic())
+        for fd in registered.keys() - wanted.keys():
+            poller.unregister(fd)
+        for fd in wanted.keys() - registered.keys():
+            poller.register(fd, select.POLLIN)
+        registered.clear()
+        registered.update(wanted)
+        if not self._stopping:
+            if self._heap:
+                deadlines.append((self._heap[0].when - now).total_seconds())
+            if self._next_poll is not None:
+                deadlines.append((self._next_poll - now).total_seconds())
+        timeout = None if not deadlines else max(0, int(min(deadlines) * 1000) + 1)
+        if self._commands:
+            timeout = 0
+        for fd, _events in poller.poll(timeout):
+            owner = wanted.get(fd)
+            if owner is None:
+                _drain(self._wake_r)
+            else:
+                owner.on_readable(fd)
+
+    def _advance_running(self) -> None:
+        for handle in list(self._running):
+            if self._cancel_running:
+                handle.cancel()
+            handle.on_time()
+            if handle.done:
+                self._finished(handle, self._running.pop(handle))
+
+    # -- triggers -------------------------------------------------------------------------
+
+    def _arm(self, task: Task, now: datetime) -> None:
+        """(Re)arm every trigger of ``task`` from ``now``; stale heap entries die by generation."""
+        if task.id is None or self._tasks.get(task.id) is not task:
+            return
+        self._generation[task.id] += 1
+        for index, trigger in enumerate(task.triggers):
+            if is_polled(trigger):
+                if self._next_poll is None:
+                    self._next_poll = now + timedelta(seconds=self._poll_interval)
+                continue
+            if isinstance(trigger, OneTimeTrigger) and (task.id, index) in self._fired_once:
+                continue
+            fire = trigger.next_fire(now)
+            if fire is not None:
+                self._schedule_fire(task, index, fire)
+        self._drain_events(task)
+
+    def _schedule_fire(self, task: Task, index: int, fire: datetime) -> None:
+        assert task.id is not None
+        trigger = task.triggers[index]
+        due = fire
+        if isinstance(trigger, PeriodicTrigger) and trigger.jitter:
+            due = trigger.jittered(fire, self._random.random())
+        entry = _Due(due, next(self._seq), "fire", task.id, index, self._generation[task.id], anchor=fire)
+        heapq.heappush(self._heap, entry)
+
+    def _disarm(self, task_id: int) -> None:
+        self._generation[task_id] += 1
+        for request in [r for r in self._ready_items() if r.task is not None and r.task.id == task_id]:
+            self._ready.remove(request)
+            self._queued_time_fire[task_id] -= request.time_fire
+
+    def _fire_due(self, now: datetime) -> None:
+        while self._heap and self._heap[0].when <= now:
+            entry = heapq.heappop(self._heap)
+            if entry.kind == "retry":
+                assert entry.request is not None
+                self._push(entry.request)
+                continue
+            task = self._tasks.get(entry.task_id)
+            if task is None or entry.generation != self._generation[entry.task_id]:
+                continue  # removed or re-armed since
+            trigger = task.triggers[entry.trigger]
+            if isinstance(trigger, OneTimeTrigger):
+                self._fired_once.add((entry.task_id, entry.trigger))
+            # Paused: the fire is skipped. Coalesced: a task has one queued time-fired run at most.
+            if not task.paused and self._queued_time_fire[entry.task_id] == 0:
+                self._enqueue_task_run(task, scheduled_for=entry.when, time_fire=True)
+            if isinstance(trigger, OneTimeTrigger):
+                continue
+            assert entry.anchor is not None
+            following = trigger.next_fire(entry.anchor)
+            if following is not None and following <= now:  # we are late: skip what was missed
+                following = trigger.next_fire(now)
+            if following is not None:
+                self._schedule_fire(task, entry.trigger, following)
+
+    def _poll_custom(self, now: datetime) -> None:
+        if self._next_poll is None or now < self._next_poll:
+            return
+        self._next_poll = None
+        for task in self._tasks.values():
+            for trigger in task.triggers:
+                if not is_polled(trigger):
+                    continue
+                self._next_poll = now + timedelta(seconds=self._poll_interval)
+                if not task.paused and trigger.is_ready():
+                    trigger.reset()
+                    self._enqueue_task_run(task)
+
+    def _drain_events(self, task: Task) -> None:
+        if task.paused or task.id is None or self._tasks.get(task.id) is not task or self._stopping:
+            return
+        for trigger in task.triggers:
+            if isinstance(trigger, EventTrigger):
+                for payload in trigger.drain():
+                    self._enqueue_task_run(task, payload=payload)
+
+    # -- queueing and starting ------------------------------------------------------------
+
+    def _enqueue_task_run(
+        self,
+        task: Task,
+        *,
+        payload: Any = None,
+        scheduled_for: datetime | None = None,
+        time_fire: bool = False,
+    ) -> None:
+        if task.id is None or self._tasks.get(task.id) is not task:
+            return
+        spec = task.spec
+        if payload is not None:
+            spec = _with_payload(task, spec, payload)
+        request = _Request(
+            spec, task.priority, 1, self._clock.now(), task.retry_policy, task=task,
+            scheduled_for=scheduled_for, time_fire=time_fire,
+        )  # fmt: skip
+        if time_fire:
+            self._queued_time_fire[task.id] += 1
+        self._push(request)
+
+    def _push(self, request: _Request) -> None:
+        request.queued_mono = time.monotonic()
+        self._ready.push(request, request.priority, request.queued_mono)
+
+    def _ready_items(self) -> list[_Request]:
+        return list(self._ready.ordered())
+
+    def _start_ready(self) -> None:
+        if self._stopping and not self._drain_submitted:
+            return
+        held: list[_Request] = []
+        while len(self._running) < self.max_running_tasks and len(self._ready):
+            request = self._ready.pop()
+            task = request.task
+            if task is not None:
+                if self._stopping or self._tasks.get(task.id or 0) is not task:
+                    continue  # removed while it waited
+                if task.paused or self._instances[task.id or 0] >= task.max_instances:
+                    held.append(request)  # keeps its place; others may pass meanwhile
+                    continue
+                self._queued_time_fire[task.id or 0] -= request.time_fire
+            elif (
+                request.future is not None
+                and not request.future.running()  # a retry's future is running already
+                and not request.future.set_running_or_notify_cancel()
+            ):
+                continue  # the caller cancelled it while it waited
+            self._start(request)
+        for request in held:
+            self._ready.push(request, request.priority, request.queued_mono)
+
+    def _start(self, request: _Request) -> None:
+        started = self._clock.now()
+        if request.scheduled_for is not None:
+            self._lateness.append((started - request.scheduled_for).total_seconds())
+        try:
+            handle = ExecutionHandle(request.spec, fork_server=self._fork_server)
+        except Exception as error:  # a broken task never wedges the loop: record why, go on
+            record = Execution.unstarted(request.spec.limits, error, outcome=Outcome.CRASHED)
+            self._complete(request, record)
+            return
+        if request.task is not None and request.task.id is not None:
+            self._instances[request.task.id] += 1
+        self._running[handle] = request
+        self._running_count = len(self._running)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _finished(self, handle: ExecutionHandle, request: _Request) -> None:
+        self._running_count = len(self._running)
+        if request.task is not None and request.task.id is not None:
+            self._instances[request.task.id] -= 1
+        assert handle.execution is not None
+        self._complete(request, handle.execution)
+
+    def _complete(self, request: _Request, record: Execution) -> None:
+        record = replace(record, attempt=request.attempt, queued_at=request.queued_at)
+        task = request.task
+        if task is not None:
+            task._record(record)
+        policy = request.retry_policy
+        if not self._stopping and policy.should_retry(str(record.outcome), request.attempt):
+            attempt = request.attempt + 1
+            limits = policy.limits_for(str(record.outcome), request.spec.limits)
+            delay = policy.delay_before(attempt, self._random.random())
+            retry = replace(request, spec=replace(request.spec, limits=limits), attempt=attempt)
+            retry.queued_at = self._clock.now() + timedelta(seconds=delay)
+            retry.time_fire = False
+            retry.scheduled_for = None
+            entry = _Due(retry.queued_at, next(self._seq), "retry", request=retry)
+            heapq.heappush(self._heap, entry)
+        else:
+            if request.future is not None:
+                _resolve(request.future, record)
+            if task is not None and task.one_shot and task.id is not None:
+                self._retire_if_done(task)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _retire_if_done(self, task: Task) -> None:
+        """A task whose triggers are all one-time leaves once nothing of it is left to run."""
+        task_id = task.id
+        pending_fire = any(
+            e.kind == "fire" and e.task_id == task_id and e.generation == self._generation[task_id or 0]
+            for e in self._heap
+        )
+        pending_retry = any(
+            e.kind == "retry" and e.request is not None and e.request.task is task for e in self._heap
+        )
+        queued = any(r.task is task for r in self._ready_items())
+        if pending_fire or pending_retry or queued or self._instances[task_id or 0]:
+            return
+        with self._lock:
+            if task_id is not None and self._tasks.get(task_id) is task:
+                del self._tasks[task_id]
+
+    def _wind_down(self) -> None:
+        """While stopping: no more fires; queued runs are dropped (unless an executor drains)."""
+        self._heap = [
+            entry for entry in self._heap if entry.kind == "retry" and entry.request and entry.request.future
+        ]
+        heapq.heapify(self._heap)
+        if not self._drain_submitted:
+            self._heap.clear()
+            self._fail_queued("the scheduler stopped before it ran")
+        else:
+            for request in self._ready_items():
+                if request.future is None:
+                    self._ready.remove(request)
+        self._next_poll = None
+
+    def _fail_queued(self, reason: str) -> None:
+        for request in self._ready_items():
+            self._ready.remove(request)
+            if request.task is not None and request.task.id is not None:
+                self._queued_time_fire[request.task.id] -= request.time_fire
+            if request.future is not None and not request.future.done():
+                request.future.cancel()
+        for entry in self._heap:
+            if entry.request is not None and entry.request.future is not None:
+                entry.request.future.cancel()
+
+    def _cancel_queued_futures(self) -> None:
+        for request in self._ready_items():
+            if request.future is not None:
+                self._ready.remove(request)
+                request.future.cancel()
+
+
+def _resolve(future: Future[Any], record: Execution) -> None:
+    """Settle an executor's future from the final record of its call."""
+    future.execution = record  # type: ignore[attr-defined]
+    if future.done():
+        return
+    if record.ok:
+        future.set_result(record.result)
+    elif record.error is not None and record.error.pickled is not None:
+        future.set_exception(record.error.exception())
+    else:
+        future.set_exception(ExecutionFailed(record))
+
+
+def _with_payload(task: Task, spec: ExecutionSpec, payload: Any) -> ExecutionSpec:
+    if spec.is_command:
+        env = dict(os.environ if spec.env is None else spec.env)
+        env[PAYLOAD_VARIABLE] = json.dumps(payload, default=str)
+        return replace(spec, env=env)
+    if task.payload_kwarg is not None:
+        return replace(spec, kwargs={**spec.kwargs, task.payload_kwarg: payload})
+    return spec
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            continue
+    except BlockingIOError:
+        return

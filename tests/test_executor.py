@@ -1,0 +1,123 @@
+"""``GovernedExecutor`` as a ``concurrent.futures.Executor``, on real child processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from pathlib import Path
+
+import pytest
+import task_helpers as th
+
+from governor import ExecutionFailed, GovernedExecutor, Limits, Outcome, RemoteTraceback, RetryPolicy
+
+MiB = 1 << 20
+
+
+def test_submit_and_map() -> None:
+    with GovernedExecutor(2) as executor:
+        assert executor.submit(th.add, 2, 3).result(timeout=30) == 5
+        assert list(executor.map(th.add, range(5), range(5), timeout=60)) == [0, 2, 4, 6, 8]
+
+
+def test_each_call_is_a_fresh_process() -> None:
+    with GovernedExecutor(2) as executor:
+        pids = {f.result(timeout=30)["pid"] for f in [executor.submit(th.describe_self) for _ in range(6)]}
+    assert len(pids) == 6
+
+
+def test_exception_reraises_as_its_original_type_with_the_remote_traceback() -> None:
+    with GovernedExecutor(1) as executor:
+        future = executor.submit(th.raise_value_error, "nope")
+        with pytest.raises(ValueError, match="nope") as caught:
+            future.result(timeout=30)
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+    assert future.execution.outcome is Outcome.FAILED  # type: ignore[attr-defined]
+
+
+def test_a_crash_fails_only_its_own_call() -> None:
+    with GovernedExecutor(2) as executor:
+        crash = executor.submit(th.segfault)
+        fine = executor.submit(th.add, 1, 1)
+        with pytest.raises(ExecutionFailed, match="crashed") as caught:
+            crash.result(timeout=30)
+        assert fine.result(timeout=30) == 2
+    assert caught.value.execution.outcome is Outcome.CRASHED
+
+
+def test_limits_per_call_with_options() -> None:
+    with GovernedExecutor(2, limits=Limits(memory="64MiB")) as executor:
+        small = executor.submit(th.hold_memory, 120 * MiB)
+        roomy = executor.options(limits=Limits(memory="512MiB")).submit(th.hold_memory, 120 * MiB)
+        with pytest.raises(ExecutionFailed, match="memory_exceeded"):
+            small.result(timeout=30)
+        assert roomy.result(timeout=30) == 120 * MiB
+
+
+def test_retry_policy_applies_before_the_future_settles(tmp_path: Path) -> None:
+    counter = str(tmp_path / "calls")
+    with GovernedExecutor(1, retry_policy=RetryPolicy(max_retries=2)) as executor:
+        future = executor.submit(th.fail_until, counter, 2)
+        assert future.result(timeout=30) == 3
+    assert future.execution.attempt == 3  # type: ignore[attr-defined]
+
+
+def test_pending_calls_can_be_cancelled(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    ready = str(tmp_path / "ready")
+    os.mkfifo(gate)
+    with GovernedExecutor(1) as executor:
+        blocker = executor.submit(th.wait_for_release, gate, ready)
+        pending = executor.submit(th.add, 1, 1)
+        assert pending.cancel()
+        from conftest import wait_until
+
+        wait_until(lambda: Path(ready).exists(), timeout=30)
+        with open(gate, "wb"):
+            pass
+        assert blocker.result(timeout=30) == "released"
+    assert pending.cancelled()
+
+
+def test_shutdown_cancel_futures_drops_what_has_not_started(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    ready = str(tmp_path / "ready")
+    os.mkfifo(gate)
+    executor = GovernedExecutor(1)
+    blocker = executor.submit(th.wait_for_release, gate, ready)
+    queued = [executor.submit(th.add, n, n) for n in range(3)]
+    from conftest import wait_until
+
+    wait_until(lambda: Path(ready).exists(), timeout=30)
+    executor.shutdown(wait=False, cancel_futures=True)
+    with open(gate, "wb"):
+        pass
+    assert blocker.result(timeout=30) == "released"
+    executor.shutdown(wait=True)
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(th.add, 1, 1)
+
+
+def test_shutdown_waits_for_queued_calls() -> None:
+    executor = GovernedExecutor(1)
+    futures = [executor.submit(th.add, n, 1) for n in range(4)]
+    executor.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [1, 2, 3, 4]
+
+
+def test_priority_per_call() -> None:
+    with GovernedExecutor(1) as executor:
+        futures = [executor.options(priority=p).submit(th.add, p, 0) for p in (1, 2, 3)]
+        concurrent.futures.wait(futures, timeout=60)
+    assert all(f.done() for f in futures)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        GovernedExecutor(0)
+    with GovernedExecutor(1) as executor:
+        with pytest.raises(TypeError, match="callable"):
+            executor.submit("not callable")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="priority"):
+            executor.options(priority="high")  # type: ignore[arg-type]

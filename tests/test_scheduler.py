@@ -1,0 +1,329 @@
+"""The scheduler on real child processes; schedule logic driven by a fake clock.
+
+Includes the Go package's own cases: add and remove; a one-time task runs once and is
+removed; priority order when the queue is full; concurrency never above max_running_tasks;
+one execution per attempt with the errors on the failed ones; stop before the first fire
+means no run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import task_helpers as th
+from conftest import wait_until
+
+from governor import (
+    EventTrigger,
+    FakeClock,
+    Limits,
+    OneTimeTrigger,
+    Outcome,
+    PeriodicTrigger,
+    RetryPolicy,
+    Scheduler,
+    Task,
+)
+
+MiB = 1 << 20
+GUARD = 30  # seconds: a deadlock guard, never a delay
+
+
+class Gate:
+    """A FIFO a child blocks on until the test releases it."""
+
+    def __init__(self, directory: Path, name: str = "gate") -> None:
+        self.path = str(directory / name)
+        os.mkfifo(self.path)
+
+    def release(self) -> None:
+        with open(self.path, "wb"):
+            pass  # opening and closing the write end ends the reader's read()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 1, 12, 3, tzinfo=UTC))
+
+
+@pytest.fixture
+def scheduler(clock: FakeClock) -> Iterator[Scheduler]:
+    with Scheduler(2, clock=clock, aging_per_second=0.0) as running:
+        yield running
+
+
+def ran(task: Task, count: int) -> bool:
+    return len(task.executions) >= count
+
+
+def test_add_get_remove(scheduler: Scheduler) -> None:
+    task = scheduler.add_task(Task("noop", th.add, args=(1, 2)))
+    assert task.id is not None
+    assert scheduler.get_task(task.id) is task
+    assert scheduler.tasks() == [task]
+    scheduler.remove_task(task.id)
+    assert scheduler.get_task(task.id) is None
+    with pytest.raises(KeyError, match="no task with id"):
+        scheduler.remove_task(task.id)
+
+
+def test_one_time_task_runs_once_and_is_removed(scheduler: Scheduler) -> None:
+    task = scheduler.add_task(Task("once", th.add, args=(2, 3), triggers=[OneTimeTrigger(delay=0)]))
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)
+    assert scheduler.wait(lambda: scheduler.get_task(task.id) is None, GUARD)  # type: ignore[arg-type]
+    assert [e.result for e in task.executions] == [5]
+
+
+def test_one_time_delay_waits_for_the_clock(scheduler: Scheduler, clock: FakeClock) -> None:
+    task = scheduler.add_task(Task("later", th.add, args=(1, 1), triggers=[OneTimeTrigger(delay=60)]))
+    clock.advance(59)
+    assert not scheduler.wait(lambda: ran(task, 1), 0.2)
+    clock.advance(1)
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)
+
+
+def test_priority_order_when_the_queue_is_full(clock: FakeClock, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    with Scheduler(1, clock=clock, aging_per_second=0.0) as scheduler:
+        blocker = scheduler.add_task(Task("blocker", th.wait_for_release, args=(gate.path, ready)))
+        scheduler.fire(blocker.id)  # type: ignore[arg-type]
+        wait_until(lambda: Path(ready).exists(), GUARD)
+        tasks = [
+            scheduler.add_task(Task(f"p{p}-{n}", th.add, args=(p, 0), priority=p))
+            for n, p in enumerate((1, 5, 3, 5))
+        ]
+        for task in tasks:
+            scheduler.fire(task.id)  # type: ignore[arg-type]
+        gate.release()
+        assert scheduler.wait(lambda: all(ran(t, 1) for t in tasks), GUARD)
+    order = sorted(tasks, key=lambda t: t.executions[0].started_at)
+    assert [t.name for t in order] == ["p5-1", "p5-3", "p3-2", "p1-0"]  # priority, then arrival
+
+
+def test_concurrency_never_exceeds_max_running_tasks(clock: FakeClock) -> None:
+    seen: list[int] = []
+    with Scheduler(2, clock=clock) as scheduler:
+        tasks = [scheduler.add_task(Task(f"t{i}", th.sleep, args=(0.2,))) for i in range(6)]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append(scheduler.running_tasks_count())
+                stop.wait(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for task in tasks:
+            scheduler.fire(task.id)  # type: ignore[arg-type]
+        assert scheduler.wait(lambda: all(ran(t, 1) for t in tasks), GUARD)
+        stop.set()
+        watcher.join()
+    assert max(seen) == 2
+    spans = [(t.executions[0].started_at, t.executions[0].ended_at) for t in tasks]
+    for start, _ in spans:
+        overlapping = sum(1 for s, e in spans if s <= start < e)
+        assert overlapping <= 2
+
+
+def test_one_execution_per_attempt_with_errors_on_failed_ones(scheduler: Scheduler, tmp_path: Path) -> None:
+    counter = str(tmp_path / "calls")
+    task = scheduler.add_task(
+        Task("flaky", th.fail_until, args=(counter, 2), retry_policy=RetryPolicy(max_retries=3))
+    )
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: ran(task, 3), GUARD)
+    outcomes = [(e.attempt, e.outcome) for e in task.executions]
+    assert outcomes == [(1, Outcome.FAILED), (2, Outcome.FAILED), (3, Outcome.SUCCEEDED)]
+    assert "attempt 1 fails" in task.executions[0].error.message  # type: ignore[union-attr]
+    assert task.executions[2].result == 3 and task.executions[2].error is None
+
+
+def test_retry_delay_follows_the_clock(scheduler: Scheduler, clock: FakeClock, tmp_path: Path) -> None:
+    counter = str(tmp_path / "calls")
+    policy = RetryPolicy(max_retries=1, delay=30)
+    task = scheduler.add_task(Task("flaky", th.fail_until, args=(counter, 1), retry_policy=policy))
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)
+    assert not scheduler.wait(lambda: ran(task, 2), 0.3)  # the retry waits for the clock
+    clock.advance(30)
+    assert scheduler.wait(lambda: ran(task, 2), GUARD)
+    assert task.executions[1].outcome is Outcome.SUCCEEDED
+
+
+def test_memory_limit_grows_on_retry(scheduler: Scheduler) -> None:
+    policy = RetryPolicy(max_retries=1, retry_on=("memory_exceeded",), memory_growth=4.0)
+    task = Task(
+        "hungry", th.hold_memory, args=(120 * MiB,), limits=Limits(memory="64MiB"), retry_policy=policy
+    )
+    scheduler.add_task(task)
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: ran(task, 2), GUARD)
+    first, second = task.executions
+    assert first.outcome is Outcome.MEMORY_EXCEEDED and first.limits.memory == 64 * MiB
+    assert second.outcome is Outcome.SUCCEEDED and second.limits.memory == 256 * MiB
+
+
+def test_stop_before_the_first_fire_means_no_run(clock: FakeClock) -> None:
+    scheduler = Scheduler(1, clock=clock)
+    task = scheduler.add_task(Task("hourly", th.add, args=(1, 1), triggers=[PeriodicTrigger(interval=3600)]))
+    scheduler.start()
+    scheduler.stop()
+    clock.advance(7200)
+    assert task.executions == []
+
+
+def test_cron_fires_on_the_fake_clock(scheduler: Scheduler, clock: FakeClock) -> None:
+    task = scheduler.add_task(
+        Task("cron", th.add, args=(1, 1), triggers=[PeriodicTrigger(cron="*/5 * * * *")])
+    )
+    clock.advance(timedelta(minutes=1, seconds=59))  # 12:04:59
+    assert not scheduler.wait(lambda: ran(task, 1), 0.2)
+    clock.advance(1)  # 12:05
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)
+    clock.advance(timedelta(minutes=5))  # 12:10
+    assert scheduler.wait(lambda: ran(task, 2), GUARD)
+    assert len(task.executions) == 2
+
+
+def test_missed_fires_coalesce_into_one_run(scheduler: Scheduler, clock: FakeClock) -> None:
+    task = scheduler.add_task(Task("every10s", th.add, args=(1, 1), triggers=[PeriodicTrigger(interval=10)]))
+    clock.advance(100)  # ten fires were due at once
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)
+    assert not scheduler.wait(lambda: ran(task, 2), 0.3)
+    clock.advance(10)
+    assert scheduler.wait(lambda: ran(task, 2), GUARD)
+
+
+def test_event_burst_while_full_runs_every_event(clock: FakeClock, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    log = str(tmp_path / "log")
+    event = EventTrigger()
+    with Scheduler(1, clock=clock) as scheduler:
+        blocker = scheduler.add_task(Task("blocker", th.wait_for_release, args=(gate.path, ready)))
+        scheduler.fire(blocker.id)  # type: ignore[arg-type]
+        wait_until(lambda: Path(ready).exists(), GUARD)
+        task = scheduler.add_task(
+            Task("on-event", th.append_line, args=(log, "run"), triggers=[event], payload_kwarg="payload")
+        )
+        for n in range(3):
+            event.fire(payload=n)
+        gate.release()
+        assert scheduler.wait(lambda: ran(task, 3), GUARD)
+    assert sorted(Path(log).read_text().split()) == ["run:0", "run:1", "run:2"]
+
+
+def test_a_task_does_not_overlap_itself(scheduler: Scheduler) -> None:
+    event = EventTrigger()
+    task = scheduler.add_task(Task("serial", th.sleep, args=(0.2,), triggers=[event]))
+    event.fire()
+    event.fire()
+    assert scheduler.wait(lambda: ran(task, 2), GUARD)
+    first, second = sorted(task.executions, key=lambda e: e.started_at)
+    assert second.started_at >= first.ended_at
+
+
+def test_pause_skips_fires_and_keeps_events(scheduler: Scheduler, clock: FakeClock) -> None:
+    event = EventTrigger()
+    task = scheduler.add_task(
+        Task("pausable", th.add, args=(1, 1), triggers=[PeriodicTrigger(interval=10), event])
+    )
+    scheduler.pause_task(task.id)  # type: ignore[arg-type]
+    clock.advance(10)
+    event.fire()
+    assert not scheduler.wait(lambda: ran(task, 1), 0.3)
+    scheduler.resume_task(task.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: ran(task, 1), GUARD)  # the event, not the missed fire
+    assert not scheduler.wait(lambda: ran(task, 2), 0.3)
+
+
+def test_custom_trigger_is_polled(clock: FakeClock) -> None:
+    class FlagTrigger:
+        def __init__(self) -> None:
+            self.flag = False
+
+        def is_ready(self) -> bool:
+            return self.flag
+
+        def reset(self) -> None:
+            self.flag = False
+
+    trigger = FlagTrigger()
+    with Scheduler(1, clock=clock, poll_interval=5) as scheduler:
+        task = scheduler.add_task(Task("custom", th.add, args=(1, 1), triggers=[trigger]))
+        trigger.flag = True
+        clock.advance(5)
+        assert scheduler.wait(lambda: ran(task, 1), GUARD)
+        assert trigger.flag is False
+
+
+def test_stop_cancels_running_executions_and_is_repeatable(clock: FakeClock, tmp_path: Path) -> None:
+    ready = str(tmp_path / "ready")
+    scheduler = Scheduler(1, clock=clock)
+    scheduler.start()
+    task = scheduler.add_task(Task("forever", th.wait_for_ever, args=(ready,)))
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    wait_until(lambda: Path(ready).exists(), GUARD)
+    started = time.monotonic()
+    scheduler.stop(cancel=True)
+    assert time.monotonic() - started < GUARD
+    assert [e.outcome for e in task.executions] == [Outcome.CANCELLED]
+    scheduler.stop()  # harmless
+    scheduler.start()  # restartable
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    Path(ready).unlink()
+    wait_until(lambda: Path(ready).exists(), GUARD)
+    scheduler.stop(timeout=0.1)  # the grace runs out: cancelled
+    assert [e.outcome for e in task.executions] == [Outcome.CANCELLED, Outcome.CANCELLED]
+
+
+def test_stop_waits_for_running_executions(clock: FakeClock) -> None:
+    scheduler = Scheduler(1, clock=clock)
+    scheduler.start()
+    task = scheduler.add_task(Task("short", th.sleep, args=(0.2,)))
+    scheduler.fire(task.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: scheduler.running_tasks_count() == 1 or ran(task, 1), GUARD)
+    scheduler.stop()
+    assert [e.outcome for e in task.executions] == [Outcome.SUCCEEDED]
+
+
+def test_bad_definitions_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="max_running_tasks"):
+        Scheduler(0)
+    with pytest.raises(ValueError, match="argv must not be empty"):
+        Task("empty", [])
+    with pytest.raises(ValueError, match="name"):
+        Task("", th.add)
+    with pytest.raises(ValueError, match="priority"):
+        Task("p", th.add, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cron"):
+        PeriodicTrigger(cron="61 * * * *")
+    with pytest.raises(ValueError, match="interval"):
+        PeriodicTrigger(interval=-5)
+    with pytest.raises(ValueError, match="delay"):
+        OneTimeTrigger(delay=-1)
+    with pytest.raises(TypeError):
+        Task("bad trigger", th.add, triggers=[object()])
+
+
+def test_a_task_that_cannot_start_is_recorded_and_the_loop_goes_on(scheduler: Scheduler) -> None:
+    from runner._enforcement import cgroup_unavailable
+
+    missing = next((m for m in ("cgroup2", "cgroup1") if cgroup_unavailable(m) is not None), None)  # type: ignore[arg-type]
+    if missing is None:
+        pytest.skip("this host has every cgroup mode")
+    broken = scheduler.add_task(Task("broken", th.add, args=(1, 1), enforcement=missing))
+    healthy = scheduler.add_task(Task("healthy", th.add, args=(1, 1)))
+    scheduler.fire(broken.id)  # type: ignore[arg-type]
+    scheduler.fire(healthy.id)  # type: ignore[arg-type]
+    assert scheduler.wait(lambda: ran(broken, 1) and ran(healthy, 1), GUARD)
+    assert broken.executions[0].outcome is Outcome.CRASHED
+    assert "could not start" in broken.executions[0].error.message  # type: ignore[union-attr]
+    assert healthy.executions[0].outcome is Outcome.SUCCEEDED
