@@ -62,6 +62,13 @@ def ran(task: Task, count: int) -> bool:
     return len(task.executions) >= count
 
 
+def idle(scheduler: Scheduler, task: Task, runs: int) -> bool:
+    """After the loop has caught up with the clock: ``task`` has exactly ``runs`` runs and
+    nothing of it is running or starting (a negative check without sleeping)."""
+    assert scheduler.sync()
+    return len(task.executions) == runs and scheduler.running_tasks_count() == 0
+
+
 def test_add_get_remove(scheduler: Scheduler) -> None:
     task = scheduler.add_task(Task("noop", th.add, args=(1, 2)))
     assert task.id is not None
@@ -83,7 +90,7 @@ def test_one_time_task_runs_once_and_is_removed(scheduler: Scheduler) -> None:
 def test_one_time_delay_waits_for_the_clock(scheduler: Scheduler, clock: FakeClock) -> None:
     task = scheduler.add_task(Task("later", th.add, args=(1, 1), triggers=[OneTimeTrigger(delay=60)]))
     clock.advance(59)
-    assert not scheduler.wait(lambda: ran(task, 1), 0.2)
+    assert idle(scheduler, task, 0)
     clock.advance(1)
     assert scheduler.wait(lambda: ran(task, 1), GUARD)
 
@@ -151,7 +158,7 @@ def test_retry_delay_follows_the_clock(scheduler: Scheduler, clock: FakeClock, t
     task = scheduler.add_task(Task("flaky", th.fail_until, args=(counter, 1), retry_policy=policy))
     scheduler.fire(task.id)  # type: ignore[arg-type]
     assert scheduler.wait(lambda: ran(task, 1), GUARD)
-    assert not scheduler.wait(lambda: ran(task, 2), 0.3)  # the retry waits for the clock
+    assert idle(scheduler, task, 1)  # the retry waits for the clock
     clock.advance(30)
     assert scheduler.wait(lambda: ran(task, 2), GUARD)
     assert task.executions[1].outcome is Outcome.SUCCEEDED
@@ -184,7 +191,7 @@ def test_cron_fires_on_the_fake_clock(scheduler: Scheduler, clock: FakeClock) ->
         Task("cron", th.add, args=(1, 1), triggers=[PeriodicTrigger(cron="*/5 * * * *")])
     )
     clock.advance(timedelta(minutes=1, seconds=59))  # 12:04:59
-    assert not scheduler.wait(lambda: ran(task, 1), 0.2)
+    assert idle(scheduler, task, 0)
     clock.advance(1)  # 12:05
     assert scheduler.wait(lambda: ran(task, 1), GUARD)
     clock.advance(timedelta(minutes=5))  # 12:10
@@ -196,7 +203,7 @@ def test_missed_fires_coalesce_into_one_run(scheduler: Scheduler, clock: FakeClo
     task = scheduler.add_task(Task("every10s", th.add, args=(1, 1), triggers=[PeriodicTrigger(interval=10)]))
     clock.advance(100)  # ten fires were due at once
     assert scheduler.wait(lambda: ran(task, 1), GUARD)
-    assert not scheduler.wait(lambda: ran(task, 2), 0.3)
+    assert idle(scheduler, task, 1)
     clock.advance(10)
     assert scheduler.wait(lambda: ran(task, 2), GUARD)
 
@@ -238,10 +245,10 @@ def test_pause_skips_fires_and_keeps_events(scheduler: Scheduler, clock: FakeClo
     scheduler.pause_task(task.id)  # type: ignore[arg-type]
     clock.advance(10)
     event.fire()
-    assert not scheduler.wait(lambda: ran(task, 1), 0.3)
+    assert idle(scheduler, task, 0)
     scheduler.resume_task(task.id)  # type: ignore[arg-type]
     assert scheduler.wait(lambda: ran(task, 1), GUARD)  # the event, not the missed fire
-    assert not scheduler.wait(lambda: ran(task, 2), 0.3)
+    assert idle(scheduler, task, 1)
 
 
 def test_custom_trigger_is_polled(clock: FakeClock) -> None:
