@@ -26,6 +26,7 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/isolated_throughput.py
+	$(BIN)/python bench/scheduler_bench.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check governor runner policies tests bench examples
