@@ -60,6 +60,7 @@ class _Request:
     future: Future[Any] | None = None
     scheduled_for: datetime | None = None  # the fire time it answers, for lateness
     time_fire: bool = False  # queued by a time trigger (coalesced per task)
+    previous: Execution | None = None  # a retry's failed attempt, to settle its future with
     queued_mono: float = field(default_factory=time.monotonic)
 
 
@@ -353,12 +354,15 @@ class Scheduler:
                     self._run_commands()
                     if self._stopping:
                         self._wind_down()
-                        if not self._running and not (self._drain_submitted and len(self._ready)):
+                        draining = self._drain_submitted and (len(self._ready) or self._heap)
+                        if not self._running and not draining:
                             return
                     now = self._clock.now()
                     if not self._stopping:
                         self._fire_due(now)
                         self._poll_custom(now)
+                    elif self._drain_submitted:
+                        self._fire_due(now)  # only executor retries are left in the heap
                     self._start_ready()
                     self._release_barriers()
                     self._wait(poller, registered, now)
@@ -367,7 +371,7 @@ class Scheduler:
                     _log.exception("scheduler loop error; carrying on")
                     time.sleep(0.01)  # keeps a persistent error from spinning a core
         finally:
-            self._fail_queued("the scheduler stopped before it ran")
+            self._fail_queued()
             with self._changed:
                 self._changed.notify_all()
 
@@ -396,7 +400,7 @@ class Scheduler:
             poller.register(fd, select.POLLIN)
         registered.clear()
         registered.update(wanted)
-        if not self._stopping:
+        if not self._stopping or self._drain_submitted:
             if self._heap:
                 deadlines.append((self._heap[0].when - now).total_seconds())
             if self._next_poll is not None:
@@ -584,7 +588,9 @@ class Scheduler:
         if task is not None:
             task._record(record)
         policy = request.retry_policy
-        if not self._stopping and policy.should_retry(str(record.outcome), request.attempt):
+        # While stopping, only an executor that drains its calls (shutdown(wait=True)) retries.
+        may_retry = not self._stopping or (self._drain_submitted and request.future is not None)
+        if may_retry and policy.should_retry(str(record.outcome), request.attempt):
             attempt = request.attempt + 1
             limits = policy.limits_for(str(record.outcome), request.spec.limits)
             delay = policy.delay_before(attempt, self._random.random())
@@ -592,6 +598,7 @@ class Scheduler:
             retry.queued_at = self._clock.now() + timedelta(seconds=delay)
             retry.time_fire = False
             retry.scheduled_for = None
+            retry.previous = record
             entry = _Due(retry.queued_at, next(self._seq), "retry", request=retry)
             heapq.heappush(self._heap, entry)
         else:
@@ -621,35 +628,44 @@ class Scheduler:
 
     def _wind_down(self) -> None:
         """While stopping: no more fires; queued runs are dropped (unless an executor drains)."""
-        self._heap = [
-            entry for entry in self._heap if entry.kind == "retry" and entry.request and entry.request.future
-        ]
-        heapq.heapify(self._heap)
         if not self._drain_submitted:
+            self._fail_queued()
             self._heap.clear()
-            self._fail_queued("the scheduler stopped before it ran")
         else:
+            self._heap = [e for e in self._heap if e.kind == "retry" and e.request and e.request.future]
+            heapq.heapify(self._heap)
             for request in self._ready_items():
                 if request.future is None:
                     self._ready.remove(request)
         self._next_poll = None
 
-    def _fail_queued(self, reason: str) -> None:
+    def _fail_queued(self) -> None:
         for request in self._ready_items():
             self._ready.remove(request)
             if request.task is not None and request.task.id is not None:
                 self._queued_time_fire[request.task.id] -= request.time_fire
-            if request.future is not None and not request.future.done():
-                request.future.cancel()
+            _abandon(request)
         for entry in self._heap:
-            if entry.request is not None and entry.request.future is not None:
-                entry.request.future.cancel()
+            if entry.request is not None:
+                _abandon(entry.request)
 
     def _cancel_queued_futures(self) -> None:
         for request in self._ready_items():
             if request.future is not None:
                 self._ready.remove(request)
                 request.future.cancel()
+
+
+def _abandon(request: _Request) -> None:
+    """Settle the future of a call that will not run (again): cancelled if it never started,
+    else with the record of its last attempt (a running future cannot be cancelled)."""
+    future = request.future
+    if future is None or future.done():
+        return
+    if future.running() and request.previous is not None:
+        _resolve(future, request.previous)
+    else:
+        future.cancel()
 
 
 def _resolve(future: Future[Any], record: Execution) -> None:

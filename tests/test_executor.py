@@ -121,3 +121,29 @@ def test_bad_arguments() -> None:
             executor.submit("not callable")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="priority"):
             executor.options(priority="high")  # type: ignore[arg-type]
+
+
+def test_shutdown_waits_for_pending_retries(tmp_path: Path) -> None:
+    counter = str(tmp_path / "calls")
+    executor = GovernedExecutor(1, retry_policy=RetryPolicy(max_retries=2, delay=0.2))
+    future = executor.submit(th.fail_until, counter, 2)
+    executor.shutdown(wait=True)
+    assert future.result(timeout=0) == 3
+    assert future.execution.attempt == 3  # type: ignore[attr-defined]
+
+
+def test_every_future_settles_when_a_scheduler_stops_mid_retry(tmp_path: Path) -> None:
+    from governor import Scheduler
+    from runner import ExecutionSpec
+
+    counter = str(tmp_path / "calls")
+    scheduler = Scheduler(1)
+    scheduler.start()
+    future = scheduler._submit(
+        ExecutionSpec(target=th.fail_until, args=(counter, 5)), 0, RetryPolicy(max_retries=5, delay=3600)
+    )
+    assert scheduler.wait(lambda: Path(counter).exists() and scheduler.running_tasks_count() == 0, 30)
+    scheduler.sync()
+    scheduler.stop()
+    with pytest.raises(RuntimeError, match="attempt 1 fails"):
+        future.result(timeout=5)
