@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
-from policies._units import format_duration, format_size, parse_duration, parse_size
+from policies._units import format_duration, format_size, parse_duration, parse_size, whole_number
 
 SizeLike = int | float | str
 DurationLike = int | float | str | timedelta
@@ -59,8 +59,8 @@ class Limits:
         setattr_(self, "cpu_time", _opt(cpu_time, lambda v: parse_duration(v, field="cpu_time")))
         setattr_(self, "cpu_rate", _opt(cpu_rate, _cpu_rate))
         setattr_(self, "wall_time", _opt(wall_time, lambda v: parse_duration(v, field="wall_time")))
-        setattr_(self, "pids", _opt(pids, lambda v: _count("pids", v)))
-        setattr_(self, "open_files", _opt(open_files, lambda v: _count("open_files", v)))
+        setattr_(self, "pids", _opt(pids, lambda v: whole_number("pids", v)))
+        setattr_(self, "open_files", _opt(open_files, lambda v: whole_number("open_files", v)))
         setattr_(self, "file_size", _opt(file_size, lambda v: parse_size(v, field="file_size")))
         for name in _POSITIVE:
             if getattr(self, name) == 0:
@@ -116,14 +116,3 @@ def _cpu_rate(value: Any) -> float:
     if math.isnan(rate) or math.isinf(rate) or rate < 0:
         raise ValueError(f"cpu_rate: must be a finite, positive number of cores, got {value!r}")
     return rate
-
-
-def _count(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{field}: expected a whole number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{field}: must not be negative, got {value!r}")
-    return value

@@ -21,8 +21,9 @@ outnumber live ones so that churn cannot grow it without bound.
 from __future__ import annotations
 
 import heapq
-import math
 from typing import Any, Generic, TypeVar
+
+from policies._units import finite_number
 
 T = TypeVar("T")
 
@@ -60,7 +61,7 @@ class ReadyQueue(Generic[T]):
     __slots__ = ("_aging", "_dead", "_entries", "_heap", "_sequence")
 
     def __init__(self, aging_per_second: float = 0.0) -> None:
-        rate = _finite("aging_per_second", aging_per_second)
+        rate = finite_number("aging_per_second", aging_per_second)
         if rate < 0:
             raise ValueError(f"aging_per_second: must not be negative, got {aging_per_second!r}")
         self._aging = rate
@@ -80,8 +81,8 @@ class ReadyQueue(Generic[T]):
         ``ValueError`` if the item is already queued or a number is invalid."""
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValueError(f"priority: expected a whole number, got {priority!r}")
-        boost = _finite("urgency", urgency)
-        ready_at = _finite("enqueued_at", enqueued_at)
+        boost = finite_number("urgency", urgency)
+        ready_at = finite_number("enqueued_at", enqueued_at)
         if id(item) in self._entries:
             raise ValueError(f"item: already queued: {item!r}")
         key = -(priority + boost - self._aging * ready_at)
@@ -142,12 +143,3 @@ class ReadyQueue(Generic[T]):
         while self._heap and self._heap[0].item is _DEAD:
             heapq.heappop(self._heap)
             self._dead -= 1
-
-
-def _finite(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field}: expected a number, got {value!r}")
-    number = float(value)
-    if math.isnan(number) or math.isinf(number):
-        raise ValueError(f"{field}: must be a finite number, got {value!r}")
-    return number

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from policies._limits import Limits
-from policies._units import format_duration, parse_duration
+from policies._units import finite_number, format_duration, parse_duration, whole_number
 
 DurationLike = int | float | str | timedelta
 
@@ -70,7 +70,7 @@ class RetryPolicy:
         memory_growth: float = 1.0,
     ) -> None:
         setattr_ = object.__setattr__
-        setattr_(self, "max_retries", _whole("max_retries", max_retries))
+        setattr_(self, "max_retries", whole_number("max_retries", max_retries))
         setattr_(self, "delay", parse_duration(delay, field="delay"))
         setattr_(self, "backoff", _at_least_one("backoff", backoff))
         cap = None if max_delay is None else parse_duration(max_delay, field="max_delay")
@@ -103,7 +103,7 @@ class RetryPolicy:
     def should_retry(self, outcome: str, attempt: int) -> bool:
         """True if the attempt numbered ``attempt`` (1 is the first try) that just ended in
         ``outcome`` is to be followed by another."""
-        if _whole("attempt", attempt) < 1:
+        if whole_number("attempt", attempt) < 1:
             raise ValueError(f"attempt: must be at least 1 (the first try), got {attempt!r}")
         return str(outcome) in self.retry_on and attempt <= self.max_retries
 
@@ -115,7 +115,7 @@ class RetryPolicy:
         from the caller's random source. Jitter is applied after the cap, so a jittered delay
         may exceed ``max_delay`` by at most the ``jitter`` fraction.
         """
-        if _whole("attempt", attempt) < 2:
+        if whole_number("attempt", attempt) < 2:
             raise ValueError(f"attempt: a retry is attempt 2 or later, got {attempt!r}")
         if not 0.0 <= random_fraction < 1.0:
             raise ValueError(f"random_fraction: must be in [0, 1), got {random_fraction!r}")
@@ -154,32 +154,15 @@ class RetryPolicy:
         return f"RetryPolicy({', '.join(shown)})"
 
 
-def _whole(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: expected a whole number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{field}: must not be negative, got {value!r}")
-    return value
-
-
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{field}: expected a number, got {value!r}")
-    number = float(value)
-    if math.isnan(number) or math.isinf(number):
-        raise ValueError(f"{field}: must be a finite number, got {value!r}")
-    return number
-
-
 def _at_least_one(field: str, value: Any) -> float:
-    number = _number(field, value)
+    number = finite_number(field, value)
     if number < 1.0:
         raise ValueError(f"{field}: must be at least 1.0, got {value!r}")
     return number
 
 
 def _fraction(field: str, value: Any) -> float:
-    number = _number(field, value)
+    number = finite_number(field, value)
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"{field}: must be between 0 and 1, got {value!r}")
     return number

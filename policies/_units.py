@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
+from typing import Any
 
 # K/M/G/T and KiB/MiB/... are powers of 1024 (as systemd and docker read them);
 # KB/MB/GB/TB are powers of 1000 (as the SI and disk vendors read them).
@@ -52,6 +53,26 @@ def _reject_non_number(field: str, value: object) -> None:
 def _finite(field: str, value: float, original: object) -> float:
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field}: must be a finite number, got {original!r}")
+    return value
+
+
+def finite_number(field: str, value: Any) -> float:
+    """``value`` as a finite float; ``ValueError`` naming ``field`` for bools, NaN, infinities
+    and anything that is not an int or a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}: expected a number, got {value!r}")
+    return _finite(field, float(value), value)
+
+
+def whole_number(field: str, value: Any) -> int:
+    """``value`` as an int >= 0 (a float with no fraction is accepted); ``ValueError`` naming
+    ``field`` otherwise."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: expected a whole number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{field}: must not be negative, got {value!r}")
     return value
 
 
