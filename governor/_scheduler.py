@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from governor._clock import Clock, SystemClock
 from governor._task import Task
@@ -45,6 +45,25 @@ from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, F
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
 _log = logging.getLogger("governor.scheduler")
+
+
+class ExecutionListener(Protocol):
+    """Told, on the loop thread, when executions start and end (the store, logs, metrics).
+
+    Calls must be quick (hand work to another thread); an exception is logged and ignored.
+    ``task`` is ``None`` for an executor call; ``run_id`` is the runner's execution id, also
+    the name of its cgroups.
+    """
+
+    def execution_started(
+        self, task: Task | None, attempt: int, handle: ExecutionHandle, queued_at: datetime
+    ) -> None:
+        """A child has started."""
+        ...
+
+    def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
+        """An execution has ended (or could not start: ``run_id`` is then ``None``)."""
+        ...
 
 
 @dataclass(eq=False)
@@ -96,6 +115,7 @@ class Scheduler:
         aging_per_second: float = 1.0,
         poll_interval: float = 1.0,
         seed: int | None = None,
+        listener: ExecutionListener | None = None,
     ) -> None:
         if (
             isinstance(max_running_tasks, bool)
@@ -109,6 +129,7 @@ class Scheduler:
         self._clock = clock or SystemClock()
         self._fork_server = fork_server
         self._poll_interval = poll_interval
+        self._listener = listener
         self._random = random.Random(seed)
         self._lock = threading.RLock()  # reentrant: wait()'s predicate may call get_task()
         self._changed = threading.Condition(self._lock)
@@ -244,6 +265,58 @@ class Scheduler:
         reached = threading.Event()
         self._post(lambda: self._barriers.append(reached))
         return reached.wait(timeout)
+
+    def snapshot(self, timeout: float = 5.0) -> dict[str, Any]:
+        """What runs and what waits, as plain data (for ``governor status``): running
+        executions with their current usage reading, queued runs in start order, tasks."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._collect()
+        answer: Future[dict[str, Any]] = Future()
+        self._post(lambda: answer.set_result(self._collect()))
+        return answer.result(timeout)
+
+    def _collect(self) -> dict[str, Any]:
+        running = []
+        for handle, request in list(self._running.items()):
+            reading = handle.last_reading
+            running.append({
+                "task": request.task.name if request.task else None,
+                "attempt": request.attempt,
+                "run_id": handle.id,
+                "pid": handle.pid,
+                "started_at": handle.started_at.isoformat(),
+                "memory_bytes": reading.memory_bytes if reading else None,
+                "cpu_seconds": reading.cpu_seconds if reading else None,
+                "limits": request.spec.limits.as_dict(),
+            })  # fmt: skip
+        queued = [
+            {
+                "task": request.task.name if request.task else None,
+                "attempt": request.attempt,
+                "priority": request.priority,
+                "queued_at": request.queued_at.isoformat(),
+            }
+            for request in self._ready_items()
+        ]
+        tasks = [
+            {
+                "id": task.id,
+                "name": task.name,
+                "paused": task.paused,
+                "priority": task.priority,
+                "triggers": [repr(t) for t in task.triggers],
+                "runs": len(task.executions),
+                "last_outcome": str(task.executions[-1].outcome) if task.executions else None,
+            }
+            for task in self.tasks()
+        ]
+        return {
+            "running": running,
+            "queued": queued,
+            "tasks": tasks,
+            "max_running_tasks": self.max_running_tasks,
+        }
 
     def lateness(self) -> dict[str, list[float]]:
         """For time-triggered runs, seconds late against the due time: ``"fire"`` when the loop
@@ -566,12 +639,23 @@ class Scheduler:
                 self._start_lateness.append(late.total_seconds())
         except Exception as error:  # a broken task never wedges the loop: record why, go on
             record = Execution.unstarted(request.spec.limits, error, outcome=Outcome.CRASHED)
-            self._complete(request, record)
+            self._complete(request, record, None)
             return
         if request.task is not None and request.task.id is not None:
             self._instances[request.task.id] += 1
         self._running[handle] = request
         self._running_count = len(self._running)
+        if self._listener is not None and not handle.done:
+            self._tell(
+                self._listener.execution_started, request.task, request.attempt, handle, request.queued_at
+            )
+
+    @staticmethod
+    def _tell(hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:  # a listener's failure must not stop the schedule
+            _log.exception("execution listener failed")
 
     # -- ending ---------------------------------------------------------------------------
 
@@ -580,13 +664,15 @@ class Scheduler:
         if request.task is not None and request.task.id is not None:
             self._instances[request.task.id] -= 1
         assert handle.execution is not None
-        self._complete(request, handle.execution)
+        self._complete(request, handle.execution, handle.id)
 
-    def _complete(self, request: _Request, record: Execution) -> None:
+    def _complete(self, request: _Request, record: Execution, run_id: str | None) -> None:
         record = replace(record, attempt=request.attempt, queued_at=request.queued_at)
         task = request.task
         if task is not None:
             task._record(record)
+        if self._listener is not None:
+            self._tell(self._listener.execution_finished, task, run_id, record)
         policy = request.retry_policy
         # While stopping, only an executor that drains its calls (shutdown(wait=True)) retries.
         may_retry = not self._stopping or (self._drain_submitted and request.future is not None)

@@ -13,6 +13,7 @@ from runner._errors import (
 )
 from runner._execution import ExecutionHandle
 from runner._forkserver import ForkServer, default_fork_server
+from runner._leftovers import kill_leftovers
 from runner._records import (
     Enforcement,
     Execution,
@@ -44,6 +45,7 @@ __all__ = [
     "TaskError",
     "Usage",
     "default_fork_server",
+    "kill_leftovers",
     "run",
     "run_spec",
 ]

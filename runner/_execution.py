@@ -30,7 +30,7 @@ from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
 from runner._child import EXIT_EXEC_FAILED, EXIT_EXEC_NOT_FOUND, ChildSpec
-from runner._confinement import Confinement, Reading
+from runner._confinement import Confinement, Reading, proc_stat
 from runner._forkserver import ForkServer, default_fork_server
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, TaskError, Usage
 from runner._spec import ExecutionSpec
@@ -72,6 +72,7 @@ class ExecutionHandle:
         self.phase = Phase.RUNNING
         self.execution: Execution | None = None
         self.pid: int | None = None
+        self.pid_start_ticks: int | None = None  # with pid: identifies the child across pid reuse
         self._plan = _enforcement.plan(spec.limits, _enforcement.resolve(spec.enforcement))
         self._started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
@@ -172,6 +173,8 @@ class ExecutionHandle:
             for fd in theirs:
                 os.close(fd)
         self._confinement.attach(self.pid)
+        stat = proc_stat(self.pid)
+        self.pid_start_ticks = stat.start if stat is not None else None
         # The clock starts when the child exists: zygote start-up and cgroup set-up are ours.
         self._started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
@@ -183,6 +186,22 @@ class ExecutionHandle:
         return self._server or default_fork_server()
 
     # -- the owner's interface --------------------------------------------------------------
+
+    @property
+    def cgroups(self) -> list[str]:
+        """The cgroup directories of this execution (empty without cgroups)."""
+        paths = getattr(self._confinement, "paths", [])
+        return list(paths)
+
+    @property
+    def last_reading(self) -> Reading | None:
+        """The latest usage sample of the tree (``None`` before the first)."""
+        return self._last
+
+    @property
+    def started_at(self) -> datetime:
+        """When the child started (wall clock, UTC)."""
+        return self._started_at
 
     @property
     def done(self) -> bool:

@@ -1,0 +1,831 @@
+"""The embedded SQLite store: task definitions and every execution, with its usage timeline.
+
+Only the supervisor uses it, never a child. Data flow::
+
+    caller threads                         writer thread (owns the write connection)
+    ──────────────                         ─────────────────────────────────────────
+    started() / finished() / save_tasks()
+        build the row (validate, JSON)  ─►  pending list ─► one transaction per batch,
+        return at once                      at most one commit per ``batch_interval``,
+    flush() / close() ─► Event ──────────── set once everything queued before is committed
+    mark_lost() ─► Future ───────────────── resolved when its own write is committed
+
+    history() / timeline() / in_flight() / tasks()
+        read connection, under a lock; sees committed data only
+
+A write that fails is logged (``governor.store``) and re-raised as ``StoreError`` from the next
+``flush()`` or ``close()``; each write runs under its own savepoint, so one bad write does not
+sink the others in its batch.
+
+Errors::
+
+    StoreError          base: a write failed, the store is closed, or the schema is unknown
+    ├── StoreCorrupt    the file is not a governor database, or SQLite says it is corrupt
+    ├── StoreLocked     another process holds the write lock past the busy timeout
+    └── StoreTooNew     the file was written by a newer governor (schema version above ours)
+
+Schema: ``PRAGMA application_id`` marks the file as ours; ``PRAGMA user_version`` is the number
+of ``_MIGRATIONS`` applied. Opening an older file applies the missing ones in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from runner import Execution, Sample
+
+__all__ = ["Store", "StoreCorrupt", "StoreError", "StoreLocked", "StoreTooNew", "default_db_path"]
+
+log = logging.getLogger("governor.store")
+
+APPLICATION_ID = 0x47564E52  # "GVNR": tells our files apart from any other SQLite database
+
+_T = TypeVar("_T")
+
+
+def default_db_path() -> Path:
+    """Where the store lives unless told otherwise.
+
+    ``$GOVERNOR_DB`` if set; else ``$XDG_STATE_HOME/governor/governor.db`` (an absolute
+    ``XDG_STATE_HOME`` only, as the XDG spec asks); else ``~/.local/state/governor/governor.db``.
+    """
+    explicit = os.environ.get("GOVERNOR_DB")
+    if explicit:
+        return Path(explicit).expanduser()
+    state = os.environ.get("XDG_STATE_HOME")
+    base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "governor" / "governor.db"
+
+
+# --------------------------------------------------------------------------------------- errors
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; ``path`` is the database file."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.message))
+
+
+class StoreCorrupt(StoreError):
+    """The file is not a governor database, or SQLite found it corrupt. It is left untouched."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(
+            path, f"{path} is not a governor database or is corrupt: {reason}; move it aside to start afresh"
+        )
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+class StoreLocked(StoreError):
+    """Another connection held the database's write lock for longer than the busy timeout."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, f"{path} is locked by another process (is another `governor serve` using it?)")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path,))
+
+
+class StoreTooNew(StoreError):
+    """The file's schema version is newer than this code knows; it is refused, not downgraded."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: int, known: int) -> None:
+        super().__init__(path, f"{path} was written by a newer governor (schema {schema} > {known})")
+        self.schema = schema
+        self.known = known
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.schema, self.known))
+
+
+# --------------------------------------------------------------------------------------- schema
+
+
+def _v1(connection: sqlite3.Connection) -> None:
+    # ``executescript`` would COMMIT the migration transaction half-way: one statement at a time.
+    for statement in (
+        """CREATE TABLE tasks (
+            name TEXT PRIMARY KEY,
+            definition TEXT NOT NULL,         -- JSON
+            fingerprint TEXT NOT NULL,
+            updated_at TEXT NOT NULL          -- when the definition last changed
+        )""",
+        """CREATE TABLE executions (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL UNIQUE,      -- the runner's execution id
+            task TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            queued_at TEXT,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,                    -- NULL while in flight
+            outcome TEXT,
+            exit_code INTEGER,
+            signal INTEGER,
+            breached_limit TEXT,
+            error_type TEXT,
+            error_message TEXT,
+            traceback TEXT,
+            peak_memory_bytes INTEGER,
+            cpu_user_seconds REAL,
+            cpu_system_seconds REAL,
+            wall_seconds REAL,
+            peak_processes INTEGER,
+            oom_kills INTEGER,
+            memory_source TEXT,
+            limits TEXT NOT NULL DEFAULT '{}',      -- JSON
+            enforcement TEXT NOT NULL DEFAULT '{}', -- JSON
+            unenforced TEXT NOT NULL DEFAULT '[]',  -- JSON
+            notes TEXT NOT NULL DEFAULT '[]',       -- JSON
+            pid INTEGER,
+            pid_start_ticks INTEGER,          -- with pid, names the process across pid reuse
+            cgroups TEXT NOT NULL DEFAULT '[]',     -- JSON: cgroup dirs to clean up after a crash
+            CHECK ((ended_at IS NULL) = (outcome IS NULL))
+        )""",
+        "CREATE INDEX executions_by_task ON executions (task, started_at)",
+        "CREATE INDEX executions_by_start ON executions (started_at)",
+        # Recovery asks for the rows still in flight: a partial index holds only those.
+        "CREATE INDEX executions_in_flight ON executions (started_at) WHERE ended_at IS NULL",
+        """CREATE TABLE samples (
+            execution_id INTEGER NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+            seconds REAL NOT NULL,
+            memory_bytes INTEGER NOT NULL,
+            cpu_seconds REAL NOT NULL,
+            processes INTEGER NOT NULL
+        )""",
+        "CREATE INDEX samples_by_execution ON samples (execution_id)",
+    ):
+        connection.execute(statement)
+
+
+# Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+
+
+# ----------------------------------------------------------------------------------------- store
+
+
+class Store:
+    """The SQLite store of task definitions and executions (WAL; one writer thread).
+
+    Opening creates the file and its parent directories if missing, and upgrades an older
+    schema. It raises ``StoreCorrupt`` for a file that is not a governor database (which is
+    never reset or overwritten), ``StoreLocked`` when another connection holds the write lock
+    past ``busy_timeout`` seconds, and ``StoreTooNew`` for a schema newer than this code.
+
+    Writes (``started``, ``finished``, ``save_tasks``) validate their arguments, queue the row
+    and return; a writer thread commits everything queued at most every ``batch_interval``
+    seconds, one transaction per batch. ``flush()`` waits for what was queued before it and
+    raises ``StoreError`` if any write failed since the last ``flush``/``close``. Reads see
+    committed data only: call ``flush()`` first to read your own latest writes. Timestamps
+    are stored as ISO-8601 in UTC and returned as ISO-8601 strings (the JSON shape).
+
+    Use as a context manager, or call ``close()``; a store dropped without either still
+    commits its queue when garbage-collected or at interpreter exit.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, batch_interval: float = 0.2
+    ) -> None:
+        if not (isinstance(busy_timeout, int | float) and busy_timeout >= 0):
+            raise ValueError(f"busy_timeout: must be seconds >= 0, got {busy_timeout!r}")
+        if not (isinstance(batch_interval, int | float) and batch_interval >= 0):
+            raise ValueError(f"batch_interval: must be seconds >= 0, got {batch_interval!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _open(self.path, busy_timeout)
+        try:
+            reader = _connect(self.path, busy_timeout)
+            reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as error:
+            writer.close()
+            raise _open_error(self.path, error) from error
+        reader.row_factory = sqlite3.Row
+        self._reader: sqlite3.Connection | None = reader
+        self._read_lock = threading.Lock()
+        self._writer = _Writer(writer, self.path, batch_interval)
+        # The writer thread holds no reference to the Store, so a forgotten store is collected
+        # (or the interpreter exits) and this still commits its queue.
+        self._finalizer = weakref.finalize(self, _Writer.stop, self._writer)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}{', closed' if self._reader is None else ''})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- writes (queued) ------------------------------------------------------------------------
+
+    def started(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        queued_at: datetime | None,
+        started_at: datetime,
+        pid: int | None,
+        pid_start_ticks: int | None,
+        cgroups: Sequence[str],
+        limits: dict[str, Any],
+    ) -> None:
+        """Record an execution as in flight (``ended_at`` NULL) so that recovery can find it.
+
+        Committed within ``batch_interval`` seconds without waiting for ``flush()``.
+        """
+        row = {
+            "run_id": run_id,
+            "task": task,
+            "attempt": attempt,
+            "queued_at": _optional_timestamp(queued_at, "queued_at"),
+            "started_at": _timestamp(started_at, "started_at"),
+            "pid": pid,
+            "pid_start_ticks": pid_start_ticks,
+            "cgroups": json.dumps(list(cgroups)),
+            "limits": json.dumps(limits),
+        }
+        self._writer.submit(_Request(f"started {run_id}", lambda db: _insert_started(db, row)))
+
+    def finished(self, run_id: str, task: str, record: Execution) -> None:
+        """Record how an execution ended, with its timeline; inserts the row if ``started``
+        was never called (an execution that could not start)."""
+        row = _finished_row(run_id, task, record)
+        timeline = record.usage.timeline  # a tuple of frozen samples: safe to read later
+        self._writer.submit(_Request(f"finished {run_id}", lambda db: _upsert_finished(db, row, timeline)))
+
+    def save_tasks(self, definitions: Iterable[tuple[str, dict[str, Any], str]]) -> None:
+        """Insert or update task definitions: (name, JSON-able definition, fingerprint).
+
+        ``updated_at`` moves only when the fingerprint changes. Tasks not listed are kept.
+        """
+        now = _timestamp(datetime.now(UTC), "now")
+        rows = [
+            {"name": name, "definition": json.dumps(definition), "fingerprint": fingerprint, "now": now}
+            for name, definition, fingerprint in definitions
+        ]
+        if rows:
+            self._writer.submit(_Request(f"{len(rows)} task definitions", lambda db: _upsert_tasks(db, rows)))
+
+    def mark_lost(self, run_ids: Sequence[str], reason: str) -> None:
+        """Mark in-flight executions as ``lost`` (at recovery, after a supervisor crash).
+
+        Synchronous: returns once committed (with every write queued before it), or raises
+        ``StoreError``. Sets ``ended_at`` to now and the error to ``Lost: reason``; usage stays
+        unknown. Rows that have already ended, and unknown ids, are left alone.
+        """
+        if not run_ids:
+            return
+        now = _timestamp(datetime.now(UTC), "now")
+        rows = [{"run_id": run_id, "ended_at": now, "reason": reason} for run_id in run_ids]
+        reply: Future[None] = Future()
+        self._writer.submit(_Request(f"lost {', '.join(run_ids)}", lambda db: _mark_lost(db, rows), reply))
+        reply.result()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every write queued before this call is committed.
+
+        Raises ``StoreError`` if any write failed since the last ``flush()``/``close()`` (each
+        failure is reported once), and ``TimeoutError`` if ``timeout`` seconds pass first.
+        """
+        self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the connections; idempotent.
+
+        Raises ``StoreError`` if a write failed since the last ``flush()``.
+        """
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._finalizer.detach()
+        self._writer.close()
+
+    # -- reads (committed data) -----------------------------------------------------------------
+
+    def history(
+        self,
+        task: str | None = None,
+        *,
+        limit: int | None = None,
+        since: datetime | None = None,
+        with_timeline: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Executions, oldest first: those of ``task`` (all if None), started at or after
+        ``since``, the latest ``limit`` of them.
+
+        Each is a dict with the keys of ``Execution.to_dict()`` (``timeline`` only with
+        ``with_timeline=True``) plus ``run_id`` and ``task``. An execution still in flight has
+        ``outcome``, ``ended_at`` and the usage numbers None, and empty collections.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit: must be a whole number >= 0, got {limit!r}")
+        clauses: list[str] = []
+        params: list[object] = []
+        if task is not None:
+            clauses.append("task = ?")
+            params.append(task)
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(_timestamp(since, "since"))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM executions {where} ORDER BY started_at, id"
+        if limit is not None:
+            sql = (
+                f"SELECT * FROM (SELECT * FROM executions {where} ORDER BY started_at DESC, id DESC LIMIT ?)"
+                " ORDER BY started_at, id"
+            )
+            params.append(limit)
+
+        def query(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            found = []
+            for row in db.execute(sql, params):
+                entry = _history_entry(row)
+                if with_timeline:
+                    entry["timeline"] = _samples(db, row["id"])
+                found.append(entry)
+            return found
+
+        return self._read(query)
+
+    def timeline(self, run_id: str) -> list[dict[str, Any]]:
+        """The usage samples of one execution, in order (empty if unknown or none)."""
+
+        def query(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            found = db.execute("SELECT id FROM executions WHERE run_id = ?", (run_id,)).fetchone()
+            return [] if found is None else _samples(db, found["id"])
+
+        return self._read(query)
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Executions with no end recorded, oldest first: what a crash may have left running.
+
+        Each has ``run_id``, ``task``, ``attempt``, ``pid``, ``pid_start_ticks``, ``cgroups``
+        (a list of cgroup directories) and ``started_at``.
+        """
+        sql = (
+            "SELECT run_id, task, attempt, pid, pid_start_ticks, cgroups, started_at FROM executions"
+            " WHERE ended_at IS NULL ORDER BY started_at, id"
+        )
+        return self._read(
+            lambda db: [
+                {**dict(row), "cgroups": json.loads(row["cgroups"]), "started_at": _iso(row["started_at"])}
+                for row in db.execute(sql)
+            ]
+        )
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Saved task definitions by name: ``name``, ``definition`` (dict), ``fingerprint``,
+        ``updated_at``."""
+        sql = "SELECT name, definition, fingerprint, updated_at FROM tasks ORDER BY name"
+        return self._read(
+            lambda db: [
+                {
+                    "name": row["name"],
+                    "definition": json.loads(row["definition"]),
+                    "fingerprint": row["fingerprint"],
+                    "updated_at": _iso(row["updated_at"]),
+                }
+                for row in db.execute(sql)
+            ]
+        )
+
+    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._read_lock:
+            if self._reader is None:
+                raise StoreError(self.path, f"store {self.path} is closed")
+            try:
+                # One snapshot for all the statements of a read.
+                self._reader.execute("BEGIN")
+                try:
+                    return query(self._reader)
+                finally:
+                    self._reader.execute("ROLLBACK")
+            except sqlite3.Error as error:
+                raise StoreError(self.path, f"could not read {self.path}: {error}") from error
+
+
+# ------------------------------------------------------------------------------- opening the file
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False: the write
+    # connection is opened here and handed to the writer thread; reads are serialised by a lock.
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+    return connection
+
+
+def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """The write connection, on a file verified to be ours and migrated to the current schema."""
+    try:
+        connection = _connect(path, busy_timeout)
+    except sqlite3.Error as error:
+        raise StoreError(path, f"could not open {path}: {error}") from error
+    try:
+        _verify_and_migrate(connection, path)
+        # Only now, once the file is known to be ours: switching to WAL rewrites the header.
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            log.warning("%s: SQLite refused WAL mode (kept %s); readers will wait for writers", path, mode)
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as error:
+        connection.close()
+        raise _open_error(path, error) from error
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _verify_and_migrate(connection: sqlite3.Connection, path: Path) -> None:
+    # The write lock, taken up front, makes check-and-migrate atomic against another process
+    # opening the same file, and is where a busy database shows itself.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        objects = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        fresh = application_id == 0 and version == 0 and objects == 0
+        if application_id != APPLICATION_ID and not fresh:
+            raise StoreCorrupt(
+                path,
+                f"a SQLite database of another application (application_id {application_id:#x}, "
+                f"{objects} schema objects)",
+            )
+        known = len(_MIGRATIONS)
+        if version > known:
+            raise StoreTooNew(path, version, known)
+        if version < known:
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            for migrate in _MIGRATIONS[version:]:
+                migrate(connection)
+            connection.execute(f"PRAGMA user_version = {known}")
+            if version:
+                log.info("%s: schema upgraded from version %d to %d", path, version, known)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code, without extension
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreLocked(path)
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return StoreCorrupt(path, str(error))
+    return StoreError(path, f"could not open {path}: {error}")
+
+
+# ---------------------------------------------------------------------------------- writer thread
+
+
+@dataclass(eq=False)
+class _Request:
+    """One queued write: what it is (for logs), how to apply it, and who waits for it."""
+
+    what: str
+    apply: Callable[[sqlite3.Connection], None]
+    reply: Future[None] | None = field(default=None)
+
+
+class _Writer:
+    """The writer thread and its queue: all state under one condition, nothing of the Store."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, interval: float) -> None:
+        self._connection = connection
+        self._path = path
+        self._interval = interval
+        self._condition = threading.Condition()
+        self._pending: list[_Request] = []
+        self._flushes: list[threading.Event] = []
+        self._urgent = False  # a caller is blocked on a queued write: commit without waiting
+        self._closing = False
+        self._failures: list[tuple[_Request, BaseException]] = []
+        self.batches = 0  # committed transactions, for tests
+        self._thread = threading.Thread(target=self._run, name=f"governor-store {path.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: _Request) -> None:
+        with self._condition:
+            if self._closing:
+                raise StoreError(self._path, f"store {self._path} is closed; {request.what} not recorded")
+            self._pending.append(request)
+            self._urgent = self._urgent or request.reply is not None
+            self._condition.notify()
+
+    def flush(self, timeout: float | None) -> None:
+        done = threading.Event()
+        with self._condition:
+            closing = self._closing
+            if not closing:
+                self._flushes.append(done)
+                self._condition.notify()
+        if closing:
+            self._thread.join(timeout)  # close() drains the queue: wait for it to finish
+            committed = not self._thread.is_alive()
+        else:
+            committed = done.wait(timeout)
+        if not committed:
+            raise TimeoutError(f"store {self._path}: queued writes not committed within {timeout}s")
+        self._raise_failures()
+
+    def stop(self) -> None:
+        """Commit the queue and end the thread; failures are already logged."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join()
+        self._connection.close()
+
+    def close(self) -> None:
+        self.stop()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        with self._condition:
+            failures, self._failures = self._failures, []
+        if failures:
+            request, error = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise StoreError(
+                self._path, f"{len(failures)} write(s) to {self._path} failed: {request.what}: {error}{more}"
+            ) from error
+
+    def _run(self) -> None:
+        last_commit = -math.inf
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._pending or self._flushes or self._closing)
+                # At most one commit per interval, so bursts share a transaction; but nobody
+                # blocked in flush(), mark_lost() or close() waits for the interval.
+                due = last_commit + self._interval
+                while not (self._flushes or self._urgent or self._closing):
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
+                batch, self._pending = self._pending, []
+                flushes, self._flushes = self._flushes, []
+                self._urgent = False
+                closing = self._closing
+            if batch:
+                self._commit(batch)
+                last_commit = time.monotonic()
+            for done in flushes:
+                done.set()
+            if closing:
+                return
+
+    def _commit(self, batch: list[_Request]) -> None:
+        db = self._connection
+        failed: list[_Request] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for request in batch:
+                db.execute("SAVEPOINT request")
+                try:
+                    request.apply(db)
+                except Exception as error:  # a bad write must not sink its batch-mates
+                    if not db.in_transaction:
+                        raise  # SQLite rolled back the whole transaction (disk full, I/O error)
+                    db.execute("ROLLBACK TO request")
+                    failed.append(request)
+                    self._fail(request, error)
+                db.execute("RELEASE request")
+            db.execute("COMMIT")
+        except Exception as error:  # the transaction itself failed: every write in it is lost
+            self._rollback()
+            for request in batch:
+                if request not in failed:
+                    self._fail(request, error)
+            return
+        self.batches += 1
+        for request in batch:
+            if request.reply is not None and request not in failed:
+                request.reply.set_result(None)
+
+    def _rollback(self) -> None:
+        try:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+        except sqlite3.Error as error:  # the connection is unusable; the next batch will say so
+            log.error("could not roll back a failed batch on %s: %s", self._path, error)
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        log.error("could not record %s in %s: %s", request.what, self._path, error)
+        if request.reply is not None:
+            failure = StoreError(self._path, f"could not record {request.what} in {self._path}: {error}")
+            failure.__cause__ = error
+            request.reply.set_exception(failure)
+        else:
+            with self._condition:
+                self._failures.append((request, error))
+
+
+# ------------------------------------------------------------------------------------- statements
+
+
+def _insert_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO executions (run_id, task, attempt, queued_at, started_at, pid, pid_start_ticks,"
+        " cgroups, limits) VALUES (:run_id, :task, :attempt, :queued_at, :started_at, :pid,"
+        " :pid_start_ticks, :cgroups, :limits)",
+        row,
+    )
+
+
+_FINISHED_COLUMNS = (
+    "task",
+    "attempt",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "exit_code",
+    "signal",
+    "breached_limit",
+    "error_type",
+    "error_message",
+    "traceback",
+    "peak_memory_bytes",
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "wall_seconds",
+    "peak_processes",
+    "oom_kills",
+    "memory_source",
+    "limits",
+    "enforcement",
+    "unenforced",
+    "notes",
+    "pid",
+)
+
+# The started row's pid_start_ticks and cgroups are kept; a queued_at or pid the record lacks
+# does not erase the one recorded at start.
+_UPSERT_FINISHED = (
+    f"INSERT INTO executions (run_id, {', '.join(_FINISHED_COLUMNS)})"
+    f" VALUES (:run_id, {', '.join(':' + c for c in _FINISHED_COLUMNS)})"
+    " ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = COALESCE(excluded.{c}, {c})" if c in ("queued_at", "pid") else f"{c} = excluded.{c}"
+        for c in _FINISHED_COLUMNS
+    )
+)
+
+
+def _finished_row(run_id: str, task: str, record: Execution) -> dict[str, Any]:
+    usage, error = record.usage, record.error
+    return {
+        "run_id": run_id,
+        "task": task,
+        "attempt": record.attempt,
+        "queued_at": _optional_timestamp(record.queued_at, "queued_at"),
+        "started_at": _timestamp(record.started_at, "started_at"),
+        "ended_at": _timestamp(record.ended_at, "ended_at"),
+        "outcome": str(record.outcome),
+        "exit_code": record.exit_code,
+        "signal": record.signal,
+        "breached_limit": record.breached_limit,
+        "error_type": error.type if error else None,
+        "error_message": error.message if error else None,
+        "traceback": error.traceback if error else None,
+        "peak_memory_bytes": usage.peak_memory_bytes,
+        "cpu_user_seconds": usage.cpu_user_seconds,
+        "cpu_system_seconds": usage.cpu_system_seconds,
+        "wall_seconds": usage.wall_seconds,
+        "peak_processes": usage.peak_processes,
+        "oom_kills": usage.oom_kills,
+        "memory_source": usage.memory_source,
+        "limits": json.dumps(record.limits.as_dict()),
+        "enforcement": json.dumps(record.enforcement),
+        "unenforced": json.dumps(list(record.unenforced)),
+        "notes": json.dumps(list(record.notes)),
+        "pid": record.pid,
+    }
+
+
+def _upsert_finished(db: sqlite3.Connection, row: dict[str, Any], timeline: Sequence[Sample]) -> None:
+    db.execute(_UPSERT_FINISHED, row)
+    (execution_id,) = db.execute("SELECT id FROM executions WHERE run_id = ?", (row["run_id"],)).fetchone()
+    db.execute("DELETE FROM samples WHERE execution_id = ?", (execution_id,))
+    db.executemany(
+        "INSERT INTO samples (execution_id, seconds, memory_bytes, cpu_seconds, processes)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(execution_id, s.seconds, s.memory_bytes, s.cpu_seconds, s.processes) for s in timeline],
+    )
+
+
+def _upsert_tasks(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    db.executemany(
+        "INSERT INTO tasks (name, definition, fingerprint, updated_at)"
+        " VALUES (:name, :definition, :fingerprint, :now)"
+        " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,"
+        " updated_at = CASE WHEN fingerprint = excluded.fingerprint THEN updated_at ELSE :now END,"
+        " fingerprint = excluded.fingerprint",
+        rows,
+    )
+
+
+def _mark_lost(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    # Usage stays NULL: nothing was measured, and the store records no estimates.
+    db.executemany(
+        "UPDATE executions SET outcome = 'lost', ended_at = :ended_at, error_type = 'Lost',"
+        " error_message = :reason WHERE run_id = :run_id AND ended_at IS NULL",
+        rows,
+    )
+
+
+# ------------------------------------------------------------------------------------------ reads
+
+
+def _samples(db: sqlite3.Connection, execution_id: int) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT seconds, memory_bytes, cpu_seconds, processes FROM samples WHERE execution_id = ?"
+        " ORDER BY rowid"
+    )
+    return [dict(row) for row in db.execute(sql, (execution_id,))]
+
+
+def _history_entry(row: sqlite3.Row) -> dict[str, Any]:
+    error = None
+    if row["error_type"] is not None:
+        error = {"type": row["error_type"], "message": row["error_message"]}
+    return {
+        "run_id": row["run_id"],
+        "task": row["task"],
+        # From here on, the keys and order of Execution.to_dict().
+        "outcome": row["outcome"],
+        "exit_code": row["exit_code"],
+        "signal": row["signal"],
+        "breached_limit": row["breached_limit"],
+        "error": error,
+        "peak_memory_bytes": row["peak_memory_bytes"],
+        "cpu_user_seconds": _rounded(row["cpu_user_seconds"]),
+        "cpu_system_seconds": _rounded(row["cpu_system_seconds"]),
+        "wall_seconds": _rounded(row["wall_seconds"]),
+        "peak_processes": row["peak_processes"],
+        "oom_kills": row["oom_kills"],
+        "limits": json.loads(row["limits"]),
+        "enforcement": json.loads(row["enforcement"]),
+        "unenforced": json.loads(row["unenforced"]),
+        "started_at": _iso(row["started_at"]),
+        "ended_at": _iso(row["ended_at"]),
+        "pid": row["pid"],
+        "attempt": row["attempt"],
+        "queued_at": _iso(row["queued_at"]),
+        "notes": json.loads(row["notes"]),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)  # as Execution.to_dict() rounds
+
+
+# ------------------------------------------------------------------------------------- timestamps
+
+
+def _timestamp(value: datetime, what: str) -> str:
+    # Fixed width (always microseconds, always UTC) so that text order is time order in SQL.
+    if value.utcoffset() is None:
+        raise ValueError(f"{what}: needs a timezone-aware datetime, got {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _optional_timestamp(value: datetime | None, what: str) -> str | None:
+    return None if value is None else _timestamp(value, what)
+
+
+def _iso(text: str | None) -> str | None:
+    # Back to datetime.isoformat()'s own spelling, as Execution.to_dict() writes it.
+    return None if text is None else datetime.fromisoformat(text).isoformat()

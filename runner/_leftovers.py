@@ -1,0 +1,76 @@
+"""Killing what is left of an execution whose supervisor died (crash recovery).
+
+The dead supervisor cannot be asked; what it recorded can: the execution's id (its cgroups'
+name and the ``GOVERNOR_EXECUTION_ID`` cookie in its processes' environment), the child's pid
+with its start time (so a reused pid is never killed), and its cgroup directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+
+from runner._confinement import live_pids, proc_stat
+from runner._tree import COOKIE_VARIABLE
+
+GIVE_UP = 10.0  # seconds of SIGKILL passes before reporting survivors
+
+
+def kill_leftovers(
+    run_id: str, pid: int | None, pid_start_ticks: int | None, cgroups: Iterable[str]
+) -> list[int]:
+    """SIGKILL every process of the execution ``run_id`` still alive, then remove its cgroups.
+
+    Returns the pids that were killed. Processes are found in the recorded cgroups, as the
+    recorded pid (only if its start time still matches), and by the environment cookie.
+    """
+    directories = [path for path in cgroups if os.path.isdir(path)]
+    killed: set[int] = set()
+    deadline = time.monotonic() + GIVE_UP
+    while time.monotonic() < deadline:
+        found = _members(run_id, pid, pid_start_ticks, directories)
+        if not found:
+            break
+        for member in found:
+            with contextlib.suppress(ProcessLookupError):  # it died meanwhile: good
+                os.kill(member, signal.SIGKILL)
+        killed.update(found)
+        time.sleep(0.005)  # recovery runs once, before the schedule starts: a short wait is fine
+    for path in sorted(directories, key=len, reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            for _ in range(200):  # an emptied cgroup can stay busy for a moment
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    time.sleep(0.005)
+    return sorted(killed)
+
+
+def _members(run_id: str, pid: int | None, start: int | None, cgroups: list[str]) -> set[int]:
+    found: set[int] = set()
+    for path in cgroups:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as procs:
+                found.update(int(line) for line in procs if line.strip())
+        except OSError:
+            continue
+    if pid is not None and start is not None:
+        stat = proc_stat(pid)
+        if stat is not None and stat.start == start and not stat.zombie:
+            found.add(pid)
+    cookie = f"{COOKIE_VARIABLE}={run_id}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if cookie in environ.read().split(b"\0"):
+                    found.add(int(entry))
+        except OSError:
+            continue
+    found.discard(os.getpid())
+    return set(live_pids(sorted(found)))
