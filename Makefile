@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/serve_demo.py
 	@echo
 	@echo '$$ governor run --memory 100M -- python3 -c "b = bytearray(10**9)"'
 	@$(BIN)/governor run --memory 100M -- python3 -c "b = bytearray(10**9)"; \

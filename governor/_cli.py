@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    from governor import _service_cli  # the service's commands: serve, status, history, fire
+
+    _service_cli.add_commands(commands)
     return parser
 
 
@@ -86,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "run":
             return _run(arguments)
+        handler = getattr(arguments, "handler", None)
+        if handler is not None:
+            return int(handler(arguments))
     except _UsageError as error:
         parser.exit(EXIT_GOVERNOR_FAILED, f"governor: {error}\n")
     except EnforcementUnavailable as error:

@@ -1,0 +1,382 @@
+"""``governor serve``: a task file's schedule, run in the foreground for months.
+
+start:  load the task file (invalid: fail fast, start nothing) ─> open the store (corrupt
+        or locked: fail, never reset) ─> recover: executions the last run left in flight
+        are killed (cgroups, pid + start time, cookie) and recorded ``lost`` ─> schedule
+run:    one log line per execution; every start and end goes to the store (batched, off
+        the loop); a unix socket beside the database answers status and fire requests
+SIGHUP: reload the file; unchanged tasks keep running, changed ones are replaced, removed
+        ones leave (their running executions finish)
+SIGTERM / SIGINT: stop triggering, give running executions ``grace`` seconds, cancel the
+        rest, flush the store, exit 0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from governor._scheduler import Scheduler
+from governor._store import Store
+from governor._task import Task
+from governor._taskfile import TaskDefinition, load_task_file
+from governor._triggers import EventTrigger
+from policies import format_duration, format_size
+from runner import Execution, ExecutionHandle, kill_leftovers
+
+SOCKET_SUFFIX = ".sock"
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
+def socket_path(db: Path) -> Path:
+    """Where the control socket of the server using ``db`` lives: beside the database, or
+    under /tmp (named after the database's path) when that path is too long for a socket."""
+    beside = Path(str(db) + SOCKET_SUFFIX)
+    if len(str(beside)) <= _MAX_SOCKET_PATH:
+        return beside
+    digest = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
+    return Path(f"/tmp/governor-{digest}.sock")
+
+
+class StoreRecorder:
+    """The scheduler's listener: every start and end to the store, one log line per end."""
+
+    def __init__(self, store: Store, log: TextIO) -> None:
+        self._store = store
+        self._log = log
+
+    def execution_started(
+        self, task: Task | None, attempt: int, handle: ExecutionHandle, queued_at: datetime
+    ) -> None:
+        self._store.started(
+            run_id=handle.id,
+            task=task.name if task else "",
+            attempt=attempt,
+            queued_at=queued_at,
+            started_at=handle.started_at,
+            pid=handle.pid,
+            pid_start_ticks=handle.pid_start_ticks,
+            cgroups=handle.cgroups,
+            limits=handle.spec.limits.as_dict(),
+        )
+
+    def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
+        name = task.name if task else ""
+        self._store.finished(run_id or _unstarted_id(), name, record)
+        self._log.write(log_line(name, record) + "\n")
+        self._log.flush()
+
+
+def log_line(task: str, record: Execution) -> str:
+    """One line per execution: time, task, attempt, outcome, why, and what it used."""
+    usage = record.usage
+    parts = [
+        record.ended_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+        f"task={task}",
+        f"attempt={record.attempt}",
+        f"outcome={record.outcome}",
+        f"wall={format_duration(usage.wall_seconds)}",
+        f"peak={format_size(usage.peak_memory_bytes)}",
+        f"cpu={usage.cpu_seconds:.2f}s",
+    ]
+    if record.exit_code not in (None, 0):
+        parts.append(f"exit={record.exit_code}")
+    if record.signal is not None:
+        parts.append(f"signal={record.signal}")
+    if record.error is not None and not record.ok:
+        parts.append(f"error={json.dumps(record.error.message)}")
+    return " ".join(parts)
+
+
+_unstarted = iter(range(1, 1 << 62))
+
+
+def _unstarted_id() -> str:
+    return f"{os.getpid()}-unstarted-{next(_unstarted)}"
+
+
+def recover(store: Store, log: TextIO) -> list[str]:
+    """Executions the last server left in flight: kill what remains of them, record them
+    ``lost``. Runs before the schedule starts; returns their run ids."""
+    lost = store.in_flight()
+    for row in lost:
+        killed = kill_leftovers(
+            row["run_id"], row.get("pid"), row.get("pid_start_ticks"), row.get("cgroups") or []
+        )
+        note = f", killed {len(killed)} leftover process(es)" if killed else ""
+        log.write(
+            f"recovered: task={row['task']} attempt={row['attempt']} run={row['run_id']} is lost{note}\n"
+        )
+    if lost:
+        store.mark_lost([row["run_id"] for row in lost], "the supervisor died while it ran")
+    log.flush()
+    return [row["run_id"] for row in lost]
+
+
+@dataclass
+class _Loaded:
+    definition: TaskDefinition
+    task: Task
+    events: dict[str, EventTrigger] = field(default_factory=dict)
+
+
+class Service:
+    """One ``governor serve``: a scheduler, its task file, its store and its control socket."""
+
+    def __init__(
+        self, task_file: Path, store: Store, *, max_running: int, grace: float, log: TextIO, db: Path
+    ) -> None:
+        self.task_file = task_file
+        self.store = store
+        self.grace = grace
+        self.log = log
+        self.db = db
+        self.scheduler = Scheduler(max_running, listener=StoreRecorder(store, log))
+        self._loaded: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def apply(self, definitions: list[TaskDefinition]) -> dict[str, list[str]]:
+        """Make the scheduler's tasks match ``definitions``; unchanged tasks are untouched."""
+        changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "unchanged": []}
+        wanted = {definition.name: definition for definition in definitions}
+        with self._lock:
+            for name in list(self._loaded):
+                if name not in wanted:
+                    self._remove(name)
+                    changes["removed"].append(name)
+            for name, definition in wanted.items():
+                current = self._loaded.get(name)
+                if current is not None and current.definition.fingerprint == definition.fingerprint:
+                    changes["unchanged"].append(name)
+                    continue
+                if current is not None:
+                    self._remove(name)
+                    changes["changed"].append(name)
+                else:
+                    changes["added"].append(name)
+                task = definition.build()
+                events = {t.name: t for t in task.triggers if isinstance(t, EventTrigger) and t.name}
+                self.scheduler.add_task(task)
+                self._loaded[name] = _Loaded(definition, task, events)
+        self.store.save_tasks([(d.name, d.source, d.fingerprint) for d in definitions])
+        return changes
+
+    def _remove(self, name: str) -> None:
+        loaded = self._loaded.pop(name)
+        if loaded.task.id is not None and self.scheduler.get_task(loaded.task.id) is loaded.task:
+            self.scheduler.remove_task(loaded.task.id)
+
+    def reload(self) -> None:
+        """SIGHUP: read the file again; a broken file changes nothing (and says why)."""
+        try:
+            definitions = load_task_file(self.task_file)
+        except ValueError as error:
+            self.log.write(f"reload refused, the running schedule is unchanged: {error}\n")
+            self.log.flush()
+            return
+        changes = self.apply(definitions)
+        summary = ", ".join(
+            f"{kind} {', '.join(names)}" for kind, names in changes.items() if names and kind != "unchanged"
+        )
+        self.log.write(f"reloaded {self.task_file}: {summary or 'no changes'}\n")
+        self.log.flush()
+
+    def fire(self, event: str, payload: Any = None) -> int:
+        """Fire every task listening to ``event``; returns how many."""
+        with self._lock:
+            triggers = [loaded.events[event] for loaded in self._loaded.values() if event in loaded.events]
+        for trigger in triggers:
+            trigger.fire(payload)
+        return len(triggers)
+
+    # -- control socket -------------------------------------------------------------------
+
+    def open_socket(self) -> Path:
+        """Listen on the control socket (owner-only) in a daemon thread."""
+        path = socket_path(self.db)
+        with contextlib.suppress(FileNotFoundError):
+            if _server_answers(path):
+                raise RuntimeError(f"another governor serve is using {self.db} (socket {path})")
+            path.unlink()  # a stale socket from a server that died
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is created owner-only: no window for others
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        server.listen(16)
+        self._server = server
+        threading.Thread(
+            target=self._serve_socket, args=(server,), name="governor-control", daemon=True
+        ).start()
+        return path
+
+    def close_socket(self) -> None:
+        if self._server is not None:
+            path = self._server.getsockname()
+            self._server.close()
+            self._server = None
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _serve_socket(self, server: socket.socket) -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return  # closed: the service is stopping
+            with connection:
+                try:
+                    request = json.loads(_read_line(connection))
+                    reply = self._answer(request)
+                except Exception as error:  # a bad request gets its reason back, the server lives on
+                    reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+                with contextlib.suppress(OSError):
+                    connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        operation = request.get("op")
+        if operation == "status":
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "db": str(self.db),
+                "task_file": str(self.task_file),
+                **self.scheduler.snapshot(),
+            }
+        if operation == "fire":
+            event = request.get("event")
+            if not isinstance(event, str):
+                return {"ok": False, "error": "fire: give an event name"}
+            fired = self.fire(event, request.get("payload"))
+            if not fired:
+                known = sorted({name for loaded in self._loaded.values() for name in loaded.events})
+                return {
+                    "ok": False,
+                    "error": f"no task listens to event {event!r} (known: {', '.join(known) or 'none'})",
+                }
+            return {"ok": True, "fired": fired}
+        return {"ok": False, "error": f"unknown request {operation!r}"}
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; reload on SIGHUP. Returns the exit status."""
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            received.append(signum)
+
+        previous_fd = signal.set_wakeup_fd(wake_w)
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        path = self.open_socket()
+        self.scheduler.start()
+        where = f"store {self.db}; control {path}; pid {os.getpid()}"
+        self.log.write(f"serving {len(self._loaded)} task(s) from {self.task_file}; {where}\n")
+        self.log.flush()
+        try:
+            while True:
+                select.select([wake_r], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+                while received:
+                    signum = received.pop(0)
+                    if signum == signal.SIGHUP:
+                        self.reload()
+                    else:
+                        return self._shutdown(signal.Signals(signum).name)
+        finally:
+            signal.set_wakeup_fd(previous_fd)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _shutdown(self, why: str) -> int:
+        self.log.write(f"{why}: stopping; running executions get {self.grace:g}s before they are cancelled\n")
+        self.log.flush()
+        self.close_socket()
+        self.scheduler.stop(timeout=self.grace)
+        self.store.close()
+        self.log.write("stopped; the store is flushed\n")
+        self.log.flush()
+        return 0
+
+
+def _read_line(connection: socket.socket, limit: int = 1 << 20) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _server_answers(path: Path) -> bool:
+    try:
+        ask(path, {"op": "status"}, timeout=2.0)
+    except OSError:
+        return False
+    return True
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to a running server's control socket and return its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(str(path))
+        client.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(_read_line(client))
+    if not isinstance(reply, dict):
+        raise OSError(f"unexpected reply from {path}: {reply!r}")
+    return reply
+
+
+def _claim(db: Path) -> int:
+    """Hold an exclusive lock beside the database for the server's lifetime: recovery marks
+    whatever is in flight as lost, which is right only if no other server is running it."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"another governor serve is using {db}") from None
+    return fd
+
+
+def serve(task_file: Path, db: Path, *, max_running: int, grace: float, log: TextIO = sys.stderr) -> int:
+    """Load, open, recover, serve. Errors here (bad file, bad store) propagate to the CLI."""
+    definitions = load_task_file(task_file)
+    lock = _claim(db)
+    try:
+        store = Store(db)
+    except BaseException:
+        os.close(lock)
+        raise
+    try:
+        recover(store, log)
+        service = Service(task_file, store, max_running=max_running, grace=grace, log=log, db=db)
+        service.apply(definitions)
+        return service.run()
+    finally:
+        store.close()
+        os.close(lock)

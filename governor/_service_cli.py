@@ -1,0 +1,161 @@
+"""The service's commands: ``governor serve``, ``status``, ``history`` and ``fire``.
+
+``serve`` runs in the foreground; ``status`` and ``fire`` talk to it over its control socket
+(a unix socket beside the database, owner-only); ``history`` reads the database itself, so
+it works whether or not a server is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from governor._service import ask, serve, socket_path
+from governor._store import Store, StoreError, default_db_path
+from governor._taskfile import TaskFileError
+from policies import format_duration, format_size
+
+EXIT_BAD_TASK_FILE = 2
+EXIT_STORE = 1
+EXIT_NO_SERVER = 3
+
+
+def add_commands(commands: Any) -> None:
+    """Register the service's subcommands on the ``governor`` parser."""
+    db_help = "the database (default: $GOVERNOR_DB, else $XDG_STATE_HOME/governor/governor.db)"
+
+    serve_parser = commands.add_parser("serve", help="run a task file's schedule in the foreground")
+    serve_parser.add_argument("task_file", metavar="TASKS.toml", type=Path)
+    serve_parser.add_argument("--db", type=Path, help=db_help)
+    serve_parser.add_argument("--max-running", type=int, default=os.cpu_count() or 1, metavar="N")
+    serve_parser.add_argument(
+        "--grace", type=float, default=10.0, metavar="S", help="seconds running executions get at shutdown"
+    )
+    serve_parser.set_defaults(handler=_serve)
+
+    status = commands.add_parser("status", help="what a running server is running and queuing")
+    status.add_argument("--db", type=Path, help=db_help)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    history = commands.add_parser("history", help="past executions, from the database")
+    history.add_argument("task", nargs="?", metavar="TASK")
+    history.add_argument("--db", type=Path, help=db_help)
+    history.add_argument("--json", action="store_true", help="JSON Lines, one execution per line")
+    history.add_argument("--limit", type=int, metavar="N", help="only the last N executions")
+    history.set_defaults(handler=_history)
+
+    fire = commands.add_parser("fire", help="fire an event on a running server")
+    fire.add_argument("event", metavar="EVENT")
+    fire.add_argument("--payload", metavar="JSON", help="a JSON value handed to the task")
+    fire.add_argument("--db", type=Path, help=db_help)
+    fire.set_defaults(handler=_fire)
+
+
+def _db(arguments: argparse.Namespace) -> Path:
+    return Path(arguments.db) if arguments.db else default_db_path()
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    if arguments.max_running < 1:
+        print(f"governor: --max-running: must be at least 1, got {arguments.max_running}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
+    try:
+        return serve(
+            arguments.task_file, _db(arguments), max_running=arguments.max_running, grace=arguments.grace
+        )
+    except TaskFileError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
+    except StoreError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_STORE
+    except RuntimeError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_STORE
+
+
+def _request(arguments: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
+    path = socket_path(_db(arguments))
+    try:
+        return ask(path, request)
+    except (OSError, ValueError) as error:
+        print(f"governor: no governor serve answers for {_db(arguments)} ({path}: {error})", file=sys.stderr)
+        return None
+
+
+def _status(arguments: argparse.Namespace) -> int:
+    reply = _request(arguments, {"op": "status"})
+    if reply is None:
+        return EXIT_NO_SERVER
+    if arguments.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"server pid {reply['pid']}, task file {reply['task_file']}, store {reply['db']}")
+    print(f"running {len(reply['running'])} of at most {reply['max_running_tasks']}:")
+    for run in reply["running"]:
+        memory = format_size(run["memory_bytes"]) if run["memory_bytes"] is not None else "-"
+        limit = run["limits"].get("memory")
+        print(f"  {run['task']:<24} attempt {run['attempt']}  pid {run['pid']}  memory {memory}"
+              + (f" of {format_size(limit)}" if limit else ""))  # fmt: skip
+    print(f"queued {len(reply['queued'])}:")
+    for queued in reply["queued"]:
+        print(f"  {queued['task']:<24} attempt {queued['attempt']}  priority {queued['priority']}")
+    print("tasks:")
+    for task in reply["tasks"]:
+        state = "paused" if task["paused"] else "active"
+        last = task["last_outcome"] or "-"
+        triggers = ", ".join(task["triggers"]) or "fired by hand"
+        print(f"  {task['name']:<24} {state:<7} runs {task['runs']:<5} last {last:<18} {triggers}")
+    return 0
+
+
+def _fire(arguments: argparse.Namespace) -> int:
+    payload = None
+    if arguments.payload is not None:
+        try:
+            payload = json.loads(arguments.payload)
+        except json.JSONDecodeError as error:
+            print(f"governor: --payload: not valid JSON: {error}", file=sys.stderr)
+            return EXIT_BAD_TASK_FILE
+    reply = _request(arguments, {"op": "fire", "event": arguments.event, "payload": payload})
+    if reply is None:
+        return EXIT_NO_SERVER
+    if not reply.get("ok"):
+        print(f"governor: {reply.get('error')}", file=sys.stderr)
+        return EXIT_STORE
+    print(f"fired {arguments.event!r} for {reply['fired']} task(s)")
+    return 0
+
+
+def _history(arguments: argparse.Namespace) -> int:
+    db = _db(arguments)
+    if not db.exists():
+        print(f"governor: no database at {db} (nothing has run yet?)", file=sys.stderr)
+        return EXIT_STORE
+    try:
+        with Store(db) as store:
+            rows = store.history(arguments.task, limit=arguments.limit)
+    except StoreError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_STORE
+    if arguments.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    print(f"{'ended':<20} {'task':<20} {'try':>3} {'outcome':<18} {'wall':>8} {'peak memory':>12} {'cpu':>8}")
+    for row in rows:
+        ended = (row.get("ended_at") or "running")[:19].replace("T", " ")
+        wall = format_duration(row["wall_seconds"]) if row.get("wall_seconds") is not None else "-"
+        peak = format_size(row["peak_memory_bytes"]) if row.get("peak_memory_bytes") is not None else "-"
+        user, system = row.get("cpu_user_seconds"), row.get("cpu_system_seconds")
+        cpu = f"{(user or 0) + (system or 0):.2f}s" if user is not None else "-"
+        outcome = row.get("outcome") or "running"
+        print(
+            f"{ended:<20} {row['task']:<20} {row['attempt']:>3} {outcome:<18} {wall:>8} {peak:>12} {cpu:>8}"
+        )
+    return 0

@@ -1,0 +1,228 @@
+"""Task files: the schedule of ``governor serve``, in TOML (read with ``tomllib``).
+
+    [[task]]
+    name = "thumbnails"
+    command = ["python3", "make_thumbs.py", "--all"]   # or function = "module:callable", args, kwargs
+    cron = "*/10 * * * *"                              # or interval = "15m" | delay = "10s" | event = "x"
+    priority = 5
+    [task.limits]                                      # Limits.from_mapping
+    memory = "512MiB"
+    [task.retry]                                       # RetryPolicy.from_mapping
+    max_retries = 2
+
+Everything is checked when the file is read, every task built once, so an invalid file fails
+fast (naming the file, the task and the field) and starts nothing. The file's directory is
+put on ``sys.path`` so that ``function = "jobs:nightly"`` finds a ``jobs.py`` beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from governor._task import Task
+from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger
+from policies import Limits, RetryPolicy
+
+_KNOWN = {
+    "name", "description", "command", "function", "args", "kwargs", "cron", "interval", "delay", "event",
+    "timezone", "jitter", "priority", "max_instances", "cwd", "env", "limits", "retry", "enforcement",
+}  # fmt: skip
+_TRIGGER_KEYS = ("cron", "interval", "delay", "event")
+
+
+class TaskFileError(ValueError):
+    """A task file that cannot be served; the message names the file, the task and the field."""
+
+    def __init__(self, path: str, message: str, task: str | None = None, field: str | None = None) -> None:
+        where = f"{path}: " + (f"task {task}: " if task is not None else "") + (f"{field}: " if field else "")
+        super().__init__(where + message)
+        self.path = path
+        self.task = task
+        self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.message, self.task, self.field))
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """One ``[[task]]`` table, checked. ``build()`` makes a fresh ``Task`` (fresh triggers)
+    each time; ``fingerprint`` tells a reload whether the definition changed."""
+
+    name: str
+    source: dict[str, Any]
+    events: tuple[str, ...]
+    path: str
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.source, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def build(self) -> Task:
+        """A new ``Task`` for this definition."""
+        return _build(self.path, self.name, self.source)
+
+
+def load_task_file(path: str | os.PathLike[str]) -> list[TaskDefinition]:
+    """Read and check a task file; ``TaskFileError`` on the first problem."""
+    file = Path(path)
+    shown = str(path)
+    try:
+        with open(file, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise TaskFileError(shown, "no such file") from None
+    except OSError as error:
+        raise TaskFileError(shown, f"cannot read it: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TaskFileError(shown, f"not valid TOML: {error}") from None
+    unknown = set(document) - {"task"}
+    if unknown:
+        raise TaskFileError(
+            shown, f"unknown top-level key(s) {', '.join(sorted(unknown))} (expected [[task]] tables)"
+        )
+    tables = document.get("task")
+    if not isinstance(tables, list) or not tables:
+        raise TaskFileError(shown, "no [[task]] tables")
+    directory = str(file.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)  # so that function = "jobs:nightly" finds jobs.py here
+    definitions: list[TaskDefinition] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables, start=1):
+        label = f"#{index}"
+        if not isinstance(table, dict):
+            raise TaskFileError(shown, "expected a table", label)
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise TaskFileError(shown, f"must be a non-empty string, got {name!r}", label, "name")
+        if name in seen:
+            raise TaskFileError(shown, "a task of this name is defined twice", name, "name")
+        seen.add(name)
+        _build(shown, name, table)  # checks everything, now
+        events = (table["event"],) if isinstance(table.get("event"), str) else ()
+        definitions.append(TaskDefinition(name, dict(table), events, shown))
+    return definitions
+
+
+def _build(path: str, name: str, table: dict[str, Any]) -> Task:
+    def fail(field: str, message: str) -> TaskFileError:
+        return TaskFileError(path, message, name, field)
+
+    unknown = sorted(set(table) - _KNOWN)
+    if unknown:
+        raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN))})")
+    target = _target(table, fail)
+    triggers = _triggers(table, fail)
+    limits = _section(table, "limits", Limits.from_mapping, fail)
+    retry = _section(table, "retry", RetryPolicy.from_mapping, fail)
+    env = table.get("env")
+    if env is not None:
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise fail("env", f"expected a table of strings, got {env!r}")
+        env = {**os.environ, **env}  # added to the server's environment, not replacing PATH & co
+    kwargs = table.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise fail("kwargs", f"expected a table, got {kwargs!r}")
+    args = table.get("args", [])
+    if not isinstance(args, list):
+        raise fail("args", f"expected a list, got {args!r}")
+    options = {
+        key: table[key]
+        for key in ("description", "priority", "max_instances", "cwd", "enforcement")
+        if key in table
+    }
+    try:
+        return Task(
+            name, target, args=args, kwargs=kwargs, triggers=triggers, retry_policy=retry, limits=limits,
+            env=env, payload_kwarg="payload" if "function" in table and "event" in table else None, **options,
+        )  # fmt: skip
+    except (ValueError, TypeError) as error:
+        text = str(error)
+        field, _, message = text.partition(": ")
+        if field in options or field in ("max_instances", "priority", "enforcement", "env", "cwd"):
+            raise fail(field, message) from None
+        raise fail("task", text) from None
+
+
+def _target(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> Any:
+    command, function = table.get("command"), table.get("function")
+    if (command is None) == (function is None):
+        raise fail("command", "give exactly one of command (an argv list) or function ('module:callable')")
+    if command is not None:
+        if isinstance(command, str):
+            raise fail("command", f"give a list, e.g. {command.split()!r}, not the string {command!r}")
+        if not isinstance(command, list) or not command or not all(isinstance(part, str) for part in command):
+            raise fail("command", f"expected a non-empty list of strings, got {command!r}")
+        if "args" in table or "kwargs" in table:
+            raise fail("args", "put arguments in command; args and kwargs go with function")
+        return command
+    if not isinstance(function, str) or ":" not in function:
+        raise fail("function", f"expected 'module:callable', got {function!r}")
+    module_name, _, attribute = function.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any import failure of user code is a reason to refuse the file
+        raise fail("function", f"cannot import {module_name!r}: {type(error).__name__}: {error}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise fail("function", f"{module_name!r} has no {attribute!r}")
+    if not callable(target):
+        raise fail("function", f"{function!r} is not callable")
+    return target
+
+
+def _triggers(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> list[Any]:
+    given = [key for key in _TRIGGER_KEYS if key in table]
+    if len(given) > 1:
+        raise fail(given[1], f"give one of {', '.join(_TRIGGER_KEYS)}, not {' and '.join(given)}")
+    for option in ("timezone", "jitter"):
+        if option in table and not (given and given[0] in ("cron", "interval")):
+            raise fail(option, "goes with cron or interval")
+    if not given:
+        return []  # fired by hand only
+    key = given[0]
+    value = table[key]
+    try:
+        if key == "cron":
+            return [
+                PeriodicTrigger(cron=value, timezone=table.get("timezone"), jitter=table.get("jitter", 0))
+            ]
+        if key == "interval":
+            return [PeriodicTrigger(interval=value, jitter=table.get("jitter", 0))]
+        if key == "delay":
+            return [OneTimeTrigger(delay=value)]
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"event: expected an event name, got {value!r}")
+        return [EventTrigger(name=value)]
+    except (ValueError, TypeError) as error:
+        field, _, message = str(error).partition(": ")
+        raise fail(field if field in _KNOWN else key, message or str(error)) from None
+
+
+def _section(
+    table: dict[str, Any], key: str, parse: Callable[..., Any], fail: Callable[[str, str], TaskFileError]
+) -> Any:
+    if key not in table:
+        return None
+    section = table[key]
+    if not isinstance(section, dict):
+        raise fail(key, f"expected a table [task.{key}], got {section!r}")
+    try:
+        return parse(section, where=key)
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise fail(field, message) from None

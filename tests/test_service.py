@@ -1,0 +1,243 @@
+"""``governor serve`` as people run it: a real server subprocess, real signals, a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import wait_until
+
+GOVERNOR = [sys.executable, "-m", "governor"]
+GUARD = 60.0  # seconds: deadlock guards only
+HELPERS = str(Path(__file__).resolve().parent)
+
+
+class Server:
+    """A ``governor serve`` subprocess whose log lines are collected as they come."""
+
+    def __init__(self, task_file: Path, db: Path, *extra: str) -> None:
+        env = {**os.environ, "PYTHONPATH": HELPERS + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.process = subprocess.Popen(
+            [*GOVERNOR, "serve", str(task_file), "--db", str(db), "--grace", "1", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = GUARD) -> str:
+        """The first log line (not seen before) containing ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if text in line:
+                    self.seen.remove(line)
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no log line with {text!r}; saw: {self.seen}")
+            try:
+                self.seen.append(self.lines.get(timeout=remaining))
+            except queue.Empty:
+                continue
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        status = self.process.wait(timeout=GUARD)
+        self._reader.join(timeout=GUARD)  # EOF once the server and its children are gone
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return status
+
+
+def governor(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GOVERNOR, *args, "--db", str(db)], capture_output=True, text=True, timeout=GUARD)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "governor.db"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path, db: Path) -> Iterator[tuple[Server, Path]]:
+    log = tmp_path / "out.log"
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "on-event"
+        function = "task_helpers:append_line"
+        args = ["{log}", "ran"]
+        event = "poke"
+        [task.limits]
+        memory = "256MiB"
+
+        [[task]]
+        name = "ticker"
+        command = ["true"]
+        interval = "1h"
+        """,
+    )
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 2 task(s)")
+        yield server, task_file
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def test_fire_status_history_and_a_clean_stop(served: tuple[Server, Path], db: Path) -> None:
+    server, _ = served
+    fired = governor("fire", "poke", "--payload", '{"n": 1}', db=db)
+    assert fired.returncode == 0, fired.stderr
+    line = server.wait_for("task=on-event")
+    assert "outcome=succeeded" in line and "attempt=1" in line
+    status = json.loads(governor("status", "--json", db=db).stdout)
+    assert {task["name"] for task in status["tasks"]} == {"on-event", "ticker"}
+    assert governor("fire", "nobody-listens", db=db).returncode != 0
+    assert server.stop(signal.SIGTERM) == 0
+    server.wait_for("the store is flushed")
+    history = governor("history", "--json", db=db)
+    rows = [json.loads(line) for line in history.stdout.splitlines()]
+    assert [row["task"] for row in rows] == ["on-event"]
+    keys = {"outcome", "exit_code", "signal", "peak_memory_bytes", "cpu_user_seconds", "cpu_system_seconds"}
+    keys |= {"wall_seconds", "enforcement", "task", "attempt", "queued_at", "started_at", "ended_at"}
+    assert keys <= set(rows[0])
+    assert rows[0]["outcome"] == "succeeded"
+
+
+def test_sighup_reloads_without_dropping_running_work(
+    served: tuple[Server, Path], db: Path, tmp_path: Path
+) -> None:
+    server, task_file = served
+    task_file.write_text(
+        task_file.read_text() + '\n[[task]]\nname = "added"\ncommand = ["true"]\nevent = "later"\n'
+    )
+    server.process.send_signal(signal.SIGHUP)
+    assert "added added" in server.wait_for("reloaded")
+    assert governor("fire", "later", db=db).returncode == 0
+    assert "outcome=succeeded" in server.wait_for("task=added")
+    task_file.write_text("this is not toml [")
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for("reload refused")
+    assert governor("fire", "later", db=db).returncode == 0  # the old schedule still runs
+    server.wait_for("task=added")
+
+
+def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path, db: Path) -> None:
+    ready = tmp_path / "ready"
+    pids = tmp_path / "pids"
+    script = f"sleep 1000 & echo $! > {pids}; setsid sleep 1000 & echo $! >> {pids}; touch {ready}; wait"
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "long"
+        command = ["sh", "-c", "{script}"]
+        event = "go"
+        """,
+    )
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 1 task(s)")
+        assert governor("fire", "go", db=db).returncode == 0
+        wait_until(ready.exists, GUARD)
+        server.stop(signal.SIGKILL)
+        server = Server(task_file, db)
+        line = server.wait_for("recovered: task=long")
+        assert "is lost" in line
+        server.wait_for("serving 1 task(s)")
+        for pid in map(int, pids.read_text().split()):
+            wait_until(
+                lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10
+            )
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    rows = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
+    assert [(row["task"], row["outcome"]) for row in rows] == [("long", "lost")]
+
+
+def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is no database" * 100)
+    before = db.read_bytes()
+    task_file = write(tmp_path / "tasks.toml", '[[task]]\nname = "t"\ncommand = ["true"]\n')
+    done = subprocess.run(
+        [*GOVERNOR, "serve", str(task_file), "--db", str(db)], capture_output=True, text=True, timeout=GUARD
+    )
+    assert done.returncode != 0
+    assert "corrupt" in done.stderr or "not a governor database" in done.stderr
+    assert db.read_bytes() == before
+
+
+def test_locked_database_is_a_clear_error(tmp_path: Path, db: Path) -> None:
+    task_file = write(tmp_path / "tasks.toml", '[[task]]\nname = "t"\ncommand = ["true"]\n')
+    server = Server(task_file, db)  # creates the database
+    server.wait_for("serving 1 task(s)")
+    assert server.stop() == 0
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        env = {**os.environ}
+        done = subprocess.run(
+            [*GOVERNOR, "serve", str(task_file), "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=GUARD,
+            env=env,
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+    assert done.returncode != 0
+    assert "locked" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[task]]\nname = "t"\ncommand = "ls -l"\n', "command"),
+        ('[[task]]\nname = "t"\ncommand = ["true"]\ncron = "61 * * * *"\n', "cron"),
+        ('[[task]]\nname = "t"\ncommand = ["true"]\ncrom = "* * * * *"\n', "crom"),
+        ('[[task]]\nname = "t"\ncommand = ["true"]\n[task.limits]\nmemory = "12XB"\n', "memory"),
+        ("[[task]\n", "tasks.toml"),
+    ],
+)
+def test_bad_task_files_start_nothing(tmp_path: Path, db: Path, text: str, message: str) -> None:
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(text)
+    done = subprocess.run(
+        [*GOVERNOR, "serve", str(task_file), "--db", str(db)], capture_output=True, text=True, timeout=GUARD
+    )
+    assert done.returncode == 2
+    assert str(task_file) in done.stderr and message in done.stderr
+    assert not db.exists()
