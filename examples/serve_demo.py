@@ -18,13 +18,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GOVERNOR = [sys.executable, "-m", "governor"]
-SERVE_SECONDS = 20
+SERVE_SECONDS = 20  # at least; longer if needed to see the every-minute cron job fire once
 
 
 def main() -> int:
+    now = time.time()
+    serve_for = max(SERVE_SECONDS, 60 - now % 60 + 3)  # past the next minute: the cron job fires
     with tempfile.TemporaryDirectory(prefix="governor-demo-") as state:
         db = Path(state) / "demo.db"
-        print(f"$ governor serve examples/tasks.toml --db {db}   # for {SERVE_SECONDS}s", flush=True)
+        print(f"$ governor serve examples/tasks.toml --db {db}   # for {serve_for:.0f}s", flush=True)
         server = subprocess.Popen(
             [*GOVERNOR, "serve", str(HERE / "tasks.toml"), "--db", str(db), "--max-running", "2"]
         )
@@ -43,7 +45,7 @@ def main() -> int:
             time.sleep(3)
             print("\n$ governor status", flush=True)
             subprocess.run([*GOVERNOR, "status", "--db", str(db)], check=True)
-            time.sleep(max(0.0, SERVE_SECONDS - (time.monotonic() - started)))
+            time.sleep(max(0.0, serve_for - (time.monotonic() - started)))
         finally:
             server.send_signal(signal.SIGTERM)
             status = server.wait(timeout=60)
