@@ -163,18 +163,27 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
         name = "long"
         command = ["sh", "-c", "{script}"]
         event = "go"
+
+        [[task]]
+        name = "quick"
+        command = ["true"]
+        event = "quick"
         """,
     )
     server = Server(task_file, db)
     try:
-        server.wait_for("serving 1 task(s)")
+        server.wait_for("serving 2 task(s)")
+        assert governor("fire", "quick", db=db).returncode == 0
+        server.wait_for("task=quick")
+        # Committed before the crash (the writer commits within its batch interval).
+        wait_until(lambda: '"quick"' in governor("history", "--json", db=db).stdout, GUARD)
         assert governor("fire", "go", db=db).returncode == 0
         wait_until(ready.exists, GUARD)
         server.stop(signal.SIGKILL)
         server = Server(task_file, db)
         line = server.wait_for("recovered: task=long")
         assert "is lost" in line
-        server.wait_for("serving 1 task(s)")
+        server.wait_for("serving 2 task(s)")
         for pid in map(int, pids.read_text().split()):
             wait_until(
                 lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10
@@ -183,7 +192,7 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
     finally:
         server.stop(signal.SIGKILL)
     rows = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
-    assert [(row["task"], row["outcome"]) for row in rows] == [("long", "lost")]
+    assert [(row["task"], row["outcome"]) for row in rows] == [("quick", "succeeded"), ("long", "lost")]
 
 
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
