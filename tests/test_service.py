@@ -250,3 +250,31 @@ def test_bad_task_files_start_nothing(tmp_path: Path, db: Path, text: str, messa
     assert done.returncode == 2
     assert str(task_file) in done.stderr and message in done.stderr
     assert not db.exists()
+
+
+def test_reload_never_drops_a_running_execution(tmp_path: Path, db: Path) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    ready = tmp_path / "ready"
+    body = f"""
+        [[task]]
+        name = "slow"
+        command = ["sh", "-c", "touch {ready}; cat {gate}"]
+        event = "go"
+        priority = PRIORITY
+        """
+    task_file = write(tmp_path / "tasks.toml", body.replace("PRIORITY", "1"))
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 1 task(s)")
+        assert governor("fire", "go", db=db).returncode == 0
+        wait_until(ready.exists, GUARD)
+        write(task_file, body.replace("PRIORITY", "2"))
+        server.process.send_signal(signal.SIGHUP)
+        assert "changed slow" in server.wait_for("reloaded")
+        with open(gate, "w"):
+            pass  # let the running execution finish
+        assert "outcome=succeeded" in server.wait_for("task=slow")
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
