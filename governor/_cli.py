@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies import Limits, format_duration, format_size
-from runner import Enforcement, EnforcementUnavailable, Execution, ExecutionSpec, Outcome, RunnerError
+from runner import Enforcement, Execution, ExecutionSpec, Outcome, RunnerError
 from runner._enforcement import resolve
 from runner._run import run_spec
 
@@ -94,10 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(handler(arguments))
     except _UsageError as error:
         parser.exit(EXIT_GOVERNOR_FAILED, f"governor: {error}\n")
-    except EnforcementUnavailable as error:
-        print(f"governor: {error}", file=sys.stderr)
-        return EXIT_GOVERNOR_FAILED
-    except RunnerError as error:
+    except RunnerError as error:  # EnforcementUnavailable, ForkServerError
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_GOVERNOR_FAILED
     return EXIT_GOVERNOR_FAILED

@@ -71,10 +71,7 @@ def _serve(arguments: argparse.Namespace) -> int:
     except TaskFileError as error:
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_BAD_TASK_FILE
-    except StoreError as error:
-        print(f"governor: {error}", file=sys.stderr)
-        return EXIT_STORE
-    except RuntimeError as error:
+    except (StoreError, RuntimeError) as error:  # a bad store, or another server on it
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_STORE
 
