@@ -4,15 +4,18 @@ This package knows what a limit is and how to read one; later it also decides re
 priority, admission and estimates. Everything here is deterministic and unit-tested alone.
 """
 
+from policies._estimate import Estimate, UsageEstimator
 from policies._limits import Limits
 from policies._priority import ReadyQueue
 from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "Estimate",
     "Limits",
     "ReadyQueue",
     "RetryPolicy",
+    "UsageEstimator",
     "format_duration",
     "format_size",
     "parse_duration",

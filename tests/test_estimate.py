@@ -1,0 +1,86 @@
+"""The usage estimator: pure, no processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import UsageEstimator
+
+MiB = 1 << 20
+
+
+def test_without_history_the_limit_then_the_default_stands_in() -> None:
+    estimator = UsageEstimator(default_memory=256 * MiB, default_cpu=1.0)
+    assert estimator.estimate("new", memory_limit=512 * MiB).memory_bytes == 512 * MiB
+    assert estimator.estimate("new", memory_limit=512 * MiB).source == "limit"
+    fallback = estimator.estimate("new")
+    assert (fallback.memory_bytes, fallback.cpu_cores, fallback.source) == (256 * MiB, 1.0, "default")
+    assert UsageEstimator().estimate("new").memory_bytes is None
+
+
+def test_a_high_quantile_of_measured_peaks() -> None:
+    estimator = UsageEstimator(quantile=0.9, decay=1.0)
+    for peak in range(1, 11):  # 1..10 MiB, equal weights
+        estimator.observe("t", peak_memory_bytes=peak * MiB, cpu_seconds=0.5, wall_seconds=1.0)
+    estimate = estimator.estimate("t", memory_limit=1024 * MiB)
+    assert estimate.memory_bytes == 9 * MiB and estimate.source == "history"
+    assert estimate.cpu_cores == pytest.approx(0.5)
+
+
+def test_recent_runs_weigh_more() -> None:
+    estimator = UsageEstimator(quantile=0.95, decay=0.5)
+    for _ in range(10):
+        estimator.observe("t", peak_memory_bytes=500 * MiB, cpu_seconds=1, wall_seconds=1)
+    for _ in range(6):
+        estimator.observe("t", peak_memory_bytes=100 * MiB, cpu_seconds=1, wall_seconds=1)
+    # The old 500 MiB runs now carry less than 2% of the weight.
+    assert estimator.estimate("t").memory_bytes == 100 * MiB
+
+
+def test_a_memory_kill_raises_the_estimate_until_a_success() -> None:
+    estimator = UsageEstimator(growth_after_oom=1.5)
+    estimator.observe("t", peak_memory_bytes=80 * MiB, cpu_seconds=1, wall_seconds=1)
+    estimator.observe(
+        "t",
+        peak_memory_bytes=100 * MiB,
+        cpu_seconds=1,
+        wall_seconds=1,
+        memory_exceeded=True,
+        memory_limit=100 * MiB,
+    )
+    raised = estimator.estimate("t", memory_limit=100 * MiB)
+    assert raised.memory_bytes == 150 * MiB and raised.source == "oom"
+    estimator.observe("t", peak_memory_bytes=140 * MiB, cpu_seconds=1, wall_seconds=1)
+    settled = estimator.estimate("t")
+    assert (
+        settled.source == "history" and settled.memory_bytes == 150 * MiB
+    )  # the quantile still sees the floor
+
+
+def test_cpu_rate_is_capped_by_the_quota() -> None:
+    estimator = UsageEstimator()
+    estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=4, wall_seconds=1)  # 4 cores busy
+    assert estimator.estimate("t", cpu_limit=1.5).cpu_cores == 1.5
+
+
+def test_window_forgets_the_oldest() -> None:
+    estimator = UsageEstimator(window=3, decay=1.0, quantile=1.0)
+    for peak in (900, 10, 20, 30):
+        estimator.observe("t", peak_memory_bytes=peak * MiB, cpu_seconds=0, wall_seconds=1)
+    assert estimator.estimate("t").memory_bytes == 30 * MiB
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quantile": 0.2}, "quantile: must be between 0.5 and 1"),
+        ({"decay": 0}, "decay: must be in (0, 1]"),
+        ({"window": 0}, "window: must be at least 1"),
+        ({"growth_after_oom": 0.5}, "growth_after_oom: must be at least 1.0"),
+        ({"default_memory": -1}, "default_memory: must not be negative"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        UsageEstimator(**kwargs)  # type: ignore[arg-type]
+    assert message in str(caught.value)
