@@ -4,6 +4,7 @@ This package knows what a limit is and how to read one; later it also decides re
 priority, admission and estimates. Everything here is deterministic and unit-tested alone.
 """
 
+from policies._admission import AdmissionPolicy, Budget, Decision, Need, QueuedWork, RunningWork
 from policies._estimate import Estimate, UsageEstimator
 from policies._limits import Limits
 from policies._priority import ReadyQueue
@@ -11,10 +12,16 @@ from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "AdmissionPolicy",
+    "Budget",
+    "Decision",
     "Estimate",
     "Limits",
+    "Need",
+    "QueuedWork",
     "ReadyQueue",
     "RetryPolicy",
+    "RunningWork",
     "UsageEstimator",
     "format_duration",
     "format_size",

@@ -1,0 +1,123 @@
+"""The admission policy: pure, no processes; time and measurements are handed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import AdmissionPolicy, Budget, Need, QueuedWork, RunningWork
+
+GiB = 1 << 30
+policy = AdmissionPolicy()
+
+
+def queued(key: str, gib: float, duration: float | None = None, cores: float = 0.0) -> QueuedWork:
+    return QueuedWork(key, Need(int(gib * GiB), cores), duration)
+
+
+def running(key: str, gib: float, ends_in: float | None, measured_gib: float = 0.0) -> RunningWork:
+    return RunningWork(
+        key,
+        Need(int(gib * GiB), 0.0),
+        int(measured_gib * GiB),
+        0.0,
+        None if ends_in is None else 100 + ends_in,
+    )
+
+
+def test_starts_in_order_while_the_budget_lasts() -> None:
+    decision = policy.decide(
+        now=100,
+        slots=4,
+        budget=Budget(3 * GiB),
+        running=[],
+        queue=[queued("a", 1), queued("b", 1.5), queued("c", 1)],
+    )
+    assert decision.start == ("a", "b")
+    assert "waits for" in decision.waiting["c"]
+
+
+def test_slots_bound_starts() -> None:
+    decision = policy.decide(
+        now=100, slots=1, budget=Budget(), running=[], queue=[queued("a", 1), queued("b", 1)]
+    )
+    assert decision.start == ("a",) and decision.waiting["b"] == "no free slot"
+
+
+def test_running_work_holds_the_larger_of_estimate_and_measurement() -> None:
+    grown = running("r", 1, ends_in=10, measured_gib=2.5)
+    decision = policy.decide(
+        now=100, slots=2, budget=Budget(3 * GiB), running=[grown], queue=[queued("a", 1)]
+    )
+    assert decision.start == ()
+
+
+def test_a_short_job_backfills_when_it_cannot_delay_the_head() -> None:
+    busy = running("r", 2, ends_in=10)  # the head can start in 10 s
+    head, short, long = queued("head", 2.5, 30), queued("short", 0.3, 5), queued("long", 0.6, 60)
+    # At the shadow time (in 10 s) 3 GiB are free and the head takes 2.5: 0.5 GiB spare.
+    decision = policy.decide(
+        now=100, slots=4, budget=Budget(3 * GiB), running=[busy], queue=[head, short, long]
+    )
+    assert decision.start == ("short",)  # ends before the shadow time; "long" would not fit beside the head
+    assert "held back for 'head'" in decision.waiting["long"]
+
+
+def test_a_job_that_fits_beside_the_head_backfills_whatever_its_length() -> None:
+    busy = running("r", 2, ends_in=10)
+    head, small = queued("head", 1.5, 30), queued("small", 0.5, None)
+    # At the shadow time 3 GiB are free; the head takes 1.5: 1.5 GiB stay spare for "small".
+    decision = policy.decide(now=100, slots=4, budget=Budget(3 * GiB), running=[busy], queue=[head, small])
+    assert decision.start == ("small",)
+
+
+def test_unknown_ends_allow_no_backfill_that_could_delay_the_head() -> None:
+    busy = running("r", 2, ends_in=None)
+    decision = policy.decide(
+        now=100,
+        slots=4,
+        budget=Budget(3 * GiB),
+        running=[busy],
+        queue=[queued("head", 2), queued("x", 0.5, None)],
+    )
+    assert decision.start == ()
+
+
+def test_a_need_beyond_the_whole_budget_runs_alone() -> None:
+    huge = queued("huge", 8)
+    waiting = policy.decide(
+        now=100,
+        slots=4,
+        budget=Budget(3 * GiB),
+        running=[running("r", 1, 5)],
+        queue=[huge, queued("s", 0.1, 1)],
+    )
+    assert waiting.start == () and "runs alone" in waiting.waiting["huge"]
+    alone = policy.decide(
+        now=100, slots=4, budget=Budget(3 * GiB), running=[], queue=[huge, queued("s", 0.1, 1)]
+    )
+    assert alone.start == ("huge",)
+
+
+def test_pressure_tightens_the_budget() -> None:
+    work = [queued("a", 2)]
+    assert policy.decide(now=0, slots=1, budget=Budget(3 * GiB), running=[], queue=work).start == ("a",)
+    assert (
+        policy.decide(now=0, slots=1, budget=Budget(3 * GiB), running=[], queue=work, pressure=0.8).start
+        == ()
+    )
+
+
+def test_cpu_budget_counts_too() -> None:
+    decision = policy.decide(
+        now=0,
+        slots=4,
+        budget=Budget(None, 2.0),
+        running=[],
+        queue=[queued("a", 0, cores=1.5), queued("b", 0, cores=1.0)],
+    )
+    assert decision.start == ("a",)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="pressure_strength: must be between 0 and 1"):
+        AdmissionPolicy(pressure_strength=2)
