@@ -34,7 +34,7 @@ from governor._task import Task
 from governor._taskfile import TaskDefinition, load_task_file
 from governor._triggers import EventTrigger
 from policies import format_duration, format_size
-from runner import Execution, ExecutionHandle, kill_leftovers
+from runner import Execution, ExecutionHandle, kill_leftovers, sweep_orphan_cgroups
 
 SOCKET_SUFFIX = ".sock"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
@@ -121,6 +121,12 @@ def recover(store: Store, log: TextIO) -> list[str]:
         )
     if lost:
         store.mark_lost([row["run_id"] for row in lost], "the supervisor died while it ran")
+    # Executions that started in the last moments before a crash may not have reached the
+    # store; their cgroups still name them (and their dead supervisor): clean those up too.
+    for path, killed in sweep_orphan_cgroups().items():
+        log.write(
+            f"recovered: removed the cgroup {path} of a dead supervisor, killed {len(killed)} process(es)\n"
+        )
     log.flush()
     return [row["run_id"] for row in lost]
 

@@ -13,7 +13,7 @@ from runner._errors import (
 )
 from runner._execution import ExecutionHandle
 from runner._forkserver import ForkServer, default_fork_server
-from runner._leftovers import kill_leftovers
+from runner._leftovers import kill_leftovers, sweep_orphan_cgroups
 from runner._records import (
     Enforcement,
     Execution,
@@ -48,4 +48,5 @@ __all__ = [
     "kill_leftovers",
     "run",
     "run_spec",
+    "sweep_orphan_cgroups",
 ]

@@ -74,3 +74,39 @@ def _members(run_id: str, pid: int | None, start: int | None, cgroups: list[str]
             continue
     found.discard(os.getpid())
     return set(live_pids(sorted(found)))
+
+
+def sweep_orphan_cgroups() -> dict[str, list[int]]:
+    """Kill and remove execution cgroups whose supervisor is dead.
+
+    An execution's cgroup is named ``<supervisor pid>-<serial>-<random>``. One whose supervisor
+    pid no longer exists belonged to a crashed supervisor, whatever its store managed to
+    record; a live pid (the supervisor, or a stranger that reused the number) is left alone.
+    Returns the removed cgroup paths with the pids killed in each.
+    """
+    from runner import _cgroup_v1, _cgroup_v2
+
+    parents: list[str] = []
+    if _cgroup_v1.unavailable_reason() is None:
+        parents += [
+            _cgroup_v1.parent_dir(c) for c in sorted(_cgroup_v1.available_controllers() & _CONTROLLERS)
+        ]
+    mount = _cgroup_v2.mount_point()
+    if mount is not None:
+        parents.append(_cgroup_v2.parent_dir(mount, _cgroup_v2.own_path()))
+    swept: dict[str, list[int]] = {}
+    for parent in parents:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            owner = name.split("-", 1)[0]
+            path = os.path.join(parent, name)
+            if not owner.isdigit() or not os.path.isdir(path) or os.path.exists(f"/proc/{owner}"):
+                continue
+            swept[path] = kill_leftovers(name, None, None, [path])
+    return swept
+
+
+_CONTROLLERS = {"memory", "cpuacct", "cpu", "pids"}

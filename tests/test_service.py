@@ -179,6 +179,8 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
         wait_until(lambda: '"quick"' in governor("history", "--json", db=db).stdout, GUARD)
         assert governor("fire", "go", db=db).returncode == 0
         wait_until(ready.exists, GUARD)
+        # The in-flight row is committed within a batch interval; the crash comes after it.
+        wait_until(lambda: '"long"' in governor("history", "--json", db=db).stdout, GUARD)
         server.stop(signal.SIGKILL)
         server = Server(task_file, db)
         line = server.wait_for("recovered: task=long")
