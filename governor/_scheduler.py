@@ -40,7 +40,17 @@ from typing import Any, Protocol
 from governor._clock import Clock, SystemClock
 from governor._task import Task
 from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
-from policies import ReadyQueue, RetryPolicy
+from policies import (
+    AdmissionPolicy,
+    Budget,
+    Need,
+    QueuedWork,
+    ReadyQueue,
+    RetryPolicy,
+    RunningWork,
+    UsageEstimator,
+    parse_size,
+)
 from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
@@ -79,6 +89,9 @@ class _Request:
     future: Future[Any] | None = None
     scheduled_for: datetime | None = None  # the fire time it answers, for lateness
     time_fire: bool = False  # queued by a time trigger (coalesced per task)
+    need: Need | None = None  # its estimate, when admission control is on
+    wait_reason: str | None = None  # why admission held it back, the last time it did
+    started_mono: float | None = None
     previous: Execution | None = None  # a retry's failed attempt, to settle its future with
     queued_mono: float = field(default_factory=time.monotonic)
 
@@ -116,6 +129,11 @@ class Scheduler:
         poll_interval: float = 1.0,
         seed: int | None = None,
         listener: ExecutionListener | None = None,
+        memory_budget: int | str | None = None,
+        cpu_budget: float | None = None,
+        estimator: UsageEstimator | None = None,
+        admission: AdmissionPolicy | None = None,
+        pressure: Callable[[], float] | None = None,
     ) -> None:
         if (
             isinstance(max_running_tasks, bool)
@@ -130,6 +148,16 @@ class Scheduler:
         self._fork_server = fork_server
         self._poll_interval = poll_interval
         self._listener = listener
+        # Admission control is on when a budget is given: executions start only when their
+        # estimated need (learned from measured usage) fits what running work leaves free.
+        memory = None if memory_budget is None else parse_size(memory_budget, field="memory_budget")
+        if cpu_budget is not None and not cpu_budget > 0:
+            raise ValueError(f"cpu_budget: must be a positive number of cores, got {cpu_budget!r}")
+        self._budget = Budget(memory, cpu_budget)
+        enabled = memory is not None or cpu_budget is not None
+        self._admission = (admission or AdmissionPolicy()) if enabled else None
+        self._estimator = estimator or UsageEstimator()
+        self._pressure = pressure
         self._random = random.Random(seed)
         self._lock = threading.RLock()  # reentrant: wait()'s predicate may call get_task()
         self._changed = threading.Condition(self._lock)
@@ -610,6 +638,9 @@ class Scheduler:
     def _start_ready(self) -> None:
         if self._stopping and not self._drain_submitted:
             return
+        if self._admission is not None:
+            self._start_admitted()
+            return
         held: list[_Request] = []
         while len(self._running) < self.max_running_tasks and len(self._ready):
             request = self._ready.pop()
@@ -631,7 +662,92 @@ class Scheduler:
         for request in held:
             self._ready.push(request, request.priority, request.queued_mono)
 
+    def _start_admitted(self) -> None:
+        """Start what the admission policy admits, in priority order, with backfilling."""
+        assert self._admission is not None
+        eligible: list[_Request] = []
+        for request in self._ready_items():
+            task = request.task
+            if task is not None:
+                if self._stopping or self._tasks.get(task.id or 0) is not task:
+                    self._ready.remove(request)  # removed while it waited
+                    self._queued_time_fire[task.id or 0] -= request.time_fire
+                    continue
+                if task.paused or self._instances[task.id or 0] >= task.max_instances:
+                    continue  # keeps its place; others may pass meanwhile
+            elif request.future is not None and request.future.cancelled():
+                self._ready.remove(request)
+                continue
+            if request.need is None:
+                request.need = self._need(request)
+            eligible.append(request)
+        slots = self.max_running_tasks - len(self._running)
+        if slots <= 0 or not eligible:
+            return
+        now = time.monotonic()
+        running = [self._running_work(handle, request) for handle, request in self._running.items()]
+        queued = [QueuedWork(r, r.need or Need(), self._duration(r)) for r in eligible]
+        pressure = self._pressure() if self._pressure is not None else 0.0
+        decision = self._admission.decide(
+            now=now, slots=slots, budget=self._budget, running=running, queue=queued, pressure=pressure
+        )
+        for key, reason in decision.waiting.items():
+            key.wait_reason = reason  # type: ignore[attr-defined]
+        for key in decision.start:
+            request = key  # type: ignore[assignment]
+            assert isinstance(request, _Request)
+            self._ready.remove(request)
+            if request.task is not None:
+                self._queued_time_fire[request.task.id or 0] -= request.time_fire
+            elif (
+                request.future is not None
+                and not request.future.running()
+                and not request.future.set_running_or_notify_cancel()
+            ):
+                continue
+            self._start(request)
+
+    def _estimate_key(self, request: _Request) -> str:
+        if request.task is not None:
+            return request.task.name
+        target = request.spec.target
+        if isinstance(target, list):
+            return target[0]
+        return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+
+    def _need(self, request: _Request) -> Need:
+        limits = request.spec.limits
+        estimate = self._estimator.estimate(
+            self._estimate_key(request), memory_limit=limits.memory, cpu_limit=limits.cpu_rate
+        )
+        return Need(estimate.memory_bytes, estimate.cpu_cores)
+
+    def _duration(self, request: _Request) -> float | None:
+        return self._estimator.estimate(self._estimate_key(request)).duration_seconds
+
+    def _running_work(self, handle: ExecutionHandle, request: _Request) -> RunningWork:
+        reading = handle.last_reading
+        duration = self._duration(request)
+        end = None if duration is None or request.started_mono is None else request.started_mono + duration
+        memory = reading.memory_bytes if reading is not None else 0
+        return RunningWork(handle, request.need or self._need(request), memory, 0.0, end)
+
+    def _learn(self, request: _Request, record: Execution) -> None:
+        """Feed a finished execution's measured usage to the estimator."""
+        if record.pid is None:
+            return  # never ran: nothing was measured
+        usage = record.usage
+        self._estimator.observe(
+            self._estimate_key(request),
+            peak_memory_bytes=usage.peak_memory_bytes,
+            cpu_seconds=usage.cpu_seconds,
+            wall_seconds=usage.wall_seconds,
+            memory_exceeded=record.outcome is Outcome.MEMORY_EXCEEDED,
+            memory_limit=record.limits.memory,
+        )
+
     def _start(self, request: _Request) -> None:
+        request.started_mono = time.monotonic()
         try:
             handle = ExecutionHandle(request.spec, fork_server=self._fork_server)
             if request.scheduled_for is not None:
@@ -668,6 +784,11 @@ class Scheduler:
 
     def _complete(self, request: _Request, record: Execution, run_id: str | None) -> None:
         record = replace(record, attempt=request.attempt, queued_at=request.queued_at)
+        self._learn(request, record)
+        if request.wait_reason is not None:
+            waited = (record.started_at - request.queued_at).total_seconds()
+            note = f"waited {waited:.2f}s for admission: {request.wait_reason}"
+            record = replace(record, notes=(*record.notes, note))
         task = request.task
         if task is not None:
             task._record(record)
@@ -684,6 +805,8 @@ class Scheduler:
             retry.queued_at = self._clock.now() + timedelta(seconds=delay)
             retry.time_fire = False
             retry.scheduled_for = None
+            retry.need = None  # estimate again: a memory kill raised it
+            retry.wait_reason = None
             retry.previous = record
             entry = _Due(retry.queued_at, next(self._seq), "retry", request=retry)
             heapq.heappush(self._heap, entry)

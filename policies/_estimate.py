@@ -27,6 +27,7 @@ class Estimate:
     memory_bytes: int | None  # None: nothing known and no default
     cpu_cores: float | None
     source: str  # "history", "limit", "default", "oom" (raised after a memory kill)
+    duration_seconds: float | None = None  # a weighted median of past wall times
 
     def __repr__(self) -> str:
         memory = format_size(self.memory_bytes) if self.memory_bytes is not None else "?"
@@ -39,6 +40,7 @@ class _Observation:
     memory_bytes: int
     cpu_cores: float
     oom_floor: bool  # a memory kill: the true need is above this
+    wall_seconds: float
 
 
 class UsageEstimator:
@@ -92,9 +94,9 @@ class UsageEstimator:
         cores = finite_number("cpu_seconds", cpu_seconds) / wall if wall > 0 else 0.0
         if memory_exceeded:
             reached = max(peak, memory_limit or 0)
-            observation = _Observation(math.ceil(reached * self.growth_after_oom), cores, True)
+            observation = _Observation(math.ceil(reached * self.growth_after_oom), cores, True, wall)
         else:
-            observation = _Observation(peak, cores, False)
+            observation = _Observation(peak, cores, False, wall)
         self._history.setdefault(task, deque(maxlen=self.window)).append(observation)
 
     def estimate(
@@ -120,14 +122,16 @@ class UsageEstimator:
             memory, source = floor, "oom"
         if cpu_limit is not None:
             cores = min(cores, cpu_limit)  # the quota caps what it can use
-        return Estimate(math.ceil(memory), cores, source)
+        finished = [o.wall_seconds for o in observations if not o.oom_floor]
+        duration = self._weighted_quantile(finished, 0.5) if finished else None
+        return Estimate(math.ceil(memory), cores, source, duration)
 
-    def _weighted_quantile(self, values: list[float] | list[int]) -> float:
+    def _weighted_quantile(self, values: list[float] | list[int], quantile: float | None = None) -> float:
         """The ``quantile`` of ``values`` (oldest first) with weights ``decay ** age``."""
         newest = len(values) - 1
         weighted = sorted((value, self.decay ** (newest - index)) for index, value in enumerate(values))
         total = sum(weight for _, weight in weighted)
-        target = self.quantile * total
+        target = (self.quantile if quantile is None else quantile) * total
         running = 0.0
         for value, weight in weighted:
             running += weight

@@ -334,3 +334,40 @@ def test_a_task_that_cannot_start_is_recorded_and_the_loop_goes_on(scheduler: Sc
     assert broken.executions[0].outcome is Outcome.CRASHED
     assert "could not start" in broken.executions[0].error.message  # type: ignore[union-attr]
     assert healthy.executions[0].outcome is Outcome.SUCCEEDED
+
+
+def test_admission_holds_a_task_back_until_memory_frees(tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    with Scheduler(2, memory_budget="300MiB") as scheduler:
+        # No history yet: each estimate is the declared limit; together they exceed the budget.
+        big = scheduler.add_task(
+            Task("big", th.wait_for_release, args=(gate.path, ready), limits=Limits(memory="250MiB"))
+        )
+        second = scheduler.add_task(Task("second", th.add, args=(1, 1), limits=Limits(memory="200MiB")))
+        scheduler.fire(big.id)  # type: ignore[arg-type]
+        wait_until(lambda: Path(ready).exists(), GUARD)
+        scheduler.fire(second.id)  # type: ignore[arg-type]
+        assert scheduler.sync()
+        assert (
+            scheduler.running_tasks_count() == 1 and second.executions == []
+        )  # a slot is free, memory is not
+        status = scheduler.snapshot()
+        assert [q["task"] for q in status["queued"]] == ["second"]
+        gate.release()
+        assert scheduler.wait(lambda: ran(second, 1), GUARD)
+    assert second.executions[0].started_at >= big.executions[0].ended_at
+    note = next(n for n in second.executions[0].notes if n.startswith("waited"))
+    assert "for admission" in note and "250.0 MiB" not in note and "200.0 MiB" in note
+
+
+def test_estimates_are_learned_from_measured_runs() -> None:
+    with Scheduler(1, memory_budget="1GiB") as scheduler:
+        task = scheduler.add_task(
+            Task("learn", th.hold_memory, args=(50 * MiB,), limits=Limits(memory="900MiB"))
+        )
+        scheduler.fire(task.id)  # type: ignore[arg-type]
+        assert scheduler.wait(lambda: ran(task, 1), GUARD)
+        estimate = scheduler._estimator.estimate("learn", memory_limit=900 * MiB)
+    assert estimate.source == "history"
+    assert 50 * MiB <= estimate.memory_bytes < 200 * MiB  # type: ignore[operator]
