@@ -26,7 +26,8 @@ class GovernedExecutor(Executor):
 
     ``max_workers`` calls run at once (default: the number of CPUs); ``limits``,
     ``retry_policy``, ``enforcement``, ``env`` and ``cwd`` apply to every call unless
-    ``options(...)`` overrides them for some calls.
+    ``options(...)`` overrides them for some calls. With ``memory_budget`` / ``cpu_budget``
+    (bytes or ``"2GiB"``, cores, or ``"auto"``), calls also wait until their estimated need fits.
     """
 
     def __init__(
@@ -40,6 +41,8 @@ class GovernedExecutor(Executor):
         cwd: str | None = None,
         priority: int = 0,
         fork_server: ForkServer | None = None,
+        memory_budget: int | str | None = None,
+        cpu_budget: float | str | None = None,
     ) -> None:
         workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -52,7 +55,9 @@ class GovernedExecutor(Executor):
             env=env,
             cwd=cwd,
         )
-        self._scheduler = Scheduler(workers, fork_server=fork_server)
+        self._scheduler = Scheduler(
+            workers, fork_server=fork_server, memory_budget=memory_budget, cpu_budget=cpu_budget
+        )
         self._scheduler.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from governor._budget import auto_memory_budget, host_cpus
 from governor._clock import Clock, SystemClock
 from governor._task import Task
 from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
@@ -130,7 +131,7 @@ class Scheduler:
         seed: int | None = None,
         listener: ExecutionListener | None = None,
         memory_budget: int | str | None = None,
-        cpu_budget: float | None = None,
+        cpu_budget: float | str | None = None,
         estimator: UsageEstimator | None = None,
         admission: AdmissionPolicy | None = None,
         pressure: Callable[[], float] | None = None,
@@ -150,11 +151,15 @@ class Scheduler:
         self._listener = listener
         # Admission control is on when a budget is given: executions start only when their
         # estimated need (learned from measured usage) fits what running work leaves free.
-        memory = None if memory_budget is None else parse_size(memory_budget, field="memory_budget")
-        if cpu_budget is not None and not cpu_budget > 0:
-            raise ValueError(f"cpu_budget: must be a positive number of cores, got {cpu_budget!r}")
-        self._budget = Budget(memory, cpu_budget)
-        enabled = memory is not None or cpu_budget is not None
+        if memory_budget == "auto":
+            memory: int | None = auto_memory_budget()
+        else:
+            memory = None if memory_budget is None else parse_size(memory_budget, field="memory_budget")
+        cores = host_cpus() if cpu_budget == "auto" else cpu_budget
+        if cores is not None and (isinstance(cores, str | bool) or not cores > 0):
+            raise ValueError(f"cpu_budget: must be a positive number of cores or 'auto', got {cpu_budget!r}")
+        self._budget = Budget(memory, cores)
+        enabled = memory is not None or cores is not None
         self._admission = (admission or AdmissionPolicy()) if enabled else None
         self._estimator = estimator or UsageEstimator()
         self._pressure = pressure
@@ -240,6 +245,11 @@ class Scheduler:
         """Queue one run of the task now, as if an event had fired."""
         task = self._require(task_id)
         self._post(lambda: self._enqueue_task_run(task, payload=payload))
+
+    @property
+    def estimator(self) -> UsageEstimator:
+        """What the scheduler has learned of each task's needs (fed by every finished run)."""
+        return self._estimator
 
     def running_tasks_count(self) -> int:
         """Executions running right now."""

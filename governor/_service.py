@@ -142,17 +142,46 @@ class Service:
     """One ``governor serve``: a scheduler, its task file, its store and its control socket."""
 
     def __init__(
-        self, task_file: Path, store: Store, *, max_running: int, grace: float, log: TextIO, db: Path
+        self,
+        task_file: Path,
+        store: Store,
+        *,
+        max_running: int,
+        grace: float,
+        log: TextIO,
+        db: Path,
+        memory_budget: int | str | None = None,
+        cpu_budget: float | str | None = None,
     ) -> None:
         self.task_file = task_file
         self.store = store
         self.grace = grace
         self.log = log
         self.db = db
-        self.scheduler = Scheduler(max_running, listener=StoreRecorder(store, log))
+        self.scheduler = Scheduler(
+            max_running,
+            listener=StoreRecorder(store, log),
+            memory_budget=memory_budget,
+            cpu_budget=cpu_budget,
+        )
+        self._learn_from_history()
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
         self._server: socket.socket | None = None
+
+    def _learn_from_history(self) -> None:
+        """Seed the estimator with what past runs measured, so estimates survive restarts."""
+        for row in self.store.history():
+            if row.get("outcome") in (None, "lost", "cancelled") or row.get("peak_memory_bytes") is None:
+                continue
+            self.scheduler.estimator.observe(
+                row["task"],
+                peak_memory_bytes=row["peak_memory_bytes"],
+                cpu_seconds=(row.get("cpu_user_seconds") or 0.0) + (row.get("cpu_system_seconds") or 0.0),
+                wall_seconds=row.get("wall_seconds") or 0.0,
+                memory_exceeded=row["outcome"] == "memory_exceeded",
+                memory_limit=(row.get("limits") or {}).get("memory"),
+            )
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -369,7 +398,16 @@ def _claim(db: Path) -> int:
     return fd
 
 
-def serve(task_file: Path, db: Path, *, max_running: int, grace: float, log: TextIO = sys.stderr) -> int:
+def serve(
+    task_file: Path,
+    db: Path,
+    *,
+    max_running: int,
+    grace: float,
+    log: TextIO = sys.stderr,
+    memory_budget: int | str | None = None,
+    cpu_budget: float | str | None = None,
+) -> int:
     """Load, open, recover, serve. Errors here (bad file, bad store) propagate to the CLI."""
     definitions = load_task_file(task_file)
     lock = _claim(db)
@@ -380,7 +418,16 @@ def serve(task_file: Path, db: Path, *, max_running: int, grace: float, log: Tex
         raise
     try:
         recover(store, log)
-        service = Service(task_file, store, max_running=max_running, grace=grace, log=log, db=db)
+        service = Service(
+            task_file,
+            store,
+            max_running=max_running,
+            grace=grace,
+            log=log,
+            db=db,
+            memory_budget=memory_budget,
+            cpu_budget=cpu_budget,
+        )
         service.apply(definitions)
         return service.run()
     finally:

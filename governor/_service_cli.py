@@ -17,7 +17,7 @@ from typing import Any
 from governor._service import ask, serve, socket_path
 from governor._store import Store, StoreError, default_db_path
 from governor._taskfile import TaskFileError
-from policies import format_duration, format_size
+from policies import format_duration, format_size, parse_size
 
 EXIT_BAD_TASK_FILE = 2
 EXIT_STORE = 1
@@ -34,6 +34,14 @@ def add_commands(commands: Any) -> None:
     serve_parser.add_argument("--max-running", type=int, default=os.cpu_count() or 1, metavar="N")
     serve_parser.add_argument(
         "--grace", type=float, default=10.0, metavar="S", help="seconds running executions get at shutdown"
+    )
+    serve_parser.add_argument(
+        "--memory-budget",
+        metavar="SIZE|auto",
+        help="admission control: memory the running executions may share",
+    )
+    serve_parser.add_argument(
+        "--cpu-budget", metavar="CORES|auto", help="admission control: cores they may share"
     )
     serve_parser.set_defaults(handler=_serve)
 
@@ -65,10 +73,27 @@ def _serve(arguments: argparse.Namespace) -> int:
         print(f"governor: --max-running: must be at least 1, got {arguments.max_running}", file=sys.stderr)
         return EXIT_BAD_TASK_FILE
     try:
+        # Budgets are checked before anything is opened: a typo must not touch the store.
+        memory_budget = arguments.memory_budget
+        if memory_budget not in (None, "auto"):
+            memory_budget = parse_size(memory_budget, field="memory_budget")
+        cpu_budget = arguments.cpu_budget
+        if cpu_budget not in (None, "auto"):
+            try:
+                cpu_budget = float(cpu_budget)
+            except ValueError:
+                raise ValueError(
+                    f"cpu_budget: expected a number of cores or 'auto', got {cpu_budget!r}"
+                ) from None
         return serve(
-            arguments.task_file, _db(arguments), max_running=arguments.max_running, grace=arguments.grace
+            arguments.task_file,
+            _db(arguments),
+            max_running=arguments.max_running,
+            grace=arguments.grace,
+            memory_budget=memory_budget,
+            cpu_budget=cpu_budget,
         )
-    except TaskFileError as error:
+    except (TaskFileError, ValueError) as error:  # a bad file, or a bad budget
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_BAD_TASK_FILE
     except (StoreError, RuntimeError) as error:  # a bad store, or another server on it

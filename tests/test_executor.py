@@ -147,3 +147,21 @@ def test_every_future_settles_when_a_scheduler_stops_mid_retry(tmp_path: Path) -
     scheduler.stop()
     with pytest.raises(RuntimeError, match="attempt 1 fails"):
         future.result(timeout=5)
+
+
+def test_a_memory_budget_serialises_calls_that_would_not_fit_together(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    ready = str(tmp_path / "ready")
+    os.mkfifo(gate)
+    with GovernedExecutor(2, memory_budget="300MiB") as executor:
+        first = executor.options(limits=Limits(memory="250MiB")).submit(th.wait_for_release, gate, ready)
+        second = executor.options(limits=Limits(memory="200MiB")).submit(th.add, 1, 1)
+        from conftest import wait_until
+
+        wait_until(lambda: Path(ready).exists(), timeout=30)
+        assert executor._scheduler.sync()
+        assert not second.running() and not second.done()  # a worker is free; the budget is not
+        with open(gate, "wb"):
+            pass
+        assert second.result(timeout=30) == 2 and first.result(timeout=30) == "released"
+    assert any("for admission" in note for note in second.execution.notes)  # type: ignore[attr-defined]

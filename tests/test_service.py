@@ -280,3 +280,13 @@ def test_reload_never_drops_a_running_execution(tmp_path: Path, db: Path) -> Non
         assert server.stop() == 0
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_a_bad_budget_is_refused(tmp_path: Path, db: Path) -> None:
+    task_file = write(tmp_path / "tasks.toml", '[[task]]\nname = "t"\ncommand = ["true"]\n')
+    done = subprocess.run(
+        [*GOVERNOR, "serve", str(task_file), "--db", str(db), "--memory-budget", "12XB"],
+        capture_output=True, text=True, timeout=GUARD,
+    )  # fmt: skip
+    assert done.returncode == 2 and "memory_budget" in done.stderr
+    assert not db.exists()

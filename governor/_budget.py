@@ -1,0 +1,69 @@
+"""What the host can give the governor: the basis of its default resource budget.
+
+``memory_budget="auto"`` is ``AUTO_FRACTION`` of the smaller of the host's physical memory and
+the memory limit of the cgroup the governor itself runs in (v2 ``memory.max`` or v1
+``memory.limit_in_bytes``); the rest is left for the governor, the kernel and everything else
+on the machine. ``cpu_budget="auto"`` is the CPUs this process may run on, or its cgroup's CPU
+quota if that is smaller.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+AUTO_FRACTION = 0.8
+_UNLIMITED = 1 << 60
+
+
+def host_memory() -> int:
+    """Bytes the governor could give at most: physical memory, or its cgroup's limit."""
+    limits = [psutil.virtual_memory().total]
+    for path in _own_cgroup_files("memory.max", "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED:
+            limits.append(int(text))
+    return min(limits)
+
+
+def host_cpus() -> float:
+    """Cores the governor could give at most: its CPU affinity, or its cgroup's quota."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    for path in _own_cgroup_files("cpu.max"):
+        try:
+            quota, period = path.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    return cpus
+
+
+def auto_memory_budget() -> int:
+    """``AUTO_FRACTION`` of ``host_memory()``."""
+    return int(host_memory() * AUTO_FRACTION)
+
+
+def _own_cgroup_files(*names: str) -> list[Path]:
+    """Those of ``names`` that exist in the cgroups this process is in (v1 and v2)."""
+    found = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = {"": "/sys/fs/cgroup", "memory": "/sys/fs/cgroup/memory", "cpu": "/sys/fs/cgroup/cpu"}
+    unified = "/sys/fs/cgroup/unified" if Path("/sys/fs/cgroup/unified").is_dir() else "/sys/fs/cgroup"
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        roots = [unified] if controllers == "" else [mounts[c] for c in controllers.split(",") if c in mounts]
+        for root in roots:
+            for name in names:
+                candidate = Path(root + path.rstrip("/")) / name
+                if candidate.is_file():
+                    found.append(candidate)
+    return found
