@@ -9,10 +9,14 @@ quota if that is smaller.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 
 import psutil
+
+from policies import PressureGate
 
 AUTO_FRACTION = 0.8
 _UNLIMITED = 1 << 60
@@ -67,3 +71,41 @@ def _own_cgroup_files(*names: str) -> list[Path]:
                 if candidate.is_file():
                     found.append(candidate)
     return found
+
+
+class HostPressure:
+    """A callable for ``Scheduler(pressure=...)``: memory pressure of the host, through a
+    ``PressureGate``, read at most once per ``every`` seconds (PSI where the kernel has it,
+    else the share of memory in use)."""
+
+    def __init__(
+        self, gate: PressureGate | None = None, *, every: float = 1.0, source: str = "/proc/pressure/memory"
+    ) -> None:
+        self._gate = gate or PressureGate()
+        self._every = every
+        self._source = Path(source)
+        self._last = -math.inf
+        self._value = 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._value = self._gate.update(self.reading())
+        return self._value
+
+    def reading(self) -> float:
+        """The raw reading in [0, 1]."""
+        try:
+            for line in self._source.read_text().splitlines():
+                if line.startswith("some "):
+                    fields = dict(part.split("=", 1) for part in line.split()[1:])
+                    return float(fields["avg10"]) / 100.0
+        except (OSError, KeyError, ValueError):
+            return _memory_in_use()  # no PSI here (an older kernel, or disabled)
+        return _memory_in_use()
+
+
+def _memory_in_use() -> float:
+    memory = psutil.virtual_memory()
+    return 1.0 - memory.available / memory.total

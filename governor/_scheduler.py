@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from governor._budget import auto_memory_budget, host_cpus
+from governor._budget import HostPressure, auto_memory_budget, host_cpus
 from governor._clock import Clock, SystemClock
 from governor._task import Task
 from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
@@ -162,7 +162,8 @@ class Scheduler:
         enabled = memory is not None or cores is not None
         self._admission = (admission or AdmissionPolicy()) if enabled else None
         self._estimator = estimator or UsageEstimator()
-        self._pressure = pressure
+        # Host pressure tightens the budget, by default the host's memory PSI (with hysteresis).
+        self._pressure = pressure if pressure is not None or not enabled else HostPressure()
         self._random = random.Random(seed)
         self._lock = threading.RLock()  # reentrant: wait()'s predicate may call get_task()
         self._changed = threading.Condition(self._lock)

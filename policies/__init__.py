@@ -7,6 +7,7 @@ priority, admission and estimates. Everything here is deterministic and unit-tes
 from policies._admission import AdmissionPolicy, Budget, Decision, Need, QueuedWork, RunningWork
 from policies._estimate import Estimate, UsageEstimator
 from policies._limits import Limits
+from policies._pressure import PressureGate
 from policies._priority import ReadyQueue
 from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
@@ -18,6 +19,7 @@ __all__ = [
     "Estimate",
     "Limits",
     "Need",
+    "PressureGate",
     "QueuedWork",
     "ReadyQueue",
     "RetryPolicy",
