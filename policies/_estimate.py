@@ -120,6 +120,8 @@ class UsageEstimator:
             floor = max(floor, observation.memory_bytes)
         if floor and floor >= memory:
             memory, source = floor, "oom"
+        if memory_limit is not None and source == "history":
+            memory = min(memory, memory_limit)  # it cannot use more than its limit allows
         if cpu_limit is not None:
             cores = min(cores, cpu_limit)  # the quota caps what it can use
         finished = [o.wall_seconds for o in observations if not o.oom_floor]
