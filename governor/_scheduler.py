@@ -31,12 +31,13 @@ import select
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from governor._backend import Backend, resolve_backend
 from governor._budget import HostPressure, auto_memory_budget, host_cpus
 from governor._clock import Clock, SystemClock
 from governor._task import Task
@@ -116,8 +117,10 @@ class Scheduler:
 
     ``max_running_tasks`` executions run at once; more wait in a queue ordered by priority
     (higher first), arrival, and ``aging_per_second`` (waiting raises priority, so nothing
-    starves). ``clock`` drives schedule logic (a ``FakeClock`` in tests). All methods are
-    thread-safe; the scheduler is a context manager and can be started again after a stop.
+    starves). ``clock`` drives schedule logic (a ``FakeClock`` in tests). ``listener`` (one
+    or a sequence) is told of every start and end. ``backend`` says where children run:
+    ``"local"`` or a ``distributed.Client``. All methods are thread-safe; the scheduler is a
+    context manager and can be started again after a stop.
     """
 
     def __init__(
@@ -129,12 +132,13 @@ class Scheduler:
         aging_per_second: float = 1.0,
         poll_interval: float = 1.0,
         seed: int | None = None,
-        listener: ExecutionListener | None = None,
+        listener: ExecutionListener | Sequence[ExecutionListener] | None = None,
         memory_budget: int | str | None = None,
         cpu_budget: float | str | None = None,
         estimator: UsageEstimator | None = None,
         admission: AdmissionPolicy | None = None,
         pressure: Callable[[], float] | None = None,
+        backend: object = "local",
     ) -> None:
         if (
             isinstance(max_running_tasks, bool)
@@ -146,9 +150,14 @@ class Scheduler:
             raise ValueError(f"poll_interval: must be a positive number of seconds, got {poll_interval!r}")
         self.max_running_tasks = max_running_tasks
         self._clock = clock or SystemClock()
-        self._fork_server = fork_server
+        self._backend: Backend = resolve_backend(backend, fork_server)
         self._poll_interval = poll_interval
-        self._listener = listener
+        if listener is None:
+            self._listeners: tuple[ExecutionListener, ...] = ()
+        elif isinstance(listener, Sequence):
+            self._listeners = tuple(listener)
+        else:
+            self._listeners = (listener,)
         # Admission control is on when a budget is given: executions start only when their
         # estimated need (learned from measured usage) fits what running work leaves free.
         if memory_budget == "auto":
@@ -255,6 +264,10 @@ class Scheduler:
     def running_tasks_count(self) -> int:
         """Executions running right now."""
         return self._running_count
+
+    def queued_tasks_count(self) -> int:
+        """Executions waiting for a slot (or for admission) right now."""
+        return len(self._ready)
 
     def start(self) -> None:
         """Start the loop thread (a no-op if it is running). Triggers are armed from now."""
@@ -484,6 +497,10 @@ class Scheduler:
                     time.sleep(0.01)  # keeps a persistent error from spinning a core
         finally:
             self._fail_queued()
+            try:
+                self._backend.close()
+            except Exception:
+                _log.exception("closing the backend failed")
             with self._changed:
                 self._changed.notify_all()
 
@@ -760,7 +777,7 @@ class Scheduler:
     def _start(self, request: _Request) -> None:
         request.started_mono = time.monotonic()
         try:
-            handle = ExecutionHandle(request.spec, fork_server=self._fork_server)
+            handle = self._backend.start(request.spec, need=request.need, priority=request.priority)
             if request.scheduled_for is not None:
                 late = self._clock.now() - request.scheduled_for
                 self._start_lateness.append(late.total_seconds())
@@ -772,10 +789,10 @@ class Scheduler:
             self._instances[request.task.id] += 1
         self._running[handle] = request
         self._running_count = len(self._running)
-        if self._listener is not None and not handle.done:
-            self._tell(
-                self._listener.execution_started, request.task, request.attempt, handle, request.queued_at
-            )
+        if not handle.done:
+            for listener in self._listeners:
+                started = listener.execution_started
+                self._tell(started, request.task, request.attempt, handle, request.queued_at)
 
     @staticmethod
     def _tell(hook: Callable[..., None], *args: Any) -> None:
@@ -803,8 +820,8 @@ class Scheduler:
         task = request.task
         if task is not None:
             task._record(record)
-        if self._listener is not None:
-            self._tell(self._listener.execution_finished, task, run_id, record)
+        for listener in self._listeners:
+            self._tell(listener.execution_finished, task, run_id, record)
         policy = request.retry_policy
         # While stopping, only an executor that drains its calls (shutdown(wait=True)) retries.
         may_retry = not self._stopping or (self._drain_submitted and request.future is not None)
