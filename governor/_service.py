@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from governor._estimates import learn_from_history
 from governor._scheduler import Scheduler
 from governor._store import Store
 from governor._task import Task
@@ -171,17 +172,7 @@ class Service:
 
     def _learn_from_history(self) -> None:
         """Seed the estimator with what past runs measured, so estimates survive restarts."""
-        for row in self.store.history():
-            if row.get("outcome") in (None, "lost", "cancelled") or row.get("peak_memory_bytes") is None:
-                continue
-            self.scheduler.estimator.observe(
-                row["task"],
-                peak_memory_bytes=row["peak_memory_bytes"],
-                cpu_seconds=(row.get("cpu_user_seconds") or 0.0) + (row.get("cpu_system_seconds") or 0.0),
-                wall_seconds=row.get("wall_seconds") or 0.0,
-                memory_exceeded=row["outcome"] == "memory_exceeded",
-                memory_limit=(row.get("limits") or {}).get("memory"),
-            )
+        learn_from_history(self.store.history(), self.scheduler.estimator)
 
     # -- tasks ----------------------------------------------------------------------------
 
