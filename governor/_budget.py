@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from policies import PressureGate
+from policies import Pressure, PressureGate
 
 AUTO_FRACTION = 0.8
 _UNLIMITED = 1 << 60
@@ -74,38 +74,65 @@ def _own_cgroup_files(*names: str) -> list[Path]:
 
 
 class HostPressure:
-    """A callable for ``Scheduler(pressure=...)``: memory pressure of the host, through a
-    ``PressureGate``, read at most once per ``every`` seconds (PSI where the kernel has it,
-    else the share of memory in use)."""
+    """A callable for ``Scheduler(pressure=...)``: the host's memory and CPU pressure, each
+    through its own ``PressureGate``, read at most once per ``every`` seconds. PSI "some
+    avg10" from ``/proc/pressure/{memory,cpu}`` where the kernel has it; else the share of
+    memory in use, and the 1-minute load beyond the CPUs (load 2x the CPUs reads 1.0)."""
 
     def __init__(
-        self, gate: PressureGate | None = None, *, every: float = 1.0, source: str = "/proc/pressure/memory"
+        self,
+        gate: PressureGate | None = None,
+        *,
+        every: float = 1.0,
+        source: str = "/proc/pressure/memory",
+        cpu_source: str = "/proc/pressure/cpu",
+        cpu_gate: PressureGate | None = None,
     ) -> None:
         self._gate = gate or PressureGate()
+        self._cpu_gate = cpu_gate or PressureGate()
         self._every = every
         self._source = Path(source)
+        self._cpu_source = Path(cpu_source)
         self._last = -math.inf
-        self._value = 0.0
+        self._value = Pressure()
 
-    def __call__(self) -> float:
+    def __call__(self) -> Pressure:
         now = time.monotonic()
         if now - self._last >= self._every:
             self._last = now
-            self._value = self._gate.update(self.reading())
+            memory = self._gate.update(self.reading())
+            self._value = Pressure(memory, self._cpu_gate.update(self.cpu_reading()))
         return self._value
 
     def reading(self) -> float:
-        """The raw reading in [0, 1]."""
-        try:
-            for line in self._source.read_text().splitlines():
-                if line.startswith("some "):
-                    fields = dict(part.split("=", 1) for part in line.split()[1:])
-                    return float(fields["avg10"]) / 100.0
-        except (OSError, KeyError, ValueError):
-            return _memory_in_use()  # no PSI here (an older kernel, or disabled)
-        return _memory_in_use()
+        """The raw memory reading in [0, 1]."""
+        psi = _psi_some_avg10(self._source)
+        return _memory_in_use() if psi is None else psi
+
+    def cpu_reading(self) -> float:
+        """The raw CPU reading in [0, 1]."""
+        psi = _psi_some_avg10(self._cpu_source)
+        return _load_beyond_cpus() if psi is None else psi
+
+
+def _psi_some_avg10(path: Path) -> float | None:
+    """The "some avg10" share of a PSI file, or ``None`` where there is none (older kernels,
+    PSI disabled)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("some "):
+                fields = dict(part.split("=", 1) for part in line.split()[1:])
+                return min(max(float(fields["avg10"]) / 100.0, 0.0), 1.0)
+    except (OSError, KeyError, ValueError):
+        return None
+    return None
 
 
 def _memory_in_use() -> float:
     memory = psutil.virtual_memory()
     return 1.0 - memory.available / memory.total
+
+
+def _load_beyond_cpus() -> float:
+    cpus = os.cpu_count() or 1
+    return min(max(os.getloadavg()[0] / cpus - 1.0, 0.0), 1.0)

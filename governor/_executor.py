@@ -26,8 +26,9 @@ class GovernedExecutor(Executor):
 
     ``max_workers`` calls run at once (default: the number of CPUs); ``limits``,
     ``retry_policy``, ``enforcement``, ``env`` and ``cwd`` apply to every call unless
-    ``options(...)`` overrides them for some calls. With ``memory_budget`` / ``cpu_budget``
-    (bytes or ``"2GiB"``, cores, or ``"auto"``), calls also wait until their estimated need fits.
+    ``options(...)`` overrides them for some calls. Calls also wait until their estimated need
+    fits ``memory_budget`` / ``cpu_budget`` (bytes or ``"2GiB"``, cores; default ``"auto"``:
+    80% of the host's memory and all its CPUs; ``None`` turns that check off).
     """
 
     def __init__(
@@ -41,8 +42,8 @@ class GovernedExecutor(Executor):
         cwd: str | None = None,
         priority: int = 0,
         fork_server: ForkServer | None = None,
-        memory_budget: int | str | None = None,
-        cpu_budget: float | str | None = None,
+        memory_budget: int | str | None = "auto",
+        cpu_budget: float | str | None = "auto",
     ) -> None:
         workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

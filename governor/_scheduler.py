@@ -46,16 +46,25 @@ from policies import (
     AdmissionPolicy,
     Budget,
     Need,
+    Pressure,
     QueuedWork,
     ReadyQueue,
     RetryPolicy,
+    RunningUsage,
     RunningWork,
     UsageEstimator,
+    choose_evictions,
     parse_size,
 )
-from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome
+from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome, TaskError
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
+# Admission looks at the head of the queue only (the first ADMISSION_WINDOW runs, in start
+# order): backfill candidates further back wait their turn, and a long queue costs no more.
+ADMISSION_WINDOW = 256
+# Without a change in the queue or the running set, admission is reconsidered this often
+# (measurements and host pressure move by themselves).
+ADMISSION_RECHECK = 0.25
 _log = logging.getLogger("governor.scheduler")
 
 
@@ -95,6 +104,7 @@ class _Request:
     wait_reason: str | None = None  # why admission held it back, the last time it did
     started_mono: float | None = None
     previous: Execution | None = None  # a retry's failed attempt, to settle its future with
+    evictions: int = 0  # times the governor stopped this run to keep within the memory budget
     queued_mono: float = field(default_factory=time.monotonic)
 
 
@@ -121,6 +131,14 @@ class Scheduler:
     or a sequence) is told of every start and end. ``backend`` says where children run:
     ``"local"`` or a ``distributed.Client``. All methods are thread-safe; the scheduler is a
     context manager and can be started again after a stop.
+
+    Admission control: a queued run starts only when its estimated need (``estimator``,
+    learned from measured runs) fits ``memory_budget`` and ``cpu_budget`` minus what running
+    work holds, tightened by host ``pressure`` (``policies.AdmissionPolicy``). The defaults,
+    ``"auto"``, are 80% of the memory of the host or of the governor's own cgroup, and every
+    CPU it may use (``governor._budget``); ``None`` turns a budget off. When running work
+    measures more than the memory budget, runs past their estimate are evicted and queued
+    again (``policies.choose_evictions``).
     """
 
     def __init__(
@@ -133,11 +151,11 @@ class Scheduler:
         poll_interval: float = 1.0,
         seed: int | None = None,
         listener: ExecutionListener | Sequence[ExecutionListener] | None = None,
-        memory_budget: int | str | None = None,
-        cpu_budget: float | str | None = None,
+        memory_budget: int | str | None = "auto",
+        cpu_budget: float | str | None = "auto",
         estimator: UsageEstimator | None = None,
         admission: AdmissionPolicy | None = None,
-        pressure: Callable[[], float] | None = None,
+        pressure: Callable[[], float | Pressure] | None = None,
         backend: object = "local",
     ) -> None:
         if (
@@ -189,6 +207,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._ready: ReadyQueue[_Request] = ReadyQueue(aging_per_second)
         self._running: dict[ExecutionHandle, _Request] = {}
+        self._evicting: dict[ExecutionHandle, str] = {}  # stopped to keep within budget -> why
         self._instances: Counter[int] = Counter()
         self._queued_time_fire: Counter[int] = Counter()
         self._generation: Counter[int] = Counter()
@@ -200,6 +219,7 @@ class Scheduler:
         self._fire_lateness: deque[float] = deque(maxlen=100_000)
         self._start_lateness: deque[float] = deque(maxlen=100_000)
         self._barriers: list[threading.Event] = []
+        self._admission_due = 0.0  # monotonic; 0: something changed, decide at the next turn
 
     # -- public API -----------------------------------------------------------------------
 
@@ -348,6 +368,7 @@ class Scheduler:
                 "attempt": request.attempt,
                 "priority": request.priority,
                 "queued_at": request.queued_at.isoformat(),
+                "wait_reason": request.wait_reason,
             }
             for request in self._ready_items()
         ]
@@ -510,6 +531,7 @@ class Scheduler:
 
     def _run_commands(self) -> None:
         while self._commands:
+            self._admission_due = 0.0  # a command may have queued, paused or resumed work
             self._commands.popleft()()
 
     def _wait(
@@ -523,6 +545,8 @@ class Scheduler:
             deadline = handle.deadline()
             if deadline is not None:
                 deadlines.append(deadline - time.monotonic())
+        if self._admission is not None and len(self._ready):
+            deadlines.append(self._admission_due - time.monotonic())  # recheck what waits
         for fd in registered.keys() - wanted.keys():
             poller.unregister(fd)
         for fd in wanted.keys() - registered.keys():
@@ -551,6 +575,33 @@ class Scheduler:
             handle.on_time()
             if handle.done:
                 self._finished(handle, self._running.pop(handle))
+        self._evict_over_budget()
+
+    def _evict_over_budget(self) -> None:
+        """When running work measures more than the memory budget, stop whom the eviction
+        policy picks (``policies.choose_evictions``) rather than leave it to the OOM killer."""
+        budget = self._budget.memory_bytes
+        if self._admission is None or budget is None or self._evicting or len(self._running) < 2:
+            return  # one eviction at a time: what it frees is measured before the next
+        running = []
+        for handle, request in self._running.items():
+            reading = handle.last_reading
+            need = request.need or self._need(request)
+            running.append(
+                RunningUsage(
+                    handle,
+                    reading.memory_bytes if reading is not None else 0,
+                    need.memory_bytes,
+                    request.priority,
+                    request.retry_policy.max_retries > 0,
+                    request.evictions,
+                )
+            )
+        for key, reason in choose_evictions(running, budget):
+            handle = key  # type: ignore[assignment]  # the keys handed in are the handles
+            _log.warning("%s: %s", self._estimate_key(self._running[handle]), reason)
+            self._evicting[handle] = reason
+            handle.cancel()
 
     # -- triggers -------------------------------------------------------------------------
 
@@ -659,6 +710,7 @@ class Scheduler:
     def _push(self, request: _Request) -> None:
         request.queued_mono = time.monotonic()
         self._ready.push(request, request.priority, request.queued_mono)
+        self._admission_due = 0.0
 
     def _ready_items(self) -> list[_Request]:
         return list(self._ready.ordered())
@@ -693,16 +745,22 @@ class Scheduler:
     def _start_admitted(self) -> None:
         """Start what the admission policy admits, in priority order, with backfilling."""
         assert self._admission is not None
+        now = time.monotonic()
+        if now < self._admission_due:
+            return  # nothing changed since the last decision, and it is not time to recheck
+        self._admission_due = now + ADMISSION_RECHECK
         eligible: list[_Request] = []
-        for request in self._ready_items():
+        instances = Counter(self._instances)  # as if every eligible run started
+        for request in self._ready.ordered(ADMISSION_WINDOW):
             task = request.task
             if task is not None:
                 if self._stopping or self._tasks.get(task.id or 0) is not task:
                     self._ready.remove(request)  # removed while it waited
                     self._queued_time_fire[task.id or 0] -= request.time_fire
                     continue
-                if task.paused or self._instances[task.id or 0] >= task.max_instances:
+                if task.paused or instances[task.id or 0] >= task.max_instances:
                     continue  # keeps its place; others may pass meanwhile
+                instances[task.id or 0] += 1
             elif request.future is not None and request.future.cancelled():
                 self._ready.remove(request)
                 continue
@@ -712,10 +770,9 @@ class Scheduler:
         slots = self.max_running_tasks - len(self._running)
         if slots <= 0 or not eligible:
             return
-        now = time.monotonic()
         running = [self._running_work(handle, request) for handle, request in self._running.items()]
         queued = [QueuedWork(r, r.need or Need(), self._duration(r)) for r in eligible]
-        pressure = self._pressure() if self._pressure is not None else 0.0
+        pressure: float | Pressure = self._pressure() if self._pressure is not None else 0.0
         decision = self._admission.decide(
             now=now, slots=slots, budget=self._budget, running=running, queue=queued, pressure=pressure
         )
@@ -772,6 +829,7 @@ class Scheduler:
             wall_seconds=usage.wall_seconds,
             memory_exceeded=record.outcome is Outcome.MEMORY_EXCEEDED,
             memory_limit=record.limits.memory,
+            evicted=record.outcome is Outcome.EVICTED,
         )
 
     def _start(self, request: _Request) -> None:
@@ -805,18 +863,21 @@ class Scheduler:
 
     def _finished(self, handle: ExecutionHandle, request: _Request) -> None:
         self._running_count = len(self._running)
+        self._admission_due = 0.0
         if request.task is not None and request.task.id is not None:
             self._instances[request.task.id] -= 1
         assert handle.execution is not None
-        self._complete(request, handle.execution, handle.id)
+        record = handle.execution
+        reason = self._evicting.pop(handle, None)
+        if reason is not None and record.outcome is Outcome.CANCELLED and not self._cancel_running:
+            record = replace(record, outcome=Outcome.EVICTED, error=TaskError(type="Evicted", message=reason))
+        self._complete(request, record, handle.id)
 
     def _complete(self, request: _Request, record: Execution, run_id: str | None) -> None:
-        record = replace(record, attempt=request.attempt, queued_at=request.queued_at)
+        record = replace(
+            record, attempt=request.attempt, queued_at=request.queued_at, wait_reason=request.wait_reason
+        )
         self._learn(request, record)
-        if request.wait_reason is not None:
-            waited = (record.started_at - request.queued_at).total_seconds()
-            note = f"waited {waited:.2f}s for admission: {request.wait_reason}"
-            record = replace(record, notes=(*record.notes, note))
         task = request.task
         if task is not None:
             task._record(record)
@@ -825,7 +886,18 @@ class Scheduler:
         policy = request.retry_policy
         # While stopping, only an executor that drains its calls (shutdown(wait=True)) retries.
         may_retry = not self._stopping or (self._drain_submitted and request.future is not None)
-        if may_retry and policy.should_retry(str(record.outcome), request.attempt):
+        if may_retry and record.outcome is Outcome.EVICTED:
+            # The governor stopped it, not its own failure: it queues again at its old place,
+            # whatever its retry policy, and starts when its (raised) estimate fits.
+            again = replace(request, attempt=request.attempt + 1, evictions=request.evictions + 1)
+            again.queued_at = self._clock.now()
+            again.time_fire = False
+            again.need = None
+            again.wait_reason = None
+            again.previous = record
+            again.started_mono = None
+            self._ready.push(again, again.priority, request.queued_mono)
+        elif may_retry and policy.should_retry(str(record.outcome), request.attempt):
             attempt = request.attempt + 1
             limits = policy.limits_for(str(record.outcome), request.spec.limits)
             delay = policy.delay_before(attempt, self._random.random())

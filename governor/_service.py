@@ -151,8 +151,8 @@ class Service:
         grace: float,
         log: TextIO,
         db: Path,
-        memory_budget: int | str | None = None,
-        cpu_budget: float | str | None = None,
+        memory_budget: int | str | None = "auto",
+        cpu_budget: float | str | None = "auto",
     ) -> None:
         self.task_file = task_file
         self.store = store
@@ -396,8 +396,8 @@ def serve(
     max_running: int,
     grace: float,
     log: TextIO = sys.stderr,
-    memory_budget: int | str | None = None,
-    cpu_budget: float | str | None = None,
+    memory_budget: int | str | None = "auto",
+    cpu_budget: float | str | None = "auto",
 ) -> int:
     """Load, open, recover, serve. Errors here (bad file, bad store) propagate to the CLI."""
     definitions = load_task_file(task_file)

@@ -37,11 +37,16 @@ def add_commands(commands: Any) -> None:
     )
     serve_parser.add_argument(
         "--memory-budget",
-        metavar="SIZE|auto",
-        help="admission control: memory the running executions may share",
+        metavar="SIZE|auto|off",
+        default="auto",
+        help="admission control: memory the running executions may share"
+        " (default auto: 80%% of the host's, or of the governor's own cgroup's, memory)",
     )
     serve_parser.add_argument(
-        "--cpu-budget", metavar="CORES|auto", help="admission control: cores they may share"
+        "--cpu-budget",
+        metavar="CORES|auto|off",
+        default="auto",
+        help="admission control: cores they may share (default auto: the CPUs it may use)",
     )
     serve_parser.set_defaults(handler=_serve)
 
@@ -74,17 +79,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         return EXIT_BAD_TASK_FILE
     try:
         # Budgets are checked before anything is opened: a typo must not touch the store.
-        memory_budget = arguments.memory_budget
-        if memory_budget not in (None, "auto"):
-            memory_budget = parse_size(memory_budget, field="memory_budget")
-        cpu_budget = arguments.cpu_budget
-        if cpu_budget not in (None, "auto"):
-            try:
-                cpu_budget = float(cpu_budget)
-            except ValueError:
-                raise ValueError(
-                    f"cpu_budget: expected a number of cores or 'auto', got {cpu_budget!r}"
-                ) from None
+        memory_budget = _budget_option(arguments.memory_budget, "memory_budget", parse_size)
+        cpu_budget = _budget_option(arguments.cpu_budget, "cpu_budget", _cores)
         return serve(
             arguments.task_file,
             _db(arguments),
@@ -99,6 +95,23 @@ def _serve(arguments: argparse.Namespace) -> int:
     except (StoreError, RuntimeError) as error:  # a bad store, or another server on it
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_STORE
+
+
+def _budget_option(text: str, name: str, parse: Any) -> Any:
+    """``auto`` (the default), ``off`` (no admission control on that resource), or a value."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    return parse(text, field=name)
+
+
+def _cores(text: str, field: str) -> float:
+    try:
+        cores = float(text)
+    except ValueError:
+        raise ValueError(f"{field}: expected a number of cores, 'auto' or 'off', got {text!r}") from None
+    if not cores > 0:
+        raise ValueError(f"{field}: must be a positive number of cores, got {text!r}")
+    return cores
 
 
 def _request(arguments: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:

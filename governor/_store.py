@@ -180,8 +180,13 @@ def _v1(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+def _v2(connection: sqlite3.Connection) -> None:
+    # Why admission held an execution back (it waited from queued_at to started_at).
+    connection.execute("ALTER TABLE executions ADD COLUMN wait_reason TEXT")
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 
 
 # ----------------------------------------------------------------------------------------- store
@@ -689,6 +694,7 @@ _FINISHED_COLUMNS = (
     "unenforced",
     "notes",
     "pid",
+    "wait_reason",
 )
 
 # The started row's pid_start_ticks and cgroups are kept; a queued_at or pid the record lacks
@@ -732,6 +738,7 @@ def _finished_row(run_id: str, task: str, record: Execution) -> dict[str, Any]:
         "unenforced": json.dumps(list(record.unenforced)),
         "notes": json.dumps(list(record.notes)),
         "pid": record.pid,
+        "wait_reason": record.wait_reason,
     }
 
 
@@ -804,6 +811,7 @@ def _history_entry(row: sqlite3.Row) -> dict[str, Any]:
         "pid": row["pid"],
         "attempt": row["attempt"],
         "queued_at": _iso(row["queued_at"]),
+        "wait_reason": row["wait_reason"],
         "notes": json.loads(row["notes"]),
     }
 

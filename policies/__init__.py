@@ -6,8 +6,9 @@ priority, admission and estimates. Everything here is deterministic and unit-tes
 
 from policies._admission import AdmissionPolicy, Budget, Decision, Need, QueuedWork, RunningWork
 from policies._estimate import Estimate, UsageEstimator
+from policies._eviction import RunningUsage, choose_evictions
 from policies._limits import Limits
-from policies._pressure import PressureGate
+from policies._pressure import Pressure, PressureGate
 from policies._priority import ReadyQueue
 from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
@@ -19,12 +20,15 @@ __all__ = [
     "Estimate",
     "Limits",
     "Need",
+    "Pressure",
     "PressureGate",
     "QueuedWork",
     "ReadyQueue",
     "RetryPolicy",
+    "RunningUsage",
     "RunningWork",
     "UsageEstimator",
+    "choose_evictions",
     "format_duration",
     "format_size",
     "parse_duration",

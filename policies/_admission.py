@@ -19,6 +19,7 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+from policies._pressure import Pressure
 from policies._units import finite_number, format_duration, format_size
 
 
@@ -29,11 +30,17 @@ class Budget:
     memory_bytes: int | None = None
     cpu_cores: float | None = None
 
-    def tightened(self, pressure: float, strength: float) -> Budget:
-        """The budget scaled down by host pressure in [0, 1] (``strength`` 1 halves it at 0.5)."""
-        factor = max(0.0, 1.0 - strength * min(max(pressure, 0.0), 1.0))
-        memory = None if self.memory_bytes is None else int(self.memory_bytes * factor)
-        cores = None if self.cpu_cores is None else self.cpu_cores * factor
+    def tightened(self, pressure: Pressure | float, strength: float) -> Budget:
+        """The budget scaled down by host pressure in [0, 1] (``strength`` 1 halves it at 0.5):
+        memory by memory pressure, cores by cpu pressure (a plain number: both)."""
+        if not isinstance(pressure, Pressure):
+            pressure = Pressure(pressure, pressure)
+
+        def factor(value: float) -> float:
+            return max(0.0, 1.0 - strength * min(max(value, 0.0), 1.0))
+
+        memory = None if self.memory_bytes is None else int(self.memory_bytes * factor(pressure.memory))
+        cores = None if self.cpu_cores is None else self.cpu_cores * factor(pressure.cpu)
         return Budget(memory, cores)
 
 
@@ -96,7 +103,7 @@ class AdmissionPolicy:
         budget: Budget,
         running: Sequence[RunningWork],
         queue: Sequence[QueuedWork],
-        pressure: float = 0.0,
+        pressure: Pressure | float = 0.0,
     ) -> Decision:
         """Choose what starts now out of ``queue`` (priority order) with ``slots`` free."""
         limit = budget.tightened(pressure, self.pressure_strength)

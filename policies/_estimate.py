@@ -6,7 +6,8 @@ for the newest), so a task that grew is believed quickly and one outlier fades. 
 history, the declared limit stands in, else a configurable default. A run killed for memory
 only shows that the task needs *more* than it was given: its observation is the limit it hit
 times ``growth_after_oom``, and the estimate never falls below that until a later run
-succeeds with a measured peak.
+succeeds with a measured peak. A run the governor evicted while it grew is a floor too: its
+measured peak, at least.
 
 Pure: observations are handed in, nothing is read from a clock, a file or a process.
 """
@@ -26,7 +27,7 @@ class Estimate:
 
     memory_bytes: int | None  # None: nothing known and no default
     cpu_cores: float | None
-    source: str  # "history", "limit", "default", "oom" (raised after a memory kill)
+    source: str  # "history", "limit", "default", "oom" / "evicted" (raised after a kill or eviction)
     duration_seconds: float | None = None  # a weighted median of past wall times
 
     def __repr__(self) -> str:
@@ -39,8 +40,9 @@ class Estimate:
 class _Observation:
     memory_bytes: int
     cpu_cores: float
-    oom_floor: bool  # a memory kill: the true need is above this
+    oom_floor: bool  # a memory kill or an eviction: the true need is above this
     wall_seconds: float
+    floor_source: str = "oom"  # what set the floor: "oom" (a memory kill) or "evicted"
 
 
 class UsageEstimator:
@@ -83,11 +85,13 @@ class UsageEstimator:
         wall_seconds: float,
         memory_exceeded: bool = False,
         memory_limit: int | None = None,
+        evicted: bool = False,
     ) -> None:
         """Record one finished execution of ``task``.
 
         A ``memory_exceeded`` run records ``memory_limit * growth_after_oom`` (or its peak, if
-        larger) as a floor rather than a measurement.
+        larger) as a floor rather than a measurement; an ``evicted`` run (stopped by the
+        governor while still growing) records its peak as a floor.
         """
         peak = whole_number("peak_memory_bytes", peak_memory_bytes)
         wall = finite_number("wall_seconds", wall_seconds)
@@ -95,6 +99,8 @@ class UsageEstimator:
         if memory_exceeded:
             reached = max(peak, memory_limit or 0)
             observation = _Observation(math.ceil(reached * self.growth_after_oom), cores, True, wall)
+        elif evicted:
+            observation = _Observation(peak, cores, True, wall, "evicted")
         else:
             observation = _Observation(peak, cores, False, wall)
         self._history.setdefault(task, deque(maxlen=self.window)).append(observation)
@@ -113,13 +119,14 @@ class UsageEstimator:
         cores = self._weighted_quantile([o.cpu_cores for o in observations])
         source = "history"
         # A memory kill since the last success is a floor: believe it until a run succeeds.
-        floor = 0
+        floor, floor_source = 0, "oom"
         for observation in reversed(observations):
             if not observation.oom_floor:
                 break
-            floor = max(floor, observation.memory_bytes)
+            if observation.memory_bytes > floor:
+                floor, floor_source = observation.memory_bytes, observation.floor_source
         if floor and floor >= memory:
-            memory, source = floor, "oom"
+            memory, source = floor, floor_source
         if memory_limit is not None and source == "history":
             memory = min(memory, memory_limit)  # it cannot use more than its limit allows
         if cpu_limit is not None:

@@ -1,6 +1,7 @@
 """Host pressure with hysteresis: when admission should tighten, and by how much.
 
-Readings are fractions in [0, 1] (PSI "some avg10" / 100, or the share of memory in use).
+Readings are fractions in [0, 1] (PSI "some avg10" / 100, or a fallback where the kernel has
+no PSI: the share of memory in use, the run queue beyond the CPUs).
 Tightening starts when a reading reaches ``high`` and stops only once readings fall below
 ``low``, so admission does not flap around a single threshold. While engaged, the pressure
 handed to the admission policy is the reading itself; otherwise 0.
@@ -8,7 +9,18 @@ handed to the admission policy is the reading itself; otherwise 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from policies._units import finite_number
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """Host pressure on each resource, in [0, 1]: memory tightens the memory budget, cpu the
+    cpu budget."""
+
+    memory: float = 0.0
+    cpu: float = 0.0
 
 
 class PressureGate:

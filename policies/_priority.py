@@ -119,8 +119,11 @@ class ReadyQueue(Generic[T]):
             self._dead = 0
         return True
 
-    def ordered(self) -> list[T]:
-        """The queued items in the order ``pop`` would return them (the queue is unchanged)."""
+    def ordered(self, limit: int | None = None) -> list[T]:
+        """The queued items in the order ``pop`` would return them (the queue is unchanged);
+        only the first ``limit`` of them if given."""
+        if limit is not None and limit < len(self._entries):
+            return [entry.item for entry in heapq.nsmallest(limit, self._entries.values())]
         return [entry.item for entry in sorted(self._entries.values())]
 
     def effective_priority(self, item: T, now: float) -> float:

@@ -27,6 +27,7 @@ RETRYABLE_OUTCOMES = ("failed", "crashed", "memory_exceeded", "cpu_time_exceeded
 _NEVER_RETRIED = {
     "succeeded": "it is not a failure",
     "cancelled": "a cancelled run was stopped on request and is never retried",
+    "evicted": "an evicted run is always queued again by the governor; no retry policy decides it",
 }
 _DEFAULT_RETRY_ON = frozenset({"failed", "crashed"})
 

@@ -28,6 +28,7 @@ class Outcome(enum.StrEnum):
     CRASHED = "crashed"  # killed by a signal we did not send, or ended without a result
     CANCELLED = "cancelled"  # stopped on request
     LOST = "lost"  # the supervisor died while it ran (set on recovery)
+    EVICTED = "evicted"  # stopped by the governor to keep within its memory budget (re-queued)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +147,7 @@ class Execution:
     notes: tuple[str, ...] = ()  # facts worth knowing that are not errors
     attempt: int = 1
     queued_at: datetime | None = None  # when a scheduler queued it (None for a direct run)
+    wait_reason: str | None = None  # why admission held it back (None: it did not wait for resources)
 
     @classmethod
     def unstarted(
@@ -215,6 +217,7 @@ class Execution:
             "pid": self.pid,
             "attempt": self.attempt,
             "queued_at": self.queued_at.isoformat() if self.queued_at else None,
+            "wait_reason": self.wait_reason,
             "notes": list(self.notes),
             "timeline": [asdict(sample) for sample in usage.timeline],
         }

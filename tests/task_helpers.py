@@ -184,6 +184,14 @@ def hold_memory(size: int) -> int:
     return len(block)
 
 
+def hold_memory_until_released(size: int, fifo: str, ready: str) -> int:
+    """Touch ``size`` bytes, say so through ``ready``, and keep them until the test releases ``fifo``."""
+    block = bytearray(size)
+    block[:: 1 << 12] = b"\x01" * len(block[:: 1 << 12])  # every page really touched
+    wait_for_release(fifo, ready)
+    return len(block)
+
+
 def append_line(path: str, text: str, payload: object = None) -> str:
     with open(path, "a") as handle:
         handle.write(f"{text}\n" if payload is None else f"{text}:{payload}\n")

@@ -57,6 +57,15 @@ def test_a_memory_kill_raises_the_estimate_until_a_success() -> None:
     )  # the quantile still sees the floor
 
 
+def test_an_eviction_makes_its_measured_peak_a_floor() -> None:
+    estimator = UsageEstimator()
+    estimator.observe("t", peak_memory_bytes=100 * MiB, cpu_seconds=1, wall_seconds=10)
+    estimator.observe("t", peak_memory_bytes=700 * MiB, cpu_seconds=1, wall_seconds=2, evicted=True)
+    raised = estimator.estimate("t", memory_limit=2048 * MiB)
+    assert (raised.memory_bytes, raised.source) == (700 * MiB, "evicted")
+    assert raised.duration_seconds == 10  # a stopped run says nothing of how long a run takes
+
+
 def test_cpu_rate_is_capped_by_the_quota() -> None:
     estimator = UsageEstimator()
     estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=4, wall_seconds=1)  # 4 cores busy

@@ -164,4 +164,4 @@ def test_a_memory_budget_serialises_calls_that_would_not_fit_together(tmp_path: 
         with open(gate, "wb"):
             pass
         assert second.result(timeout=30) == 2 and first.result(timeout=30) == "released"
-    assert any("for admission" in note for note in second.execution.notes)  # type: ignore[attr-defined]
+    assert "waits for 200.0 MiB" in second.execution.wait_reason  # type: ignore[attr-defined]

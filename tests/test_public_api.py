@@ -35,6 +35,7 @@ def test_outcomes_are_the_documented_set() -> None:
         "crashed",
         "cancelled",
         "lost",
+        "evicted",
     ]
 
 

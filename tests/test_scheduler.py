@@ -30,6 +30,7 @@ from governor import (
     Scheduler,
     Task,
 )
+from policies import UsageEstimator
 
 MiB = 1 << 20
 GUARD = 30  # seconds: a deadlock guard, never a delay
@@ -357,8 +358,54 @@ def test_admission_holds_a_task_back_until_memory_frees(tmp_path: Path) -> None:
         gate.release()
         assert scheduler.wait(lambda: ran(second, 1), GUARD)
     assert second.executions[0].started_at >= big.executions[0].ended_at
-    note = next(n for n in second.executions[0].notes if n.startswith("waited"))
-    assert "for admission" in note and "250.0 MiB" not in note and "200.0 MiB" in note
+    reason = second.executions[0].wait_reason
+    assert reason is not None and "200.0 MiB" in reason and "250.0 MiB" not in reason
+    assert second.executions[0].queued_at < second.executions[0].started_at  # type: ignore[operator]
+
+
+def test_a_run_that_outgrows_its_estimate_is_evicted_and_runs_again_when_memory_frees(
+    tmp_path: Path,
+) -> None:
+    estimator = UsageEstimator()
+    for name in ("grower", "steady"):  # both ran at 100 MiB before: both are admitted together
+        estimator.observe(name, peak_memory_bytes=100 * MiB, cpu_seconds=0.1, wall_seconds=1.0)
+    grower_gate, steady_gate = Gate(tmp_path, "grower"), Gate(tmp_path, "steady")
+    grower_ready, steady_ready = tmp_path / "grower-ready", tmp_path / "steady-ready"
+    with Scheduler(2, memory_budget="500MiB", estimator=estimator, pressure=lambda: 0.0) as scheduler:
+        limits = Limits(memory="1GiB")
+        grower = scheduler.add_task(
+            Task(
+                "grower",
+                th.hold_memory_until_released,
+                args=(400 * MiB, grower_gate.path, str(grower_ready)),
+                limits=limits,
+            )
+        )
+        steady = scheduler.add_task(
+            Task(
+                "steady",
+                th.hold_memory_until_released,
+                args=(250 * MiB, steady_gate.path, str(steady_ready)),
+                limits=limits,
+            )
+        )
+        scheduler.fire(grower.id)  # type: ignore[arg-type]
+        scheduler.fire(steady.id)  # type: ignore[arg-type]
+        # Together they measure 650 MiB of a 500 MiB budget: the one furthest past its estimate goes.
+        assert scheduler.wait(lambda: ran(grower, 1), GUARD)
+        evicted = grower.executions[0]
+        assert evicted.outcome is Outcome.EVICTED and steady.executions == []
+        assert "evicted to keep within the memory budget" in evicted.error.message  # type: ignore[union-attr]
+        assert scheduler.sync() and scheduler.queued_tasks_count() == 1  # queued again, waiting for memory
+        assert scheduler.estimator.estimate("grower", memory_limit=1 << 30).source == "evicted"
+        steady_gate.release()
+        grower_gate.release()  # returns once the second attempt has started and opened its gate
+        assert scheduler.wait(lambda: ran(grower, 2) and ran(steady, 1), GUARD)
+    again = grower.executions[1]
+    assert (again.outcome, again.attempt, again.result) == (Outcome.SUCCEEDED, 2, 400 * MiB)
+    assert again.started_at >= steady.executions[0].ended_at  # it waited for memory to free
+    assert again.wait_reason is not None and "waits for" in again.wait_reason
+    assert steady.executions[0].outcome is Outcome.SUCCEEDED
 
 
 def test_estimates_are_learned_from_measured_runs() -> None:

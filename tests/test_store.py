@@ -225,6 +225,27 @@ def test_migrates_an_older_schema_keeping_its_data(db_path: Path, monkeypatch: p
     assert scalar(db_path, "SELECT labels FROM executions") == "[]"
 
 
+def test_a_version_1_database_gains_wait_reasons(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:  # written by the governor that knew schema 1 only
+        patch.setattr(_store, "_MIGRATIONS", _store._MIGRATIONS[:1])
+        with Store(db_path):
+            pass
+        with raw(db_path) as db:  # a row as that governor wrote it
+            db.execute(
+                "INSERT INTO executions (run_id, task, attempt, started_at, ended_at, outcome)"
+                " VALUES ('old', 'backup', 1, '2026-01-01T00:00:00.000000+00:00',"
+                " '2026-01-01T00:00:01.000000+00:00', 'succeeded')"
+            )
+    assert scalar(db_path, "PRAGMA user_version") == 1
+    with Store(db_path) as store:
+        assert [(e["run_id"], e["wait_reason"]) for e in store.history()] == [("old", None)]
+        store.finished("new", "backup", replace(record(), wait_reason="no free slot"))
+        store.flush()
+        reasons = {e["run_id"]: e["wait_reason"] for e in store.history()}
+        assert reasons == {"old": None, "new": "no free slot"}
+    assert scalar(db_path, "PRAGMA user_version") == len(_store._MIGRATIONS) == 2
+
+
 def test_failed_migration_changes_nothing(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(db_path).close()
     known = len(_store._MIGRATIONS)
