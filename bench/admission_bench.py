@@ -10,9 +10,11 @@ cgroup capped at the budget plus room for the supervisor, so nothing can harm th
 - pebble ProcessPool(4)      a killed worker fails its own job
 - oracle                     list scheduling from the true peaks and durations (no run)
 
-Reported: jobs completed, OOM kills, makespan, and makespan relative to the oracle.
+Reported: jobs completed, OOM kills, makespan, and makespan relative to the oracle; each
+contender runs ``--repeat`` times (interleaved, so drift in the machine hits all alike) and
+the table gives medians, with the makespan range.
 
-    python bench/admission_bench.py            (needs writable cgroup v1 memory, i.e. root)
+    python bench/admission_bench.py [--repeat 3]   (needs writable cgroup v1 memory, i.e. root)
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -43,28 +47,32 @@ def jobs(seed: int = 7) -> list[tuple[int, float, bool]]:
 
 
 def run_governor(admission: bool) -> dict[str, object]:
-    from governor import ExecutionFailed, GovernedExecutor, Limits, RetryPolicy
+    from governor import Execution, GovernedExecutor, Limits, RetryPolicy
 
     retry = RetryPolicy(max_retries=3, retry_on=("memory_exceeded", "crashed"), memory_growth=1.5)
-    budget = {"memory_budget": BUDGET} if admission else {}
+    # Admission is on by default; "off" here means no budget at all, as before it existed.
+    budget = {"memory_budget": BUDGET} if admission else {"memory_budget": None, "cpu_budget": None}
+    outcomes: Counter[str] = Counter()  # every attempt's outcome, retries and evictions included
+
+    class CountOutcomes:
+        def execution_started(self, *args: object) -> None:
+            return None
+
+        def execution_finished(self, task: object, run_id: object, record: Execution) -> None:
+            outcomes[str(record.outcome)] += 1
+
     start = time.monotonic()
     with GovernedExecutor(WORKERS, retry_policy=retry, **budget) as pool:  # type: ignore[arg-type]
+        pool._scheduler._listeners += (CountOutcomes(),)  # a bench may look inside
         futures = [
             pool.options(limits=Limits(memory=int(size * 1.25))).submit(bench_tasks.hold, size, hold, cpu)
             for size, hold, cpu in jobs()
         ]
         wait(futures)
     makespan = time.monotonic() - start
-    completed = kills = 0
-    for future in futures:
-        try:
-            future.result()
-            completed += 1
-        except ExecutionFailed:
-            pass
-        record = future.execution  # type: ignore[attr-defined]
-        kills += record.attempt - 1 + (0 if record.ok else 1)
-    return {"completed": completed, "oom_kills": kills, "makespan": makespan}
+    completed = sum(1 for future in futures if future.exception() is None)
+    kills = outcomes["memory_exceeded"] + outcomes["crashed"]
+    return {"completed": completed, "oom_kills": kills, "evicted": outcomes["evicted"], "makespan": makespan}
 
 
 def run_pool(kind: str) -> dict[str, object]:
@@ -143,6 +151,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--contender", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender (default 3)")
     arguments = parser.parse_args()
     if arguments.contender:
         runners = {
@@ -158,22 +167,38 @@ def main() -> None:
     print(
         f"40 jobs, peaks summing to {peaks:.1f} GiB, {WORKERS} workers, budget 3 GiB, cap {CAP / GiB:.2f} GiB"
     )
-    print(f"| {'contender':<34} | {'completed':>9} | {'OOM kills':>9} | {'makespan':>9} | {'vs oracle':>9} |")
-    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
     names = {
         "admission": "governor, admission (3 GiB budget)",
         "no-admission": "governor, no admission",
         "processpool": "ProcessPoolExecutor(4)",
         "pebble": "pebble ProcessPool(4)",
     }
+    results: dict[str, list[dict[str, object]]] = {contender: [] for contender in names}
+    for _ in range(arguments.repeat):
+        for contender in names:
+            result = capped(contender)
+            results[contender].append(result)
+            if "error" in result:
+                print(f"  {contender} error: {result['error']}")
+    print(f"medians of {arguments.repeat} runs each; makespan range in brackets")
+    header = (
+        f"| {'contender':<34} | {'completed':>9} | {'OOM kills':>9} | {'makespan':>22} | {'vs oracle':>9} |"
+    )
+    print(header)
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 11}|")
     for contender, label in names.items():
-        result = capped(contender)
-        span = float(result["makespan"])  # type: ignore[arg-type]
-        cells = (label, result["completed"], result["oom_kills"], f"{span:.1f}s", f"{span / best:.2f}x")
-        print("| {:<34} | {:>9} | {:>9} | {:>9} | {:>9} |".format(*cells))
-        if "error" in result:
-            print(f"  error: {result['error']}")
-    print(f"| {'oracle (true peaks, list schedule)':<34} | {40:>9} | {0:>9} | {best:>8.1f}s | {1:>8.2f}x |")
+        runs = results[contender]
+        spans = sorted(float(r["makespan"]) for r in runs)  # type: ignore[arg-type]
+        span = statistics.median(spans)
+        completed = statistics.median(int(str(r["completed"])) for r in runs)
+        kills = [str(r["oom_kills"]) for r in runs]  # "?" when a run broke down
+        known = all(k.isdigit() for k in kills)
+        kill_cell = f"{statistics.median(int(k) for k in kills):g}" if known else "?"
+        spread = f"{span:.1f}s [{spans[0]:.1f}-{spans[-1]:.1f}]"
+        cells = (label, f"{completed:g}", kill_cell, spread, f"{span / best:.2f}x")
+        print("| {:<34} | {:>9} | {:>9} | {:>22} | {:>9} |".format(*cells))
+    oracle_cells = ("oracle (true peaks, list schedule)", 40, 0, f"{best:.1f}s", "1.00x")
+    print("| {:<34} | {:>9} | {:>9} | {:>22} | {:>9} |".format(*oracle_cells))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class _Request:
     scheduled_for: datetime | None = None  # the fire time it answers, for lateness
     time_fire: bool = False  # queued by a time trigger (coalesced per task)
     need: Need | None = None  # its estimate, when admission control is on
+    need_version: int = -1  # the estimator's version when ``need`` was made
     wait_reason: str | None = None  # why admission held it back, the last time it did
     started_mono: float | None = None
     previous: Execution | None = None  # a retry's failed attempt, to settle its future with
@@ -764,8 +765,9 @@ class Scheduler:
             elif request.future is not None and request.future.cancelled():
                 self._ready.remove(request)
                 continue
-            if request.need is None:
-                request.need = self._need(request)
+            if request.need is None or request.need_version != self._estimator.version:
+                request.need = self._need(request)  # again once the estimator has learned more
+                request.need_version = self._estimator.version
             eligible.append(request)
         slots = self.max_running_tasks - len(self._running)
         if slots <= 0 or not eligible:

@@ -1,13 +1,19 @@
 """Learning what a task needs from what its executions measured.
 
-The estimate of a task's memory (bytes) and CPU rate (cores) is a high quantile of its
-measured peaks, where recent runs weigh more than old ones (weight ``decay ** age``, age 0
-for the newest), so a task that grew is believed quickly and one outlier fades. Before any
-history, the declared limit stands in, else a configurable default. A run killed for memory
+The estimate of a task's memory (bytes) is a high quantile of its measured peaks, where
+recent runs weigh more than old ones (weight ``decay ** age``, age 0 for the newest), so a
+task that grew is believed quickly and one outlier fades. Memory is incompressible (too
+little kills), hence the high quantile; CPU is compressible (too little only slows), so its
+estimate is the mean CPU rate (cores) with the same weights: the load a run is expected to
+add. Before any history, the declared limit stands in, else a configurable default. A run killed for memory
 only shows that the task needs *more* than it was given: its observation is the limit it hit
 times ``growth_after_oom``, and the estimate never falls below that until a later run
 succeeds with a measured peak. A run the governor evicted while it grew is a floor too: its
 measured peak, at least.
+
+A callable run with different memory limits (an executor running jobs of many sizes) is
+learned as the share of its limit a run uses, once its history holds two limits or more: the
+estimate for a run under limit L is that share's quantile times L.
 
 Pure: observations are handed in, nothing is read from a clock, a file or a process.
 """
@@ -43,6 +49,7 @@ class _Observation:
     oom_floor: bool  # a memory kill or an eviction: the true need is above this
     wall_seconds: float
     floor_source: str = "oom"  # what set the floor: "oom" (a memory kill) or "evicted"
+    memory_limit: int | None = None  # the limit it ran under
 
 
 class UsageEstimator:
@@ -75,6 +82,7 @@ class UsageEstimator:
         if self.growth_after_oom < 1.0:
             raise ValueError(f"growth_after_oom: must be at least 1.0, got {growth_after_oom!r}")
         self._history: dict[str, deque[_Observation]] = {}
+        self.version = 0  # counts observations: an estimate made at an older version may be stale
 
     def observe(
         self,
@@ -102,8 +110,9 @@ class UsageEstimator:
         elif evicted:
             observation = _Observation(peak, cores, True, wall, "evicted")
         else:
-            observation = _Observation(peak, cores, False, wall)
+            observation = _Observation(peak, cores, False, wall, memory_limit=memory_limit)
         self._history.setdefault(task, deque(maxlen=self.window)).append(observation)
+        self.version += 1
 
     def estimate(
         self, task: str, *, memory_limit: int | None = None, cpu_limit: float | None = None
@@ -116,7 +125,14 @@ class UsageEstimator:
             return Estimate(self.default_memory, self.default_cpu, "default")
         observations = list(history)
         memory = self._weighted_quantile([o.memory_bytes for o in observations])
-        cores = self._weighted_quantile([o.cpu_cores for o in observations])
+        measured = [o for o in observations if not o.oom_floor]
+        limits = {o.memory_limit for o in measured}
+        if memory_limit is not None and len(limits) > 1 and None not in limits:
+            # Runs under different limits (one callable, jobs of many sizes): the limit tells
+            # the size, so learn the share of its limit a run uses.
+            shares = [o.memory_bytes / (o.memory_limit or 1) for o in measured]
+            memory = self._weighted_quantile(shares) * memory_limit
+        cores = self._weighted_mean([o.cpu_cores for o in observations])
         source = "history"
         # A memory kill since the last success is a floor: believe it until a run succeeds.
         floor, floor_source = 0, "oom"
@@ -134,6 +150,12 @@ class UsageEstimator:
         finished = [o.wall_seconds for o in observations if not o.oom_floor]
         duration = self._weighted_quantile(finished, 0.5) if finished else None
         return Estimate(math.ceil(memory), cores, source, duration)
+
+    def _weighted_mean(self, values: list[float]) -> float:
+        """The mean of ``values`` (oldest first) with weights ``decay ** age``."""
+        newest = len(values) - 1
+        weights = [self.decay ** (newest - index) for index in range(len(values))]
+        return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
 
     def _weighted_quantile(self, values: list[float] | list[int], quantile: float | None = None) -> float:
         """The ``quantile`` of ``values`` (oldest first) with weights ``decay ** age``."""

@@ -66,6 +66,18 @@ def test_an_eviction_makes_its_measured_peak_a_floor() -> None:
     assert raised.duration_seconds == 10  # a stopped run says nothing of how long a run takes
 
 
+def test_jobs_of_many_sizes_are_learned_as_a_share_of_their_limit() -> None:
+    estimator = UsageEstimator(decay=1.0)
+    for limit in (100, 200, 400):  # one callable, each job's limit 1.25x its peak
+        estimator.observe("hold", peak_memory_bytes=limit * MiB * 4 // 5, cpu_seconds=1, wall_seconds=1,
+                          memory_limit=limit * MiB)  # fmt: skip
+    assert estimator.estimate("hold", memory_limit=1000 * MiB).memory_bytes == 800 * MiB
+    same = UsageEstimator()  # one limit only: the measured peaks themselves
+    for peak in (50, 60):
+        same.observe("t", peak_memory_bytes=peak * MiB, cpu_seconds=1, wall_seconds=1, memory_limit=1 << 30)
+    assert same.estimate("t", memory_limit=2 << 30).memory_bytes == 60 * MiB
+
+
 def test_cpu_rate_is_capped_by_the_quota() -> None:
     estimator = UsageEstimator()
     estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=4, wall_seconds=1)  # 4 cores busy
