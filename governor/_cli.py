@@ -76,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    from governor import _service_cli  # the service's commands: serve, status, history, fire
+    from governor import _service_cli, _top  # the service's commands: serve, status, history, fire, top
 
     _service_cli.add_commands(commands)
+    _top.add_command(commands)
     return parser
 
 

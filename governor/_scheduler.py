@@ -33,7 +33,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -221,6 +221,7 @@ class Scheduler:
         self._start_lateness: deque[float] = deque(maxlen=100_000)
         self._barriers: list[threading.Event] = []
         self._admission_due = 0.0  # monotonic; 0: something changed, decide at the next turn
+        self._last_pressure = Pressure()  # what admission last acted on
 
     # -- public API -----------------------------------------------------------------------
 
@@ -362,6 +363,8 @@ class Scheduler:
                 "memory_bytes": reading.memory_bytes if reading else None,
                 "cpu_seconds": reading.cpu_seconds if reading else None,
                 "limits": request.spec.limits.as_dict(),
+                "estimate_bytes": request.need.memory_bytes if request.need else None,
+                "evicting": handle in self._evicting,
             })  # fmt: skip
         queued = [
             {
@@ -370,6 +373,7 @@ class Scheduler:
                 "priority": request.priority,
                 "queued_at": request.queued_at.isoformat(),
                 "wait_reason": request.wait_reason,
+                "estimate_bytes": request.need.memory_bytes if request.need else None,
             }
             for request in self._ready_items()
         ]
@@ -390,6 +394,8 @@ class Scheduler:
             "queued": queued,
             "tasks": tasks,
             "max_running_tasks": self.max_running_tasks,
+            "budget": {"memory_bytes": self._budget.memory_bytes, "cpu_cores": self._budget.cpu_cores},
+            "pressure": asdict(self._last_pressure),
         }
 
     def lateness(self) -> dict[str, list[float]]:
@@ -775,6 +781,7 @@ class Scheduler:
         running = [self._running_work(handle, request) for handle, request in self._running.items()]
         queued = [QueuedWork(r, r.need or Need(), self._duration(r)) for r in eligible]
         pressure: float | Pressure = self._pressure() if self._pressure is not None else 0.0
+        self._last_pressure = pressure if isinstance(pressure, Pressure) else Pressure(pressure, pressure)
         decision = self._admission.decide(
             now=now, slots=slots, budget=self._budget, running=running, queue=queued, pressure=pressure
         )

@@ -392,15 +392,20 @@ class Store:
         """Executions with no end recorded, oldest first: what a crash may have left running.
 
         Each has ``run_id``, ``task``, ``attempt``, ``pid``, ``pid_start_ticks``, ``cgroups``
-        (a list of cgroup directories) and ``started_at``.
+        (a list of cgroup directories), ``limits`` (a dict) and ``started_at``.
         """
         sql = (
-            "SELECT run_id, task, attempt, pid, pid_start_ticks, cgroups, started_at FROM executions"
+            "SELECT run_id, task, attempt, pid, pid_start_ticks, cgroups, limits, started_at FROM executions"
             " WHERE ended_at IS NULL ORDER BY started_at, id"
         )
         return self._read(
             lambda db: [
-                {**dict(row), "cgroups": json.loads(row["cgroups"]), "started_at": _iso(row["started_at"])}
+                {
+                    **dict(row),
+                    "cgroups": json.loads(row["cgroups"]),
+                    "limits": json.loads(row["limits"]),
+                    "started_at": _iso(row["started_at"]),
+                }
                 for row in db.execute(sql)
             ]
         )

@@ -1,0 +1,232 @@
+"""``governor top``: what runs and what waits, with memory and CPU against their limits.
+
+The view comes from a running ``governor serve`` (its control socket: live readings, queue,
+budget and wait reasons), or, with no server answering, from the database: executions it
+records in flight, measured here through their process trees. On a terminal the view is
+redrawn in place every ``--interval`` seconds until Ctrl-C; otherwise it is printed as plain
+text, ``--count`` times (default once), so that it can be logged or piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from governor._service import ask, socket_path
+from governor._store import Store, StoreError, default_db_path
+from policies import format_duration, format_size
+
+EXIT_NO_SOURCE = 3
+_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
+def add_command(commands: Any) -> None:
+    """Register ``top`` on the ``governor`` parser."""
+    top = commands.add_parser("top", help="running and queued executions, live")
+    top.add_argument(
+        "--db",
+        type=Path,
+        help="the database (default: $GOVERNOR_DB, else $XDG_STATE_HOME/governor/governor.db)",
+    )
+    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes")
+    top.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="refreshes before exiting (default: for ever on a terminal, else 1)",
+    )
+    top.add_argument("--json", action="store_true", help="one JSON object per refresh")
+    top.set_defaults(handler=_top)
+
+
+def _top(arguments: argparse.Namespace) -> int:
+    if not arguments.interval > 0:
+        print(
+            f"governor: --interval: must be a positive number of seconds, got {arguments.interval}",
+            file=sys.stderr,
+        )
+        return 2
+    db = Path(arguments.db) if arguments.db else default_db_path()
+    live = sys.stdout.isatty() and not arguments.json
+    count = arguments.count if arguments.count is not None else (None if live else 1)
+    return watch(lambda: snapshot(db), sys.stdout, interval=arguments.interval, count=count,
+                 live=live, as_json=arguments.json)  # fmt: skip
+
+
+def watch(
+    source: Callable[[], dict[str, Any]],
+    out: TextIO,
+    *,
+    interval: float,
+    count: int | None,
+    live: bool,
+    as_json: bool = False,
+) -> int:
+    """Show ``source()`` ``count`` times (``None``: until interrupted), ``interval`` apart."""
+    previous: dict[str, tuple[float, float]] = {}  # run id -> (monotonic, cpu seconds): CPU rates
+    shown = 0
+    try:
+        while count is None or shown < count:
+            if shown:
+                time.sleep(interval)
+            try:
+                view = source()
+            except LookupError as error:
+                print(f"governor: {error}", file=sys.stderr)
+                return EXIT_NO_SOURCE
+            _add_cpu_rates(view, previous, time.monotonic())
+            if as_json:
+                out.write(json.dumps(view) + "\n")
+            else:
+                text = render(view, width=_width() if live else 100)
+                out.write((_CLEAR + text) if live else (text + ("\n" if count != 1 else "")))
+            out.flush()
+            shown += 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def snapshot(db: Path) -> dict[str, Any]:
+    """The view from the server using ``db``, else from ``db`` itself (``LookupError`` if neither)."""
+    path = socket_path(db)
+    if path.exists():
+        try:
+            reply = ask(path, {"op": "status"}, timeout=5.0)
+        except OSError:
+            reply = None  # a socket left by a server that died: fall back to the database
+        if reply is not None and reply.get("ok"):
+            return {"source": "server", **reply}
+    if not db.exists():
+        raise LookupError(f"no server answers for {db}, and there is no database there")
+    try:
+        with Store(db) as store:
+            in_flight = store.in_flight()
+    except StoreError as error:
+        raise LookupError(str(error)) from error
+    running = []
+    for row in in_flight:
+        memory, cpu = _measure_tree(row.get("pid"))
+        running.append({
+            "task": row["task"],
+            "attempt": row["attempt"],
+            "run_id": row["run_id"],
+            "pid": row.get("pid"),
+            "started_at": row["started_at"],
+            "memory_bytes": memory,
+            "cpu_seconds": cpu,
+            "limits": row["limits"],
+        })  # fmt: skip
+    return {"source": "database", "db": str(db), "running": running, "queued": []}
+
+
+def _measure_tree(pid: int | None) -> tuple[int | None, float | None]:
+    """Resident memory and CPU seconds of ``pid`` and its descendants, read here (no server)."""
+    if pid is None:
+        return None, None
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None, None  # gone, or not ours to see: it ended since the store was read
+    memory, cpu = 0, 0.0
+    for process in processes:
+        try:
+            memory += process.memory_info().rss
+            times = process.cpu_times()
+            cpu += times.user + times.system
+        except psutil.Error:
+            continue  # ended between listing and reading
+    return memory, cpu
+
+
+def _add_cpu_rates(view: dict[str, Any], previous: dict[str, tuple[float, float]], now: float) -> None:
+    """Each running execution's CPU rate (cores) since the previous refresh, where known."""
+    seen: dict[str, tuple[float, float]] = {}
+    for run in view.get("running", []):
+        cpu = run.get("cpu_seconds")
+        if cpu is None:
+            continue
+        before = previous.get(run["run_id"])
+        if before is not None and now > before[0]:
+            run["cpu_rate"] = max(cpu - before[1], 0.0) / (now - before[0])
+        seen[run["run_id"]] = (now, cpu)
+    previous.clear()
+    previous.update(seen)
+
+
+def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = None) -> str:
+    """The view as plain text (no escape codes)."""
+    now = now or datetime.now(UTC)
+    running, queued = view.get("running", []), view.get("queued", [])
+    lines = []
+    source = f"server pid {view['pid']}" if view.get("source") == "server" else f"database {view.get('db')}"
+    header = f"governor top — {now.astimezone().strftime('%H:%M:%S')} — {source}"
+    lines.append(header[:width])
+    slots = f" of {view['max_running_tasks']}" if "max_running_tasks" in view else ""
+    summary = f"running {len(running)}{slots}, queued {len(queued)}"
+    budget = view.get("budget") or {}
+    held = sum(run.get("memory_bytes") or 0 for run in running)
+    if budget.get("memory_bytes"):
+        summary += f"; memory {format_size(held)} of {format_size(budget['memory_bytes'])} budget"
+    if budget.get("cpu_cores"):
+        summary += f"; cpu budget {budget['cpu_cores']:g} cores"
+    pressure = view.get("pressure") or {}
+    if pressure.get("memory") or pressure.get("cpu"):
+        summary += f"; pressure memory {pressure.get('memory', 0):.0%} cpu {pressure.get('cpu', 0):.0%}"
+    lines.append(summary[:width])
+    lines.append("")
+    lines.append(f"{'TASK':<24} {'TRY':>3} {'PID':>7} {'ELAPSED':>8} {'MEMORY':>10} {'LIMIT':>10} "
+                 f"{'%LIM':>5} {'CPU':>6} {'CPU LIM':>7}")  # fmt: skip
+    for run in running:
+        limits = run.get("limits") or {}
+        memory = run.get("memory_bytes")
+        limit = limits.get("memory")
+        share = f"{memory / limit:.0%}" if memory is not None and limit else "-"
+        rate = run.get("cpu_rate")
+        cpu_limit = limits.get("cpu_rate")
+        elapsed = (now - datetime.fromisoformat(run["started_at"])).total_seconds()
+        flag = " evicting" if run.get("evicting") else ""
+        cells = (
+            _cut(run.get("task") or "-", 24), run.get("attempt", 1), run.get("pid") or "-",
+            format_duration(max(elapsed, 0.0)), _size(memory), _size(limit), share,
+            "-" if rate is None else f"{rate:.2f}", "-" if cpu_limit is None else f"{cpu_limit:g}",
+        )  # fmt: skip
+        lines.append("{:<24} {:>3} {:>7} {:>8} {:>10} {:>10} {:>5} {:>6} {:>7}".format(*cells) + flag)
+    if queued:
+        lines.append("")
+        lines.append(f"{'QUEUED':<24} {'TRY':>3} {'PRIO':>5} {'WAITING':>8} {'NEEDS':>10}  WHY")
+        for item in queued:
+            waited = (now - datetime.fromisoformat(item["queued_at"])).total_seconds()
+            reason = item.get("wait_reason") or "next in line"
+            queued_cells = (
+                _cut(item.get("task") or "-", 24), item.get("attempt", 1), item.get("priority", 0),
+                format_duration(max(waited, 0.0)), _size(item.get("estimate_bytes")), reason,
+            )  # fmt: skip
+            lines.append("{:<24} {:>3} {:>5} {:>8} {:>10}  {}".format(*queued_cells)[:width])
+    return "\n".join(lines) + "\n"
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else format_size(value)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _width() -> int:
+    try:
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    except OSError:
+        return 100
