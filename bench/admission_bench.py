@@ -182,10 +182,11 @@ def main() -> None:
                 print(f"  {contender} error: {result['error']}")
     print(f"medians of {arguments.repeat} runs each; makespan range in brackets")
     header = (
-        f"| {'contender':<34} | {'completed':>9} | {'OOM kills':>9} | {'makespan':>22} | {'vs oracle':>9} |"
+        f"| {'contender':<34} | {'completed':>9} | {'OOM kills':>9} | {'evicted':>7} | {'makespan':>22} |"
+        f" {'vs oracle':>9} |"
     )
     print(header)
-    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 24}|{'-' * 11}|")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 24}|{'-' * 11}|")
     for contender, label in names.items():
         runs = results[contender]
         spans = sorted(float(r["makespan"]) for r in runs)  # type: ignore[arg-type]
@@ -195,10 +196,12 @@ def main() -> None:
         known = all(k.isdigit() for k in kills)
         kill_cell = f"{statistics.median(int(k) for k in kills):g}" if known else "?"
         spread = f"{span:.1f}s [{spans[0]:.1f}-{spans[-1]:.1f}]"
-        cells = (label, f"{completed:g}", kill_cell, spread, f"{span / best:.2f}x")
-        print("| {:<34} | {:>9} | {:>9} | {:>22} | {:>9} |".format(*cells))
-    oracle_cells = ("oracle (true peaks, list schedule)", 40, 0, f"{best:.1f}s", "1.00x")
-    print("| {:<34} | {:>9} | {:>9} | {:>22} | {:>9} |".format(*oracle_cells))
+        evicted = [r.get("evicted") for r in runs]
+        evicted_cell = "-" if None in evicted else f"{statistics.median(int(str(e)) for e in evicted):g}"
+        cells = (label, f"{completed:g}", kill_cell, evicted_cell, spread, f"{span / best:.2f}x")
+        print("| {:<34} | {:>9} | {:>9} | {:>7} | {:>22} | {:>9} |".format(*cells))
+    oracle_cells = ("oracle (true peaks, list schedule)", 40, 0, 0, f"{best:.1f}s", "1.00x")
+    print("| {:<34} | {:>9} | {:>9} | {:>7} | {:>22} | {:>9} |".format(*oracle_cells))
 
 
 if __name__ == "__main__":
