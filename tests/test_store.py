@@ -275,6 +275,7 @@ def test_started_row_is_in_flight_after_flush(store: Store) -> None:
             "pid": 4321,
             "pid_start_ticks": 987654,
             "cgroups": ["/sys/fs/cgroup/a", "/sys/fs/cgroup/b"],
+            "limits": {"memory": 64 << 20},
             "started_at": T0.isoformat(),
         }
     ]
