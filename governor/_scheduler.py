@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from governor._backend import Backend, resolve_backend
+from governor._backend import Backend, LocalBackend, resolve_backend
 from governor._budget import HostPressure, auto_memory_budget, host_cpus
 from governor._clock import Clock, SystemClock
 from governor._task import Task
@@ -137,7 +137,8 @@ class Scheduler:
     learned from measured runs) fits ``memory_budget`` and ``cpu_budget`` minus what running
     work holds, tightened by host ``pressure`` (``policies.AdmissionPolicy``). The defaults,
     ``"auto"``, are 80% of the memory of the host or of the governor's own cgroup, and every
-    CPU it may use (``governor._budget``); ``None`` turns a budget off. When running work
+    CPU it may use (``governor._budget``), with no budget on a Dask backend (the workers'
+    declared resources bound what runs there); ``None`` turns a budget off. When running work
     measures more than the memory budget, runs past their estimate are evicted and queued
     again (``policies.choose_evictions``).
     """
@@ -179,11 +180,14 @@ class Scheduler:
             self._listeners = (listener,)
         # Admission control is on when a budget is given: executions start only when their
         # estimated need (learned from measured usage) fits what running work leaves free.
+        # "auto" measures this host, so on a cluster it means no budget of the governor's own:
+        # each run claims its estimate as Dask resources and the workers' declarations bound them.
+        local = isinstance(self._backend, LocalBackend)
         if memory_budget == "auto":
-            memory: int | None = auto_memory_budget()
+            memory: int | None = auto_memory_budget() if local else None
         else:
             memory = None if memory_budget is None else parse_size(memory_budget, field="memory_budget")
-        cores = host_cpus() if cpu_budget == "auto" else cpu_budget
+        cores = (host_cpus() if local else None) if cpu_budget == "auto" else cpu_budget
         if cores is not None and (isinstance(cores, str | bool) or not cores > 0):
             raise ValueError(f"cpu_budget: must be a positive number of cores or 'auto', got {cpu_budget!r}")
         self._budget = Budget(memory, cores)
@@ -191,7 +195,7 @@ class Scheduler:
         self._admission = (admission or AdmissionPolicy()) if enabled else None
         self._estimator = estimator or UsageEstimator()
         # Host pressure tightens the budget, by default the host's memory PSI (with hysteresis).
-        self._pressure = pressure if pressure is not None or not enabled else HostPressure()
+        self._pressure = pressure if pressure is not None or not enabled or not local else HostPressure()
         self._random = random.Random(seed)
         self._lock = threading.RLock()  # reentrant: wait()'s predicate may call get_task()
         self._changed = threading.Condition(self._lock)
@@ -566,8 +570,8 @@ class Scheduler:
             if self._next_poll is not None:
                 deadlines.append((self._next_poll - now).total_seconds())
         timeout = None if not deadlines else max(0, int(min(deadlines) * 1000) + 1)
-        if self._commands:
-            timeout = 0
+        if self._commands or any(handle.done for handle in self._running):
+            timeout = 0  # e.g. a handle that ended as it was made (its arguments would not pickle)
         for fd, _events in poller.poll(timeout):
             owner = wanted.get(fd)
             if owner is None:
@@ -765,8 +769,12 @@ class Scheduler:
                     self._ready.remove(request)  # removed while it waited
                     self._queued_time_fire[task.id or 0] -= request.time_fire
                     continue
-                if task.paused or instances[task.id or 0] >= task.max_instances:
+                if task.paused:
+                    request.wait_reason = "task paused"
                     continue  # keeps its place; others may pass meanwhile
+                if instances[task.id or 0] >= task.max_instances:
+                    request.wait_reason = f"its task runs {task.max_instances} instance(s), its most"
+                    continue
                 instances[task.id or 0] += 1
             elif request.future is not None and request.future.cancelled():
                 self._ready.remove(request)
@@ -776,7 +784,11 @@ class Scheduler:
                 request.need_version = self._estimator.version
             eligible.append(request)
         slots = self.max_running_tasks - len(self._running)
-        if slots <= 0 or not eligible:
+        if slots <= 0:
+            for request in eligible:
+                request.wait_reason = "no free slot"
+            return
+        if not eligible:
             return
         running = [self._running_work(handle, request) for handle, request in self._running.items()]
         queued = [QueuedWork(r, r.need or Need(), self._duration(r)) for r in eligible]

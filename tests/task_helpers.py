@@ -184,10 +184,23 @@ def hold_memory(size: int) -> int:
     return len(block)
 
 
-def hold_memory_until_released(size: int, fifo: str, ready: str) -> int:
-    """Touch ``size`` bytes, say so through ``ready``, and keep them until the test releases ``fifo``."""
+def hold_memory_until_released(
+    size: int, fifo: str, ready: str, after: str | None = None, then: str | None = None
+) -> int:
+    """Touch ``size`` bytes, say so through ``ready``, and keep them until the test releases ``fifo``.
+
+    With ``after`` (a FIFO), allocate only once another process has opened and closed it; with
+    ``then``, open and close that FIFO once the bytes are touched: two children order their
+    growth through it.
+    """
+    if after is not None:
+        with open(after, "rb") as waiting:
+            waiting.read()
     block = bytearray(size)
     block[:: 1 << 12] = b"\x01" * len(block[:: 1 << 12])  # every page really touched
+    if then is not None:
+        with open(then, "wb"):
+            pass
     wait_for_release(fifo, ready)
     return len(block)
 

@@ -363,6 +363,24 @@ def test_admission_holds_a_task_back_until_memory_frees(tmp_path: Path) -> None:
     assert second.executions[0].queued_at < second.executions[0].started_at  # type: ignore[operator]
 
 
+def test_a_run_queued_behind_full_slots_says_so(tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    with Scheduler(1, memory_budget="1GiB") as scheduler:
+        holder = scheduler.add_task(Task("holder", th.wait_for_release, args=(gate.path, ready)))
+        waiter = scheduler.add_task(Task("waiter", th.add, args=(1, 1)))
+        scheduler.fire(holder.id)  # type: ignore[arg-type]
+        wait_until(lambda: Path(ready).exists(), GUARD)
+        scheduler.fire(waiter.id)  # type: ignore[arg-type]  # queued once every slot is taken
+        assert scheduler.sync()
+        assert [(q["task"], q["wait_reason"]) for q in scheduler.snapshot()["queued"]] == [
+            ("waiter", "no free slot")
+        ]
+        gate.release()
+        assert scheduler.wait(lambda: ran(waiter, 1), GUARD)
+    assert waiter.executions[0].wait_reason == "no free slot"
+
+
 def test_a_run_that_outgrows_its_estimate_is_evicted_and_runs_again_when_memory_frees(
     tmp_path: Path,
 ) -> None:
@@ -371,13 +389,15 @@ def test_a_run_that_outgrows_its_estimate_is_evicted_and_runs_again_when_memory_
         estimator.observe(name, peak_memory_bytes=100 * MiB, cpu_seconds=0.1, wall_seconds=1.0)
     grower_gate, steady_gate = Gate(tmp_path, "grower"), Gate(tmp_path, "steady")
     grower_ready, steady_ready = tmp_path / "grower-ready", tmp_path / "steady-ready"
-    with Scheduler(2, memory_budget="500MiB", estimator=estimator, pressure=lambda: 0.0) as scheduler:
+    order = Gate(tmp_path, "steady-has-grown")  # the grower grows only once the steady one has
+    with Scheduler(2, memory_budget="450MiB", estimator=estimator, pressure=lambda: 0.0) as scheduler:
         limits = Limits(memory="1GiB")
         grower = scheduler.add_task(
             Task(
                 "grower",
                 th.hold_memory_until_released,
                 args=(400 * MiB, grower_gate.path, str(grower_ready)),
+                kwargs={"after": order.path},
                 limits=limits,
             )
         )
@@ -385,13 +405,15 @@ def test_a_run_that_outgrows_its_estimate_is_evicted_and_runs_again_when_memory_
             Task(
                 "steady",
                 th.hold_memory_until_released,
-                args=(250 * MiB, steady_gate.path, str(steady_ready)),
+                args=(150 * MiB, steady_gate.path, str(steady_ready)),
+                kwargs={"then": order.path},
                 limits=limits,
             )
         )
         scheduler.fire(grower.id)  # type: ignore[arg-type]
         scheduler.fire(steady.id)  # type: ignore[arg-type]
-        # Together they measure 650 MiB of a 500 MiB budget: the one furthest past its estimate goes.
+        # Together they grow past the 450 MiB budget once the grower passes ~290 MiB, well past the
+        # steady one's 150 MiB: the one furthest past its estimate goes.
         assert scheduler.wait(lambda: ran(grower, 1), GUARD)
         evicted = grower.executions[0]
         assert evicted.outcome is Outcome.EVICTED and steady.executions == []
@@ -399,7 +421,8 @@ def test_a_run_that_outgrows_its_estimate_is_evicted_and_runs_again_when_memory_
         assert scheduler.sync() and scheduler.queued_tasks_count() == 1  # queued again, waiting for memory
         assert scheduler.estimator.estimate("grower", memory_limit=1 << 30).source == "evicted"
         steady_gate.release()
-        grower_gate.release()  # returns once the second attempt has started and opened its gate
+        order.release()  # returns once the second attempt has started and waits to grow
+        grower_gate.release()
         assert scheduler.wait(lambda: ran(grower, 2) and ran(steady, 1), GUARD)
     again = grower.executions[1]
     assert (again.outcome, again.attempt, again.result) == (Outcome.SUCCEEDED, 2, 400 * MiB)
