@@ -1,8 +1,8 @@
-"""The service's commands: ``governor serve``, ``status``, ``history`` and ``fire``.
+"""The service's commands: ``governor serve``, ``status``, ``history``, ``report`` and ``fire``.
 
 ``serve`` runs in the foreground; ``status`` and ``fire`` talk to it over its control socket
-(a unix socket beside the database, owner-only); ``history`` reads the database itself, so
-it works whether or not a server is running.
+(a unix socket beside the database, owner-only); ``history`` and ``report`` read the database
+itself, so they work whether or not a server is running.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from policies import format_duration, format_size, parse_size
 EXIT_BAD_TASK_FILE = 2
 EXIT_STORE = 1
 EXIT_NO_SERVER = 3
+EXIT_MISSING_DEPENDENCY = 4  # an optional extra (e.g. plotly for ``report --format html``) is not installed
+
+REPORT_HTML_DEFAULT = "governor-report.html"
 
 
 def add_commands(commands: Any) -> None:
@@ -48,6 +52,11 @@ def add_commands(commands: Any) -> None:
         default="auto",
         help="admission control: cores they may share (default auto: the CPUs it may use)",
     )
+    serve_parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the executions on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)",
+    )
     serve_parser.set_defaults(handler=_serve)
 
     status = commands.add_parser("status", help="what a running server is running and queuing")
@@ -61,6 +70,27 @@ def add_commands(commands: Any) -> None:
     history.add_argument("--json", action="store_true", help="JSON Lines, one execution per line")
     history.add_argument("--limit", type=int, metavar="N", help="only the last N executions")
     history.set_defaults(handler=_history)
+
+    report = commands.add_parser("report", help="per-task figures from the database (table, JSON, CSV, HTML)")
+    report.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks (default: every task)")
+    report.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="executions started since an ISO date/time or a duration ago (7d, 12h)",
+    )
+    report.add_argument("--format", choices=("table", "json", "csv", "html"), default="table")
+    report.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help=f"write to FILE (html: ./{REPORT_HTML_DEFAULT})"
+    )
+    report.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="html: also chart this execution's timelines (repeatable; default: each task's largest peak)",
+    )
+    report.add_argument("--db", type=Path, help=db_help)
+    report.set_defaults(handler=_report)
 
     fire = commands.add_parser("fire", help="fire an event on a running server")
     fire.add_argument("event", metavar="EVENT")
@@ -88,6 +118,7 @@ def _serve(arguments: argparse.Namespace) -> int:
             grace=arguments.grace,
             memory_budget=memory_budget,
             cpu_budget=cpu_budget,
+            dask=arguments.dask,
         )
     except (TaskFileError, ValueError) as error:  # a bad file, or a bad budget
         print(f"governor: {error}", file=sys.stderr)
@@ -139,7 +170,8 @@ def _status(arguments: argparse.Namespace) -> int:
               + (f" of {format_size(limit)}" if limit else ""))  # fmt: skip
     print(f"queued {len(reply['queued'])}:")
     for queued in reply["queued"]:
-        print(f"  {queued['task']:<24} attempt {queued['attempt']}  priority {queued['priority']}")
+        why = f"  ({queued['wait_reason']})" if queued.get("wait_reason") else ""
+        print(f"  {queued['task']:<24} attempt {queued['attempt']}  priority {queued['priority']}{why}")
     print("tasks:")
     for task in reply["tasks"]:
         state = "paused" if task["paused"] else "active"
@@ -193,4 +225,66 @@ def _history(arguments: argparse.Namespace) -> int:
         print(
             f"{ended:<20} {row['task']:<20} {row['attempt']:>3} {outcome:<18} {wall:>8} {peak:>12} {cpu:>8}"
         )
+    return 0
+
+
+def _report(arguments: argparse.Namespace) -> int:
+    from governor import _report as report  # loaded only for this command
+    from governor import _report_html as report_html
+
+    html = arguments.format == "html"
+    try:
+        since = report.parse_since(arguments.since, datetime.now(UTC)) if arguments.since else None
+        if arguments.run and not html:
+            raise ValueError("--run: only the html format charts timelines")
+        if html:
+            report_html.require_plotly()  # before a long read, not after it
+    except report_html.MissingDependency as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCY
+    except ValueError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
+    db = _db(arguments)
+    if not db.exists():
+        print(f"governor: no database at {db} (nothing has run yet?)", file=sys.stderr)
+        return EXIT_STORE
+    progress = report.terminal_progress(sys.stderr)
+    try:
+        with Store(db) as store:
+            charted = arguments.run if html else None
+            data = report.read(
+                store, tasks=arguments.tasks, since=since, chart_runs=charted, progress=progress
+            )
+    except report.ReportError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
+    except StoreError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_STORE
+    reports = report.build_reports(data.rows)
+    scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+    for task in sorted(set(arguments.tasks) - {r.task for r in reports}):
+        print(f"governor: no executions of {task!r}{scope}", file=sys.stderr)
+    if arguments.format == "json":
+        text = report.render_json(reports, since=since)
+    elif arguments.format == "csv":
+        text = report.render_csv(reports)
+    elif html:
+        generated_at = datetime.now().astimezone()
+        text = report_html.render_html(
+            reports, data, generated_at=generated_at, since=since, source=str(db), progress=progress
+        )
+    else:
+        text = report.render_table(reports, since=since)
+    output = arguments.output or (Path(REPORT_HTML_DEFAULT) if html else None)
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        print(f"governor: cannot write the report to {output}: {error}", file=sys.stderr)
+        return EXIT_STORE
+    print(output.resolve())
     return 0

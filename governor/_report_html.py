@@ -1,0 +1,327 @@
+"""The HTML ``governor report``: one self-contained file that opens offline.
+
+Charts are drawn by plotly (the optional ``report`` extra), its JavaScript inlined once in the
+page and never fetched from a CDN. The page holds the summary table; per task, the spread of
+peak memory (with each task's memory limit marked) and of duration; and for the charted
+executions (``_report.chosen_runs``) their memory and CPU-rate timelines, the limits drawn as
+horizontal lines. Every text that comes from the store is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from governor._report import Progress, ReportError, ReportInput, TaskReport, measured
+from policies import format_duration, format_size
+
+__all__ = ["PLOTLY_MISSING", "MissingDependency", "render_html", "require_plotly"]
+
+PLOTLY_MISSING = "the html format needs plotly, which is not installed: pip install 'governor[report]'"
+
+_MIB = 1024 * 1024
+_ALL_POINTS_UP_TO = 500  # beyond this many executions per task, a box shows only its outliers
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+.meta { color: #555; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
+th { background: #f2f2f2; text-align: left; }
+td.n { text-align: right; white-space: nowrap; }
+.chart { margin: 0.5em 0 1.5em; }
+"""
+
+
+class MissingDependency(ReportError):
+    """The HTML report needs plotly, and it is not installed."""
+
+
+def require_plotly() -> None:
+    """Raise ``MissingDependency`` (naming the extra to install) unless plotly can be imported."""
+    try:
+        import plotly.io  # noqa: F401
+    except ImportError:
+        raise MissingDependency(PLOTLY_MISSING) from None
+
+
+def render_html(
+    reports: Sequence[TaskReport],
+    data: ReportInput,
+    *,
+    generated_at: datetime,
+    since: datetime | None = None,
+    source: str = "",
+    progress: Progress | None = None,
+) -> str:
+    """The whole report page; ``source`` names the database. ``MissingDependency`` without
+    plotly; ``progress(what, done, total)`` is told of each chart drawn."""
+    require_plotly()
+    import plotly.io as pio
+
+    figures = [
+        _distribution(reports, data, "peak_memory_bytes"),
+        _distribution(reports, data, "wall_seconds"),
+    ]
+    rows = {row["run_id"]: row for row in data.rows}
+    notes = []
+    for run_id, samples in data.timelines.items():
+        if samples:
+            figures.append(_timeline(rows[run_id], samples))
+        else:
+            notes.append(f"{rows[run_id]['task']} {run_id}: no usage samples were recorded")
+
+    charts = []
+    for index, figure in enumerate(figures):
+        if progress is not None:
+            progress("drawing charts", index, len(figures))
+        charts.append(
+            pio.to_html(
+                figure,
+                include_plotlyjs=index == 0,  # the library once, inlined: the page needs no network
+                full_html=False,
+                config={"displaylogo": False, "responsive": True},
+                div_id=f"chart-{index}",
+            )
+        )
+    if progress is not None:
+        progress("drawing charts", len(figures), len(figures))
+    scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+    generated = generated_at.isoformat(timespec="seconds")
+    executions = sum(report.runs for report in reports)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>governor report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>governor report</h1>",
+        f'<p class="meta">{len(reports)} task(s), {executions} execution(s){_e(scope)}'
+        f"{' from ' + _e(source) if source else ''}; generated {_e(generated)}."
+        " Percentiles are nearest-rank.</p>",
+        "<h2>Summary</h2>",
+        _summary_table(reports),
+        "<h2>Peak memory and duration per task</h2>",
+        *(f'<div class="chart">{chart}</div>' for chart in charts[:2]),
+        "<h2>Timelines</h2>",
+        *(f"<p>{_e(note)}</p>" for note in notes),
+        *(f'<div class="chart">{chart}</div>' for chart in charts[2:]),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# -------------------------------------------------------------------------------------- charts
+
+
+def _distribution(reports: Sequence[TaskReport], data: ReportInput, key: str) -> Any:
+    import plotly.graph_objects as go
+
+    memory = key == "peak_memory_bytes"
+    scale = _MIB if memory else 1.0
+    figure = go.Figure()
+    for report in reports:
+        rows = [
+            row
+            for row in data.rows
+            if row["task"] == report.task and measured(row) and row.get(key) is not None
+        ]
+        if not rows:
+            continue
+        figure.add_trace(
+            go.Box(
+                y=[row[key] / scale for row in rows],
+                name=report.task,
+                text=[f"{row['run_id']} ({row['outcome']})" for row in rows],
+                boxpoints="all" if len(rows) <= _ALL_POINTS_UP_TO else "outliers",
+                jitter=0.4,
+                pointpos=0,
+                hovertemplate="%{text}<br>%{y:.3~f}" + (" MiB" if memory else " s") + "<extra></extra>",
+            )
+        )
+    limits = [(report.task, report.memory_limit) for report in reports if report.memory_limit]
+    if memory and limits:
+        figure.add_trace(
+            go.Scatter(
+                x=[task for task, _ in limits],
+                y=[limit / _MIB for _, limit in limits],
+                mode="markers",
+                name="memory limit",
+                marker={"symbol": "line-ew-open", "size": 40, "color": "crimson", "line": {"width": 3}},
+                hovertemplate="limit %{y:.1f} MiB<extra>%{x}</extra>",
+            )
+        )
+    figure.update_layout(
+        title="Peak memory per execution" if memory else "Duration per execution (wall time)",
+        yaxis_title="MiB" if memory else "seconds",
+        showlegend=memory and bool(limits),
+        height=440,
+        margin={"t": 60, "b": 40},
+    )
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def _timeline(row: dict[str, Any], samples: Sequence[dict[str, Any]]) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    seconds = [sample["seconds"] for sample in samples]
+    rate_at, rate = _cpu_rate(samples)
+    limits = row.get("limits") or {}
+    figure = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, subplot_titles=("memory", "CPU rate")
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=seconds,
+            y=[sample["memory_bytes"] / _MIB for sample in samples],
+            mode="lines",
+            name="memory (MiB)",
+            hovertemplate="%{x:.2f}s: %{y:.1f} MiB<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=rate_at,
+            y=rate,
+            mode="lines",
+            line_shape="hv",  # each rate holds over the interval it was measured on
+            name="CPU (cores)",
+            hovertemplate="%{x:.2f}s: %{y:.2f} cores<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    if limits.get("memory"):
+        figure.add_hline(
+            y=limits["memory"] / _MIB,
+            line={"dash": "dash", "color": "crimson"},
+            annotation_text=f"limit {format_size(limits['memory'])}",
+            annotation_position="top left",
+            row=1,
+            col=1,
+        )
+    if limits.get("cpu_rate"):
+        figure.add_hline(
+            y=limits["cpu_rate"],
+            line={"dash": "dash", "color": "crimson"},
+            annotation_text=f"limit {limits['cpu_rate']:g} cores",
+            annotation_position="top left",
+            row=2,
+            col=1,
+        )
+    peak = format_size(row.get("peak_memory_bytes"))
+    figure.update_layout(
+        title=f"{row['task']} · {row['run_id']} · {row.get('outcome') or 'running'} · peak {peak}",
+        height=520,
+        showlegend=False,
+        margin={"t": 80, "b": 40},
+    )
+    figure.update_yaxes(title_text="MiB", rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(title_text="cores", rangemode="tozero", row=2, col=1)
+    figure.update_xaxes(title_text="seconds since start", row=2, col=1)
+    return figure
+
+
+def _cpu_rate(samples: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Cores in use between consecutive samples (``cpu_seconds`` is cumulative): each rate at
+    the start of its interval, the last one repeated at the end, for a step line."""
+    at: list[float] = []
+    rate: list[float] = []
+    for before, after in itertools.pairwise(samples):
+        elapsed = after["seconds"] - before["seconds"]
+        if elapsed > 0:
+            at.append(before["seconds"])
+            rate.append(max(0.0, (after["cpu_seconds"] - before["cpu_seconds"]) / elapsed))
+    if rate:
+        at.append(samples[-1]["seconds"])
+        rate.append(rate[-1])
+    return at, rate
+
+
+# ------------------------------------------------------------------------------------- summary
+
+
+_FIGURE_HEADERS = (
+    "task", "runs", "success", "wall p50", "wall p95", "peak p50", "peak p95", "peak max", "memory limit",
+    "CPU total",
+)  # fmt: skip
+_DETAIL_HEADERS = ("task", "outcomes", "kills", "admission wait", "learned estimate")
+
+
+def _summary_table(reports: Sequence[TaskReport]) -> str:
+    if not reports:
+        return "<p>No executions recorded.</p>"
+    figures = _table(_FIGURE_HEADERS, [_figures(report) for report in reports], text_columns=1)
+    details = _table(_DETAIL_HEADERS, [_details(report) for report in reports], text_columns=5)
+    return f"{figures}\n<p></p>\n{details}"
+
+
+def _figures(report: TaskReport) -> tuple[str, ...]:
+    share = report.peak_memory_share
+    return (
+        report.task,
+        str(report.runs) + (f" ({report.in_flight} in flight)" if report.in_flight else ""),
+        "-" if report.success_rate is None else f"{report.success_rate * 100:.1f}%",
+        format_duration(report.duration.p50),
+        format_duration(report.duration.p95),
+        format_size(report.peak_memory.p50),
+        format_size(report.peak_memory.p95),
+        format_size(report.peak_memory.max)
+        + (f" ({share * 100:.0f}% of limit)" if share is not None else ""),
+        format_size(report.memory_limit),
+        f"{report.cpu_seconds_total:.2f}s",
+    )
+
+
+def _details(report: TaskReport) -> tuple[str, ...]:
+    kills = _counts(report.kills) or "none"
+    return (report.task, _counts(report.outcomes), kills, _wait(report), _estimate(report))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_columns: int) -> str:
+    """An HTML table; the columns from ``text_columns`` on are numbers, aligned right."""
+    head = "<tr>" + "".join(f"<th>{_e(header)}</th>" for header in headers) + "</tr>"
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{_e(cell)}</td>" if index < text_columns else f'<td class="n">{_e(cell)}</td>'
+            for index, cell in enumerate(cells)
+        )
+        + "</tr>"
+        for cells in rows
+    )
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _wait(report: TaskReport) -> str:
+    if not report.wait.count:
+        return "-"
+    text = (
+        f"{format_duration(report.wait_total_seconds)} over {report.wait.count} "
+        f"(p50 {format_duration(report.wait.p50)}, p95 {format_duration(report.wait.p95)})"
+    )
+    return text + (f"; {_counts(report.wait_reasons)}" if report.wait_reasons else "")
+
+
+def _estimate(report: TaskReport) -> str:
+    estimate = report.estimate
+    if estimate is None:
+        return "-"
+    cores = f"{estimate.cpu_cores:.2f} cores" if estimate.cpu_cores is not None else "? cores"
+    duration = format_duration(estimate.duration_seconds)
+    return f"{format_size(estimate.memory_bytes)}, {cores}, {duration} ({estimate.source})"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
