@@ -13,8 +13,10 @@
 
 from governor._clock import Clock, FakeClock, SystemClock
 from governor._executor import GovernedExecutor
+from governor._run import run
 from governor._scheduler import Scheduler
 from governor._task import Task
+from governor._telemetry import Telemetry
 from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, Trigger
 from policies import Limits, RetryPolicy, format_duration, format_size, parse_duration, parse_size
 from runner import (
@@ -31,7 +33,6 @@ from runner import (
     Sample,
     TaskError,
     Usage,
-    run,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SystemClock",
     "Task",
     "TaskError",
+    "Telemetry",
     "Trigger",
     "Usage",
     "format_duration",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies import Limits, format_duration, format_size
-from runner import Enforcement, Execution, ExecutionSpec, Outcome, RunnerError
+from runner import Enforcement, Execution, ExecutionSpec, Outcome, RunnerError, drive
 from runner._enforcement import resolve
 from runner._run import run_spec
 
@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
     )
+    run.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run it on a worker of the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
+        "its output is shown when it ends",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     from governor import _service_cli, _top  # the service's commands: serve, status, history, fire, top
 
@@ -123,6 +129,8 @@ def _run(arguments: argparse.Namespace) -> int:
     if not command:
         raise _UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
     limits = _limits(arguments)
+    if arguments.dask:
+        return _run_on_cluster(arguments, command, limits)
     # Output passes straight through (a terminal stays a terminal) unless we must see it: for
     # --json, to end the command's last line before ours; under an RLIMIT_DATA memory limit,
     # to recognise a refused allocation in its stderr. Then it is forwarded as it arrives.
@@ -158,6 +166,56 @@ def _run(arguments: argparse.Namespace) -> int:
         echo.finish()
         print(json.dumps({"command": command, **_json_record(record)}), flush=True)
     else:
+        _print_summary(record, sys.stderr)
+    return exit_status(record, received[0] if received else None)
+
+
+def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: Limits) -> int:
+    """``--dask``: the same governed run on a Dask worker; its captured output follows its end."""
+    from governor._dask import DaskBackend, connect
+
+    try:
+        spec = ExecutionSpec(
+            target=command,
+            limits=limits,
+            enforcement=arguments.enforce,
+            kill_grace=arguments.kill_grace,
+            sample_interval=arguments.sample_interval,
+        )
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+    try:
+        client = connect(arguments.dask)
+    except (RuntimeError, OSError, TimeoutError) as error:
+        raise _UsageError(f"--dask {arguments.dask}: {error}") from None
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        backend = DaskBackend(client)
+        try:
+            handle = backend.start(spec, need=None, priority=0)
+            record = drive(handle, cancel_requested=lambda: bool(received))
+        finally:
+            backend.close()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        client.close()
+    sys.stderr.buffer.write(record.stderr or b"")
+    sys.stderr.flush()
+    output = record.stdout or b""
+    sys.stdout.buffer.write(output)
+    if arguments.json:
+        if output and not output.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        print(json.dumps({"command": command, **_json_record(record)}), flush=True)
+    else:
+        sys.stdout.flush()
         _print_summary(record, sys.stderr)
     return exit_status(record, received[0] if received else None)
 

@@ -22,7 +22,9 @@ def learn_from_history(
     if ``None``) and return it."""
     estimator = estimator or UsageEstimator()
     for row in rows:
-        if row.get("outcome") in _NOT_MEASURED or row.get("peak_memory_bytes") is None:
+        if row.get("outcome") in _NOT_MEASURED or row.get("pid") is None:
+            continue  # never ran (could not start), or ended unmeasured
+        if row.get("peak_memory_bytes") is None:
             continue
         estimator.observe(
             row["task"],

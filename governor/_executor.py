@@ -17,6 +17,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from governor._scheduler import Scheduler
+from governor._telemetry import Telemetry
 from policies import Limits, RetryPolicy
 from runner import Enforcement, ExecutionSpec, ForkServer
 
@@ -28,7 +29,9 @@ class GovernedExecutor(Executor):
     ``retry_policy``, ``enforcement``, ``env`` and ``cwd`` apply to every call unless
     ``options(...)`` overrides them for some calls. Calls also wait until their estimated need
     fits ``memory_budget`` / ``cpu_budget`` (bytes or ``"2GiB"``, cores; default ``"auto"``:
-    80% of the host's memory and all its CPUs; ``None`` turns that check off).
+    80% of the host's memory and all its CPUs; ``None`` turns that check off). ``telemetry``
+    records every call (spans, metrics, logs); the caller shuts it down. ``backend`` says
+    where calls run: ``"local"`` (children of this process) or a ``distributed.Client``.
     """
 
     def __init__(
@@ -44,6 +47,8 @@ class GovernedExecutor(Executor):
         fork_server: ForkServer | None = None,
         memory_budget: int | str | None = "auto",
         cpu_budget: float | str | None = "auto",
+        telemetry: Telemetry | None = None,
+        backend: object = "local",
     ) -> None:
         workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -57,8 +62,15 @@ class GovernedExecutor(Executor):
             cwd=cwd,
         )
         self._scheduler = Scheduler(
-            workers, fork_server=fork_server, memory_budget=memory_budget, cpu_budget=cpu_budget
+            workers,
+            fork_server=fork_server,
+            memory_budget=memory_budget,
+            cpu_budget=cpu_budget,
+            listener=[telemetry] if telemetry is not None else None,
+            backend=backend,
         )
+        if telemetry is not None:
+            telemetry.bind(self._scheduler)
         self._scheduler.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -28,11 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from governor._dask import cluster_backend
 from governor._estimates import learn_from_history
 from governor._scheduler import Scheduler
 from governor._store import Store
 from governor._task import Task
 from governor._taskfile import TaskDefinition, load_task_file
+from governor._telemetry import Telemetry
 from governor._triggers import EventTrigger
 from policies import format_duration, format_size
 from runner import Execution, ExecutionHandle, kill_leftovers, sweep_orphan_cgroups
@@ -153,18 +155,24 @@ class Service:
         db: Path,
         memory_budget: int | str | None = "auto",
         cpu_budget: float | str | None = "auto",
+        telemetry: Telemetry | None = None,
+        backend: object = "local",
     ) -> None:
         self.task_file = task_file
         self.store = store
         self.grace = grace
         self.log = log
         self.db = db
+        recorder = StoreRecorder(store, log)
         self.scheduler = Scheduler(
             max_running,
-            listener=StoreRecorder(store, log),
+            listener=[recorder, telemetry] if telemetry is not None else recorder,
             memory_budget=memory_budget,
             cpu_budget=cpu_budget,
+            backend=backend,
         )
+        if telemetry is not None:
+            telemetry.bind(self.scheduler)
         self._learn_from_history()
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
@@ -398,29 +406,40 @@ def serve(
     log: TextIO = sys.stderr,
     memory_budget: int | str | None = "auto",
     cpu_budget: float | str | None = "auto",
+    dask: str | None = None,
 ) -> int:
-    """Load, open, recover, serve. Errors here (bad file, bad store) propagate to the CLI."""
+    """Load, open, recover, serve. Errors here (bad file, bad store, bad ``OTEL_*``
+    variables) propagate to the CLI. Telemetry, when the environment asks for it, is flushed
+    and shut down on the way out. With ``dask`` (a scheduler address) executions run on that
+    Dask cluster, connected before the store is touched."""
     definitions = load_task_file(task_file)
-    lock = _claim(db)
-    try:
-        store = Store(db)
-    except BaseException:
-        os.close(lock)
-        raise
-    try:
-        recover(store, log)
-        service = Service(
-            task_file,
-            store,
-            max_running=max_running,
-            grace=grace,
-            log=log,
-            db=db,
-            memory_budget=memory_budget,
-            cpu_budget=cpu_budget,
-        )
-        service.apply(definitions)
-        return service.run()
-    finally:
-        store.close()
-        os.close(lock)
+    telemetry = Telemetry.from_environment()  # before the store: a typo must not touch it
+    telemetry_scope = telemetry if telemetry is not None else contextlib.nullcontext()
+    with telemetry_scope, cluster_backend(dask) as backend:
+        lock = _claim(db)
+        try:
+            store = Store(db)
+        except BaseException:
+            os.close(lock)
+            raise
+        try:
+            recover(store, log)
+            if telemetry is not None:
+                log.write(f"telemetry: {telemetry!r}\n")
+            service = Service(
+                task_file,
+                store,
+                max_running=max_running,
+                grace=grace,
+                log=log,
+                db=db,
+                memory_budget=memory_budget,
+                cpu_budget=cpu_budget,
+                telemetry=telemetry,
+                backend=backend,
+            )
+            service.apply(definitions)
+            return service.run()
+        finally:
+            store.close()
+            os.close(lock)

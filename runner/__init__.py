@@ -24,7 +24,7 @@ from runner._records import (
     TaskError,
     Usage,
 )
-from runner._run import run, run_spec
+from runner._run import drive, run, run_spec
 from runner._spec import ExecutionSpec
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "TaskError",
     "Usage",
     "default_fork_server",
+    "drive",
     "kill_leftovers",
     "run",
     "run_spec",

@@ -1,4 +1,4 @@
-"""``run``: drive one ``ExecutionHandle`` to its end, blocking the calling thread."""
+"""``run``: drive one execution handle to its end, blocking the calling thread."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from runner._execution import ExecutionHandle
 from runner._forkserver import ForkServer
 from runner._records import Execution
 from runner._spec import ExecutionSpec
+
+CANCEL_CHECK = 0.1  # seconds: how often drive() asks cancel_requested when nothing else wakes it
 
 
 def run_spec(
@@ -29,12 +31,29 @@ def run_spec(
     least every ``sample_interval``): a signal handler can set a flag instead of raising.
     """
     handle = ExecutionHandle(spec, fork_server=fork_server)
+    return drive(handle, raise_interrupt=raise_interrupt, cancel_requested=cancel_requested)
+
+
+def drive(
+    handle: Any,
+    *,
+    raise_interrupt: bool = True,
+    cancel_requested: Callable[[], bool] | None = None,
+) -> Execution:
+    """Drive one started handle to its end in this thread; return its record.
+
+    Any handle that keeps the ``ExecutionHandle`` protocol (``fds``, ``deadline``,
+    ``on_readable``, ``on_time``, ``cancel``, ``done``, ``execution``) will do: a local one, or
+    another backend's. Interrupts and ``cancel_requested`` as in ``run_spec``.
+    """
     interrupted: BaseException | None = None
     poller = select.poll()
     registered: set[int] = set()
+    # A signal handler's flag is seen only when poll returns: then wake at least this often.
+    bound = CANCEL_CHECK if cancel_requested is not None else None
     while not handle.done:
         try:
-            _wait(handle, poller, registered)
+            _wait(handle, poller, registered, bound)
             if cancel_requested is not None and cancel_requested():
                 handle.cancel()
         except KeyboardInterrupt as interrupt:
@@ -44,10 +63,11 @@ def run_spec(
     assert handle.execution is not None
     if interrupted is not None and raise_interrupt:
         raise interrupted
-    return handle.execution
+    record: Execution = handle.execution
+    return record
 
 
-def _wait(handle: ExecutionHandle, poller: select.poll, registered: set[int]) -> None:
+def _wait(handle: Any, poller: select.poll, registered: set[int], bound: float | None) -> None:
     fds = set(handle.fds())
     for fd in registered - fds:
         poller.unregister(fd)
@@ -56,8 +76,10 @@ def _wait(handle: ExecutionHandle, poller: select.poll, registered: set[int]) ->
     registered.clear()
     registered.update(fds)
     deadline = handle.deadline()
-    timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
-    for fd, _events in poller.poll(timeout_ms):
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if bound is not None:
+        timeout = bound if timeout is None else min(timeout, bound)
+    for fd, _events in poller.poll(None if timeout is None else int(timeout * 1000) + 1):
         handle.on_readable(fd)
     handle.on_time()
 

@@ -45,6 +45,16 @@ def test_a_crash_fails_only_its_own_call() -> None:
     assert caught.value.execution.outcome is Outcome.CRASHED
 
 
+def test_a_call_whose_arguments_cannot_be_sent_settles_at_once() -> None:
+    import threading
+
+    with GovernedExecutor(1) as executor:
+        future = executor.submit(th.add, threading.Lock(), 1)  # a lock cannot be pickled
+        with pytest.raises(ExecutionFailed) as caught:
+            future.result(timeout=30)
+    assert "pickle" in str(caught.value).lower() or "lock" in str(caught.value).lower()
+
+
 def test_limits_per_call_with_options() -> None:
     with GovernedExecutor(2, limits=Limits(memory="64MiB")) as executor:
         small = executor.submit(th.hold_memory, 120 * MiB)

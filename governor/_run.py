@@ -1,0 +1,40 @@
+"""``governor.run``: one governed execution, here (``runner.run``) or on a Dask cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from governor._backend import resolve_backend
+from policies import Limits
+from runner import Execution, ExecutionSpec, drive
+from runner import run as run_locally
+
+
+def run(
+    target: Callable[..., Any] | Sequence[str],
+    *args: Any,
+    limits: Limits | None = None,
+    backend: object = "local",
+    **options: Any,
+) -> Execution:
+    """Run ``target(*args)`` (or the argv list ``target``) isolated; return its record.
+
+    ``options`` are ``ExecutionSpec`` fields (``enforcement``, ``env``, ``cwd``, ``capture``,
+    ``sample_interval``, ``kill_grace``, ...) plus ``kwargs`` for the callable's keyword
+    arguments and ``fork_server``. ``backend`` is ``"local"`` (a child of this process) or a
+    ``distributed.Client``: then the same governed execution runs on a Dask worker and its
+    record comes back (``lost`` if the worker dies meanwhile). A ``KeyboardInterrupt`` while
+    waiting cancels the execution, waits for its record, and propagates.
+    """
+    if backend is None or backend == "local":
+        return run_locally(target, *args, limits=limits, **options)
+    for local_only in ("fork_server", "stdin", "on_output"):
+        if options.get(local_only) is not None:
+            raise ValueError(f"{local_only}: only the local backend takes it")
+    spec = ExecutionSpec(target=target, args=args, limits=limits or Limits(), **options)
+    chosen = resolve_backend(backend)
+    try:
+        return drive(chosen.start(spec, need=None, priority=0))  # a Dask handle, driven here
+    finally:
+        chosen.close()
