@@ -138,11 +138,21 @@ def capped(contender: str) -> dict[str, object]:
             return {"completed": 0, "oom_kills": "?", "makespan": float("nan"), "error": done.stderr[-500:]}
         return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
     finally:
-        for _ in range(100):
+        _remove_tree(group)
+
+
+def _remove_tree(group: Path) -> None:
+    """Remove ``group`` and the cgroups the contender's governor made inside it, deepest first.
+
+    A group empties of processes shortly after its last one is reaped: retry for a while."""
+    for path in [*sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), group]:
+        for attempt in range(100):
             try:
-                group.rmdir()
+                path.rmdir()
                 break
             except OSError:
+                if attempt == 99:
+                    raise
                 time.sleep(0.05)
 
 

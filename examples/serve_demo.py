@@ -1,5 +1,5 @@
 """The main job, end to end: serve examples/tasks.toml for a while, fire an event, stop, and
-show the history the embedded database kept.
+show the history the embedded database kept and the report of what each job cost.
 
 Run with ``make demo``. It uses a fresh database in a temporary directory and nothing else:
 no server to install, no network. What to look for in the history: the periodic and cron
@@ -51,6 +51,8 @@ def main() -> int:
             status = server.wait(timeout=60)
         print(f"\n(server exited with status {status})\n\n$ governor history", flush=True)
         subprocess.run([*GOVERNOR, "history", "--db", str(db)], check=True)
+        print("\n$ governor report   # what each job cost, and what the governor learned", flush=True)
+        subprocess.run([*GOVERNOR, "report", "--db", str(db)], check=True)
     return 0
 
 

@@ -131,7 +131,7 @@ class TaskReport:
     duration: Spread  # wall seconds
     peak_memory: Spread  # bytes
     memory_limit: int | None  # of the latest execution
-    peak_memory_share: float | None  # the highest peak / its own execution's memory limit
+    peak_memory_share: float | None  # the most any execution used of its own memory limit
     cpu_seconds: Spread  # user + system, per execution
     cpu_seconds_total: float
     kills: dict[str, int]  # reason -> executions
@@ -467,8 +467,8 @@ def render_table(reports: Sequence[TaskReport], *, since: datetime | None = None
     if not reports:
         return f"no executions recorded{scope}\n"
     headers = (
-        "task", "runs", "success", "wall p50", "wall p95", "peak p50", "peak p95", "peak max", "limit",
-        "cpu total", "waited",
+        "task", "runs", "success", "wall p50", "wall p95", "peak p50", "peak p95", "peak max",
+        "of limit", "limit", "cpu total", "waited",
     )  # fmt: skip
     lines = [
         (
@@ -479,8 +479,8 @@ def render_table(reports: Sequence[TaskReport], *, since: datetime | None = None
             format_duration(report.duration.p95),
             format_size(report.peak_memory.p50),
             format_size(report.peak_memory.p95),
-            format_size(report.peak_memory.max)
-            + (f" ({_percent(report.peak_memory_share)})" if report.peak_memory_share is not None else ""),
+            format_size(report.peak_memory.max),
+            _percent(report.peak_memory_share),  # each run against its own limit: retries may raise it
             format_size(report.memory_limit),
             f"{report.cpu_seconds_total:.2f}s",
             format_duration(report.wait_total_seconds) if report.wait.count else "-",

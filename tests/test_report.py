@@ -341,6 +341,8 @@ def test_table_is_aligned(reports: dict[str, TaskReport]) -> None:
     header, *body = lines[2:6]
     assert header.split()[:3] == ["task", "runs", "success"]
     assert body[1].split()[:3] == ["nightly", "9", "37.5%"]
+    assert header.split()[11:14] == ["peak", "max", "of"]  # the share has a column of its own
+    assert body[1].split()[9:12] == ["256.0", "MiB", "100.0%"]
     assert {len(line) for line in [header, *body]} == {len(header)}  # right-aligned last column
     assert "nightly: outcomes succeeded 3, evicted 1" in text
     assert "kills evicted 1, memory_exceeded 1, timed_out 1" in text
