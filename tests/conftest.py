@@ -25,6 +25,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
+def gone(pid: int) -> bool:
+    """The process ``pid`` has exited (a zombie awaiting its parent counts), checked without a race."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _our_execution_processes() -> list[psutil.Process]:
     prefix = f"{COOKIE_VARIABLE}={os.getpid()}-".encode()
     found = []

@@ -28,7 +28,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import task_helpers as th  # noqa: E402
-from conftest import _governor_parents, _our_cgroups, _our_execution_processes, wait_until  # noqa: E402
+from conftest import _governor_parents, _our_cgroups, _our_execution_processes, gone, wait_until  # noqa: E402
 from test_service import GOVERNOR, Server, write  # noqa: E402
 
 import governor  # noqa: E402
@@ -256,13 +256,6 @@ def _pid_from(path: Path) -> int:
     return int(path.read_text())
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 # -- placement (no cluster) -------------------------------------------------------------------
 
 
@@ -332,7 +325,7 @@ def test_cancel_reaches_the_child_on_the_worker(client: Any, tmp_path: Path) -> 
         spec = ExecutionSpec(target=write_pid_and_sleep, args=(str(tmp_path / "pid"),))
         handle = backend.start(spec, need=None, priority=0)
         pid = _pid_from(tmp_path / "pid")
-        assert not _gone(pid)  # the worker is on this host in this test: its child is visible
+        assert not gone(pid)  # the worker is on this host in this test: its child is visible
         started = time.monotonic()
         handle.cancel()
         record = drive(handle)
@@ -340,7 +333,7 @@ def test_cancel_reaches_the_child_on_the_worker(client: Any, tmp_path: Path) -> 
         backend.close()
     assert record.outcome is Outcome.CANCELLED and record.pid == pid
     assert time.monotonic() - started < 5
-    wait_until(lambda: _gone(pid))
+    wait_until(lambda: gone(pid))
 
 
 def test_cancel_before_a_worker_takes_it_never_starts_it(client: Any, tmp_path: Path) -> None:
@@ -374,7 +367,7 @@ def test_cancel_before_a_worker_takes_it_never_starts_it(client: Any, tmp_path: 
     assert record.error is not None and "before it started" in record.error.message
     assert [r.outcome for r in ended] == [Outcome.CANCELLED, Outcome.CANCELLED]
     assert not (tmp_path / "never").exists()
-    wait_until(lambda: all(_gone(pid) for pid in pids))
+    wait_until(lambda: all(gone(pid) for pid in pids))
 
 
 def test_a_governor_that_goes_away_leaves_nothing_running(cluster: Cluster, tmp_path: Path) -> None:
@@ -385,7 +378,7 @@ def test_a_governor_that_goes_away_leaves_nothing_running(cluster: Cluster, tmp_
     )
     pid = _pid_from(tmp_path / "pid")
     governor_client.close()  # as its process dying would: the cluster drops what it asked for
-    wait_until(lambda: _gone(pid))  # the body saw its task let go and killed the child
+    wait_until(lambda: gone(pid))  # the body saw its task let go and killed the child
     record = drive(handle)
     assert record.outcome is Outcome.LOST and record.error is not None, record.error
     assert record.error.type in ("DaskCancelled", "ClientClosed")  # whichever the client saw first
@@ -422,7 +415,7 @@ def test_a_worker_killed_mid_run_is_lost_and_retried(cluster: Cluster, tmp_path:
     assert first.outcome is Outcome.LOST and first.error is not None and first.error.type == "WorkerDied"
     assert second.outcome is Outcome.SUCCEEDED and second.result == "second attempt"
     assert second.attempt == 2
-    wait_until(lambda: _gone(pid))  # the child died with its worker (parent-death signal)
+    wait_until(lambda: gone(pid))  # the child died with its worker (parent-death signal)
     # The dead worker's (now empty) cgroup is this host's to remove: nothing of it runs.
     for parent in _governor_parents():
         if parent.is_dir():
@@ -454,7 +447,7 @@ def test_stopping_the_scheduler_cancels_what_runs_on_the_workers(client: Any, tm
     finally:
         scheduler.stop(cancel=True)
     assert [r.outcome for r in task.executions] == [Outcome.CANCELLED]
-    wait_until(lambda: _gone(pid))
+    wait_until(lambda: gone(pid))
 
 
 def test_governor_run_on_the_command_line(cluster: Cluster) -> None:
@@ -527,7 +520,7 @@ def test_closing_the_cluster_mid_run_loses_the_run_and_leaves_nothing(
             with pytest.raises(ExecutionFailed):
                 future.result(timeout=60)
         assert future.execution.outcome is Outcome.LOST  # type: ignore[attr-defined]
-        wait_until(lambda: _gone(pid))
+        wait_until(lambda: gone(pid))
         wait_until(lambda: not [p for p in tree if _alive(p)], timeout=30)
     finally:
         small.client.close()

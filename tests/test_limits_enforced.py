@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 import task_helpers as th
-from conftest import cgroup_mode_or_skip, wait_until
+from conftest import cgroup_mode_or_skip, gone, wait_until
 
 import governor
 from governor import Enforcement, Limits, Outcome
@@ -98,9 +97,7 @@ def test_kill_reaches_grandchildren_double_forked_and_setsid(mode: Enforcement, 
     assert record.outcome is Outcome.TIMED_OUT
     for name in ("grandchild", "double", "setsid"):
         pid = int((tmp_path / name).read_text())
-        wait_until(
-            lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", timeout=5
-        )
+        wait_until(lambda pid=pid: gone(pid), timeout=5)
 
 
 def test_leftover_processes_are_stopped_when_the_child_exits(tmp_path: Path) -> None:
@@ -109,7 +106,7 @@ def test_leftover_processes_are_stopped_when_the_child_exits(tmp_path: Path) -> 
     assert record.outcome is Outcome.SUCCEEDED
     assert any("leftover" in note for note in record.notes)
     pid = int((tmp_path / "daemon").read_text())
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert gone(pid)
 
 
 def test_fork_bomb_is_contained_by_pids(mode: Enforcement) -> None:

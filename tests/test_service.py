@@ -15,9 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import wait_until
+from conftest import gone, wait_until
 
 GOVERNOR = [sys.executable, "-m", "governor"]
 GUARD = 60.0  # seconds: deadlock guards only
@@ -187,9 +186,7 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
         assert "is lost" in line
         server.wait_for("serving 2 task(s)")
         for pid in map(int, pids.read_text().split()):
-            wait_until(
-                lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10
-            )
+            wait_until(lambda pid=pid: gone(pid), 10)
         assert server.stop() == 0
     finally:
         server.stop(signal.SIGKILL)
