@@ -25,6 +25,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import select
@@ -739,7 +740,9 @@ class Scheduler:
             if task is not None:
                 if self._stopping or self._tasks.get(task.id or 0) is not task:
                     continue  # removed while it waited
-                if task.paused or self._instances[task.id or 0] >= task.max_instances:
+                reason = self._why_held(request)
+                if reason is not None:
+                    request.wait_reason = reason
                     held.append(request)  # keeps its place; others may pass meanwhile
                     continue
                 self._queued_time_fire[task.id or 0] -= request.time_fire
@@ -752,6 +755,21 @@ class Scheduler:
             self._start(request)
         for request in held:
             self._ready.push(request, request.priority, request.queued_mono)
+        if len(self._ready) and self._admission_due == 0.0:  # work queued since the last look
+            self._admission_due = math.inf  # (without admission, nothing else reads it)
+            for request in self._ready.ordered(ADMISSION_WINDOW):
+                request.wait_reason = self._why_held(request) or "no free slot"
+
+    def _why_held(self, request: _Request) -> str | None:
+        """Why ``request``'s own task keeps it waiting, whatever the slots and the budget."""
+        task = request.task
+        if task is None:
+            return None
+        if task.paused:
+            return "task paused"
+        if self._instances[task.id or 0] >= task.max_instances:
+            return f"its task runs {task.max_instances} instance(s), its most"
+        return None
 
     def _start_admitted(self) -> None:
         """Start what the admission policy admits, in priority order, with backfilling."""
@@ -772,7 +790,7 @@ class Scheduler:
                 if task.paused:
                     request.wait_reason = "task paused"
                     continue  # keeps its place; others may pass meanwhile
-                if instances[task.id or 0] >= task.max_instances:
+                if instances[task.id or 0] >= task.max_instances:  # counting those about to start
                     request.wait_reason = f"its task runs {task.max_instances} instance(s), its most"
                     continue
                 instances[task.id or 0] += 1

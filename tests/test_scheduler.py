@@ -363,20 +363,23 @@ def test_admission_holds_a_task_back_until_memory_frees(tmp_path: Path) -> None:
     assert second.executions[0].queued_at < second.executions[0].started_at  # type: ignore[operator]
 
 
-def test_a_run_queued_behind_full_slots_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory_budget", ["1GiB", None], ids=["admission", "no-admission"])
+def test_a_run_queued_behind_full_slots_says_so(tmp_path: Path, memory_budget: str | None) -> None:
     gate = Gate(tmp_path)
     ready = str(tmp_path / "ready")
-    with Scheduler(1, memory_budget="1GiB") as scheduler:
+    with Scheduler(1, memory_budget=memory_budget, cpu_budget=None) as scheduler:
         holder = scheduler.add_task(Task("holder", th.wait_for_release, args=(gate.path, ready)))
         waiter = scheduler.add_task(Task("waiter", th.add, args=(1, 1)))
         scheduler.fire(holder.id)  # type: ignore[arg-type]
         wait_until(lambda: Path(ready).exists(), GUARD)
-        scheduler.fire(waiter.id)  # type: ignore[arg-type]  # queued once every slot is taken
-        assert scheduler.sync()
-        assert [(q["task"], q["wait_reason"]) for q in scheduler.snapshot()["queued"]] == [
-            ("waiter", "no free slot")
-        ]
-        gate.release()
+        try:
+            scheduler.fire(waiter.id)  # type: ignore[arg-type]  # queued once every slot is taken
+            assert scheduler.sync()
+            assert [(q["task"], q["wait_reason"]) for q in scheduler.snapshot()["queued"]] == [
+                ("waiter", "no free slot")
+            ]
+        finally:
+            gate.release()  # the holder is reading it: this never blocks
         assert scheduler.wait(lambda: ran(waiter, 1), GUARD)
     assert waiter.executions[0].wait_reason == "no free slot"
 
