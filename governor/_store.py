@@ -232,8 +232,8 @@ class Store:
         self._read_lock = threading.Lock()
         self._writer = _Writer(writer, self.path, batch_interval)
         # The writer thread holds no reference to the Store, so a forgotten store is collected
-        # (or the interpreter exits) and this still commits its queue.
-        self._finalizer = weakref.finalize(self, _Writer.stop, self._writer)
+        # (or the interpreter exits) and this still commits its queue and closes both connections.
+        self._finalizer = weakref.finalize(self, _forget, self._writer, reader)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', closed' if self._reader is None else ''})"
@@ -442,6 +442,12 @@ class Store:
 
 
 # ------------------------------------------------------------------------------- opening the file
+
+
+def _forget(writer: _Writer, reader: sqlite3.Connection) -> None:
+    """What a store collected without ``close()`` still does: commit its queue, close up."""
+    writer.stop()
+    reader.close()
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
