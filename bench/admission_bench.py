@@ -142,18 +142,15 @@ def capped(contender: str) -> dict[str, object]:
 
 
 def _remove_tree(group: Path) -> None:
-    """Remove ``group`` and the cgroups the contender's governor made inside it, deepest first.
+    """Remove ``group`` and the cgroups the contender's governor made inside it. It empties of
+    processes shortly after its last one is reaped: retry for a while."""
+    from runner._confinement import remove_cgroup
 
-    A group empties of processes shortly after its last one is reaped: retry for a while."""
-    for path in [*sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), group]:
-        for attempt in range(100):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                if attempt == 99:
-                    raise
-                time.sleep(0.05)
+    for _ in range(100):
+        if remove_cgroup(str(group)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{group}: still busy after 5 s")
 
 
 def main() -> None:

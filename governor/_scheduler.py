@@ -25,7 +25,6 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import select
@@ -63,6 +62,7 @@ PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
 # Admission looks at the head of the queue only (the first ADMISSION_WINDOW runs, in start
 # order): backfill candidates further back wait their turn, and a long queue costs no more.
 ADMISSION_WINDOW = 256
+NO_FREE_SLOT = "no free slot"  # why a queued run waits when every slot is taken
 # Without a change in the queue or the running set, admission is reconsidered this often
 # (measurements and host pressure move by themselves).
 ADMISSION_RECHECK = 0.25
@@ -226,6 +226,7 @@ class Scheduler:
         self._start_lateness: deque[float] = deque(maxlen=100_000)
         self._barriers: list[threading.Event] = []
         self._admission_due = 0.0  # monotonic; 0: something changed, decide at the next turn
+        self._last_start_pass = 0.0  # monotonic end of the last pass that started work without admission
         self._last_pressure = Pressure()  # what admission last acted on
 
     # -- public API -----------------------------------------------------------------------
@@ -371,13 +372,15 @@ class Scheduler:
                 "estimate_bytes": request.need.memory_bytes if request.need else None,
                 "evicting": handle in self._evicting,
             })  # fmt: skip
+        # Without admission nothing decides until a slot frees: a run queued meanwhile waits for one.
+        full = self._admission is None and len(self._running) >= self.max_running_tasks
         queued = [
             {
                 "task": request.task.name if request.task else None,
                 "attempt": request.attempt,
                 "priority": request.priority,
                 "queued_at": request.queued_at.isoformat(),
-                "wait_reason": request.wait_reason,
+                "wait_reason": request.wait_reason or (NO_FREE_SLOT if full else None),
                 "estimate_bytes": request.need.memory_bytes if request.need else None,
             }
             for request in self._ready_items()
@@ -734,6 +737,7 @@ class Scheduler:
             self._start_admitted()
             return
         held: list[_Request] = []
+        waited_since = self._last_start_pass  # what queued before the last pass waited for a slot
         while len(self._running) < self.max_running_tasks and len(self._ready):
             request = self._ready.pop()
             task = request.task
@@ -752,22 +756,22 @@ class Scheduler:
                 and not request.future.set_running_or_notify_cancel()
             ):
                 continue  # the caller cancelled it while it waited
+            if request.wait_reason is None and request.queued_mono <= waited_since:
+                request.wait_reason = NO_FREE_SLOT
             self._start(request)
         for request in held:
             self._ready.push(request, request.priority, request.queued_mono)
-        if len(self._ready) and self._admission_due == 0.0:  # work queued since the last look
-            self._admission_due = math.inf  # (without admission, nothing else reads it)
-            for request in self._ready.ordered(ADMISSION_WINDOW):
-                request.wait_reason = self._why_held(request) or "no free slot"
+        self._last_start_pass = time.monotonic()
 
-    def _why_held(self, request: _Request) -> str | None:
-        """Why ``request``'s own task keeps it waiting, whatever the slots and the budget."""
+    def _why_held(self, request: _Request, instances: Counter[int] | None = None) -> str | None:
+        """Why ``request``'s own task keeps it waiting, whatever the slots and the budget, with
+        ``instances`` of each task running (default: those running now)."""
         task = request.task
         if task is None:
             return None
         if task.paused:
             return "task paused"
-        if self._instances[task.id or 0] >= task.max_instances:
+        if (self._instances if instances is None else instances)[task.id or 0] >= task.max_instances:
             return f"its task runs {task.max_instances} instance(s), its most"
         return None
 
@@ -787,12 +791,10 @@ class Scheduler:
                     self._ready.remove(request)  # removed while it waited
                     self._queued_time_fire[task.id or 0] -= request.time_fire
                     continue
-                if task.paused:
-                    request.wait_reason = "task paused"
+                reason = self._why_held(request, instances)  # counting those about to start
+                if reason is not None:
+                    request.wait_reason = reason
                     continue  # keeps its place; others may pass meanwhile
-                if instances[task.id or 0] >= task.max_instances:  # counting those about to start
-                    request.wait_reason = f"its task runs {task.max_instances} instance(s), its most"
-                    continue
                 instances[task.id or 0] += 1
             elif request.future is not None and request.future.cancelled():
                 self._ready.remove(request)
@@ -804,7 +806,7 @@ class Scheduler:
         slots = self.max_running_tasks - len(self._running)
         if slots <= 0:
             for request in eligible:
-                request.wait_reason = "no free slot"
+                request.wait_reason = NO_FREE_SLOT
             return
         if not eligible:
             return

@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from policies import Limits
-from runner._confinement import Reading, live_pids
+from runner._confinement import Reading, live_pids, release_at_exit, remove_cgroup
 
 PARENT = "governor"
 CFS_PERIOD_US = 100_000
@@ -58,6 +58,18 @@ def parent_dir(controller: str) -> str:
 def _parent_dir(controller: str, pid: int) -> str:
     path = os.path.join(_mounts()[controller] + own_paths().get(controller, "/").rstrip("/"), PARENT)
     os.makedirs(path, exist_ok=True)
+    release_at_exit(path)
+    return path
+
+
+def _make_child(controller: str, name: str) -> str:
+    parent = parent_dir(controller)
+    path = os.path.join(parent, name)
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:  # another supervisor sharing the parent removed it as it exited
+        os.makedirs(parent, exist_ok=True)
+        os.mkdir(path)
     return path
 
 
@@ -103,8 +115,7 @@ class CgroupV1:
             for controller in wanted:
                 path = os.path.join(parent_dir(controller), name)
                 if path not in self._dirs:  # comounted controllers (cpu,cpuacct) share a dir
-                    os.mkdir(path)
-                    self._dirs.append(path)
+                    self._dirs.append(_make_child(controller, name))
                 self._dir[controller] = path
             self._configure(limits)
         except BaseException:
@@ -179,17 +190,7 @@ class CgroupV1:
         return False
 
     def remove(self) -> bool:
-        remaining = []
-        for path in reversed(self._dirs):
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                if error.errno != errno.EBUSY:
-                    raise
-                remaining.append(path)
-        self._dirs = [path for path in self._dirs if path in remaining]
+        self._dirs = [path for path in self._dirs if not remove_cgroup(path)]
         return not self._dirs
 
 

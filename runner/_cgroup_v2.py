@@ -15,7 +15,7 @@ import errno
 import os
 
 from policies import Limits
-from runner._confinement import Reading, live_pids
+from runner._confinement import Reading, live_pids, release_at_exit, remove_cgroup
 
 PARENT = "governor"
 NEEDED = ("memory", "cpu", "pids")
@@ -66,6 +66,7 @@ def unavailable_reason(mount: str | None = None, own: str | None = None) -> str 
         with open(os.path.join(base, "cgroup.subtree_control"), "w") as control:
             control.write(" ".join(f"+{name}" for name in NEEDED))
         os.makedirs(parent, exist_ok=True)
+        release_at_exit(parent)
         with open(os.path.join(parent, "cgroup.subtree_control"), "w") as control:
             control.write(" ".join(f"+{name}" for name in NEEDED))
     except OSError as error:
@@ -82,6 +83,10 @@ class CgroupV2:
             if mount is None:
                 raise OSError(errno.ENOENT, "no cgroup2 hierarchy is mounted")
             parent = parent_dir(mount, own_path())
+            if not os.path.isdir(parent):  # another supervisor sharing it removed it as it exited
+                reason = unavailable_reason(mount)
+                if reason is not None:
+                    raise OSError(errno.ENOENT, reason)
         self.path = os.path.join(parent, name)
         os.makedirs(self.path)
         try:
@@ -161,12 +166,4 @@ class CgroupV2:
         return True
 
     def remove(self) -> bool:
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            return True
-        except OSError as error:
-            if error.errno != errno.EBUSY:
-                raise
-            return False
-        return True
+        return remove_cgroup(self.path)

@@ -4,6 +4,9 @@ processes, and cleanup. Backends: ``CgroupV2``, ``CgroupV1`` and ``ProcessTree``
 
 from __future__ import annotations
 
+import atexit
+import errno
+import logging
 import os
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -97,3 +100,61 @@ def is_zombie(pid: int) -> bool:
 def live_pids(pids: list[int]) -> list[int]:
     """Drop zombies and vanished pids."""
     return [pid for pid in pids if not is_zombie(pid)]
+
+
+def remove_cgroup(path: str) -> bool:
+    """Remove the cgroup ``path``; ``False`` while it is busy (a member not yet gone).
+
+    A governor running inside the execution made cgroups of its own under it, which keep it
+    busy once its processes are gone: those are removed too, deepest first. A missing cgroup
+    counts as removed.
+    """
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError as error:
+        if error.errno != errno.EBUSY:
+            raise
+    for directory, _subdirectories, _files in os.walk(path, topdown=False):  # it comes last
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            return False
+    return True
+
+
+_parents: set[str] = set()  # the ``governor`` parent cgroups this process made or used
+_parents_of = 0  # the pid they belong to: a forked copy of this process has none of its own
+_log = logging.getLogger("runner.cgroups")
+
+
+def release_at_exit(parent: str) -> None:
+    """Remove the parent cgroup ``parent`` when this process exits, if it is empty then (other
+    supervisors sharing it may still use it: the last to leave removes it)."""
+    global _parents_of
+    if _parents_of != os.getpid():
+        _parents.clear()
+        _parents_of = os.getpid()
+        atexit.register(release_parents)
+    _parents.add(parent)
+
+
+def release_parents() -> None:
+    """Remove the empty parent cgroups this process used (at exit, or now when called)."""
+    if _parents_of != os.getpid():
+        return  # inherited across a fork: the parent process releases them
+    for parent in sorted(_parents, key=len, reverse=True):
+        try:
+            os.rmdir(parent)
+        except OSError as error:
+            # ENOENT: a supervisor that shared it left last and removed it; EBUSY: another one's
+            # executions are still in it, and it removes it as it exits. Both are as they should be.
+            if error.errno not in (errno.ENOENT, errno.EBUSY):
+                _log.warning("could not remove the cgroup %s: %s", parent, error.strerror)
+    _parents.clear()

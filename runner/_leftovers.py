@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Iterable
 
-from runner._confinement import live_pids, proc_stat
+from runner._confinement import live_pids, proc_stat, remove_cgroup
 from runner._tree import COOKIE_VARIABLE
 
 GIVE_UP = 10.0  # seconds of SIGKILL passes before reporting survivors
@@ -40,13 +40,10 @@ def kill_leftovers(
         killed.update(found)
         time.sleep(0.005)  # recovery runs once, before the schedule starts: a short wait is fine
     for path in sorted(directories, key=len, reverse=True):
-        with contextlib.suppress(FileNotFoundError):
-            for _ in range(200):  # an emptied cgroup can stay busy for a moment
-                try:
-                    os.rmdir(path)
-                    break
-                except OSError:
-                    time.sleep(0.005)
+        for _ in range(200):  # an emptied cgroup can stay busy for a moment
+            if remove_cgroup(path):
+                break
+            time.sleep(0.005)
     return sorted(killed)
 
 

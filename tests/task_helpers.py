@@ -133,6 +133,16 @@ def write_file(path: str, size: int) -> int:
     return size
 
 
+def run_a_governor_inside() -> dict[str, str]:
+    """Run a governed command from inside a governed child: the inner governor makes its own
+    cgroups under the child's. Returns the inner outcome and the child's cgroups."""
+    import governor
+
+    inner = governor.run(["true"])
+    with open("/proc/self/cgroup") as handle:
+        return {"inner": str(inner.outcome), "cgroups": handle.read()}
+
+
 def describe_self() -> dict[str, object]:
     """Facts about the child's own confinement, for the isolation tests."""
     libc = ctypes.CDLL(None, use_errno=True)

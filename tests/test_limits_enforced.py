@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,39 @@ def test_cgroups_sit_under_governor_and_are_removed() -> None:
     name = ours[0].rsplit("/", 1)[1]
     assert name.startswith(f"{os.getpid()}-")
     assert not list(Path("/sys/fs/cgroup").glob(f"**/governor/{name}"))
+
+
+def test_a_governor_inside_an_execution_leaves_no_cgroup_behind() -> None:
+    mode = cgroup_mode_or_skip()
+    record = governor.run(th.run_a_governor_inside, enforcement=mode)
+    assert record.outcome is Outcome.SUCCEEDED and record.result["inner"] == "succeeded", record
+    assert not [note for note in record.notes if "could not be removed" in note], record.notes
+    paths = [line.split(":", 2)[2] for line in record.result["cgroups"].splitlines()]
+    name = next(path for path in paths if "/governor/" in path).rsplit("/", 1)[1]
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/governor/{name}"))  # nor what the inner one made
+
+
+def test_a_supervisor_removes_its_empty_parent_cgroup_as_it_exits(tmp_path: Path) -> None:
+    if str(cgroup_mode_or_skip()) != "cgroup1":
+        pytest.skip("the test places a supervisor in a v1 cgroup built by hand")
+    from runner._cgroup_v1 import parent_dir
+
+    home = Path(parent_dir("memory")).parent / f"test-{os.getpid()}-home"  # the supervisor's own
+    home.mkdir()
+    try:
+        joined = subprocess.run(
+            [sys.executable, "-m", "governor", "run", "--enforce", "cgroup1", "--", "sh", "-c",
+             f"grep memory: /proc/self/cgroup > {tmp_path / 'where'}"],
+            preexec_fn=lambda: (home / "cgroup.procs").write_text(str(os.getpid())),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert joined.returncode == 0, joined.stderr
+        assert f"/{home.name}/governor/" in (tmp_path / "where").read_text()  # it ran under it
+        assert not (home / "governor").exists()  # and the supervisor removed it as it left
+    finally:
+        for directory in (home / "governor", home):
+            if directory.is_dir():
+                directory.rmdir()
 
 
 def test_forcing_an_unavailable_mechanism_is_a_clear_error() -> None:
