@@ -326,12 +326,14 @@ def read(
     timelines: dict[str, list[dict[str, Any]]] = {}
     if chart_runs is not None:
         chosen = chosen_runs(rows, chart_runs)
-        for done, run_id in enumerate(chosen):
+        try:
+            for done, run_id in enumerate(chosen):
+                if progress is not None:
+                    progress("reading timelines", done, len(chosen))
+                timelines[run_id] = store.timeline(run_id)
+        finally:  # the last call erases the progress line, also before an error is printed
             if progress is not None:
-                progress("reading timelines", done, len(chosen))
-            timelines[run_id] = store.timeline(run_id)
-        if progress is not None:
-            progress("reading timelines", len(chosen), len(chosen))
+                progress("reading timelines", len(chosen), len(chosen))
     return ReportInput(rows=rows, timelines=timelines)
 
 
@@ -448,9 +450,9 @@ def render_csv(reports: Sequence[TaskReport]) -> str:
             "wait_p95_seconds": report.wait.p95,
             "wait_max_seconds": report.wait.max,
             "wait_total_seconds": report.wait_total_seconds,
-            "wait_reasons": _counts(report.wait_reasons, "=", ";"),
-            "outcomes": _counts(report.outcomes, "=", ";"),
-            "kills": _counts(report.kills, "=", ";"),
+            "wait_reasons": counts_text(report.wait_reasons, "=", ";"),
+            "outcomes": counts_text(report.outcomes, "=", ";"),
+            "kills": counts_text(report.kills, "=", ";"),
             "estimate_memory_bytes": estimate.memory_bytes if estimate else None,
             "estimate_cpu_cores": estimate.cpu_cores if estimate else None,
             "estimate_duration_seconds": estimate.duration_seconds if estimate else None,
@@ -463,7 +465,7 @@ def render_csv(reports: Sequence[TaskReport]) -> str:
 def render_table(reports: Sequence[TaskReport], *, since: datetime | None = None) -> str:
     """Aligned text for a terminal: one line of figures per task, then one line per task of
     outcomes, kills, waits and the learned estimate."""
-    scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+    scope = scope_text(since)
     if not reports:
         return f"no executions recorded{scope}\n"
     headers = (
@@ -474,13 +476,13 @@ def render_table(reports: Sequence[TaskReport], *, since: datetime | None = None
         (
             report.task,
             str(report.runs),
-            _percent(report.success_rate),
+            percent(report.success_rate),
             format_duration(report.duration.p50),
             format_duration(report.duration.p95),
             format_size(report.peak_memory.p50),
             format_size(report.peak_memory.p95),
             format_size(report.peak_memory.max),
-            _percent(report.peak_memory_share),  # each run against its own limit: retries may raise it
+            percent(report.peak_memory_share),  # each run against its own limit: retries may raise it
             format_size(report.memory_limit),
             f"{report.cpu_seconds_total:.2f}s",
             format_duration(report.wait_total_seconds) if report.wait.count else "-",
@@ -496,26 +498,47 @@ def render_table(reports: Sequence[TaskReport], *, since: datetime | None = None
 
 
 def _details(report: TaskReport) -> list[str]:
-    details = [f"outcomes {_counts(report.outcomes, ' ', ', ') or '-'}"]
+    details = [f"outcomes {counts_text(report.outcomes) or '-'}"]
     if report.in_flight:
         details[0] += f", {report.in_flight} in flight"
-    details.append(f"kills {_counts(report.kills, ' ', ', ') or 'none'}")
+    details.append(f"kills {counts_text(report.kills) or 'none'}")
     if report.wait.count:
-        waited = (
-            f"waited {format_duration(report.wait_total_seconds)} over {report.wait.count} queued"
-            f" (p50 {format_duration(report.wait.p50)}, p95 {format_duration(report.wait.p95)})"
-        )
-        if report.wait_reasons:
-            waited += f" for {_counts(report.wait_reasons, ' ', ', ')}"
-        details.append(waited)
-    estimate = report.estimate
-    if estimate is not None:
-        cores = f"{estimate.cpu_cores:.2f} cores" if estimate.cpu_cores is not None else "? cores"
-        details.append(
-            f"estimate {format_size(estimate.memory_bytes)}, {cores}, "
-            f"{format_duration(estimate.duration_seconds)} (from {estimate.source})"
-        )
+        details.append(f"waited {wait_text(report)}")
+    if report.estimate is not None:
+        details.append(f"estimate {estimate_text(report.estimate)}")
     return details
+
+
+# -- text shared by the table and the HTML page -------------------------------------------------
+
+
+def scope_text(since: datetime | None) -> str:
+    """`` since <when>`` for a report limited to ``since``, else nothing."""
+    return f" since {since.isoformat(timespec='seconds')}" if since else ""
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def counts_text(counts: dict[str, int], between: str = " ", separator: str = ", ") -> str:
+    """``a 2, b 1``: counts by name, in their order."""
+    return separator.join(f"{name}{between}{count}" for name, count in counts.items())
+
+
+def wait_text(report: TaskReport) -> str:
+    """How long runs of ``report``'s task waited for admission, and why (it has waits)."""
+    text = (
+        f"{format_duration(report.wait_total_seconds)} over {report.wait.count} queued"
+        f" (p50 {format_duration(report.wait.p50)}, p95 {format_duration(report.wait.p95)})"
+    )
+    return text + (f" for {counts_text(report.wait_reasons)}" if report.wait_reasons else "")
+
+
+def estimate_text(estimate: Estimate) -> str:
+    cores = f"{estimate.cpu_cores:.2f} cores" if estimate.cpu_cores is not None else "? cores"
+    duration = format_duration(estimate.duration_seconds)
+    return f"{format_size(estimate.memory_bytes)}, {cores}, {duration} (from {estimate.source})"
 
 
 def _aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], *, left: Sequence[int]) -> list[str]:
@@ -529,11 +552,3 @@ def _aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], *, left: Seq
         return "  ".join(parts).rstrip()
 
     return [line(headers)] + [line(row) for row in rows]
-
-
-def _percent(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{fraction * 100:.1f}%"
-
-
-def _counts(counts: dict[str, int], between: str, separator: str) -> str:
-    return separator.join(f"{name}{between}{count}" for name, count in counts.items())

@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from governor._report import Progress, ReportError, ReportInput, TaskReport, measured
+from governor._report import (
+    Progress,
+    ReportError,
+    ReportInput,
+    TaskReport,
+    counts_text,
+    estimate_text,
+    measured,
+    percent,
+    scope_text,
+    wait_text,
+)
 from policies import format_duration, format_size
 
 __all__ = ["PLOTLY_MISSING", "MissingDependency", "render_html", "require_plotly"]
@@ -63,17 +74,23 @@ def render_html(
     require_plotly()
     import plotly.io as pio
 
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    charted: dict[str, dict[str, Any]] = {}
+    for row in data.rows:  # one pass: the measured runs of each task, and the charted ones
+        if measured(row):
+            by_task.setdefault(row["task"], []).append(row)
+        if row["run_id"] in data.timelines:
+            charted[row["run_id"]] = row
     figures = [
-        _distribution(reports, data, "peak_memory_bytes"),
-        _distribution(reports, data, "wall_seconds"),
+        _distribution(reports, by_task, "peak_memory_bytes"),
+        _distribution(reports, by_task, "wall_seconds"),
     ]
-    rows = {row["run_id"]: row for row in data.rows}
     notes = []
     for run_id, samples in data.timelines.items():
         if samples:
-            figures.append(_timeline(rows[run_id], samples))
+            figures.append(_timeline(charted[run_id], samples))
         else:
-            notes.append(f"{rows[run_id]['task']} {run_id}: no usage samples were recorded")
+            notes.append(f"{charted[run_id]['task']} {run_id}: no usage samples were recorded")
 
     charts = []
     for index, figure in enumerate(figures):
@@ -90,7 +107,7 @@ def render_html(
         )
     if progress is not None:
         progress("drawing charts", len(figures), len(figures))
-    scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+    scope = scope_text(since)
     generated = generated_at.isoformat(timespec="seconds")
     executions = sum(report.runs for report in reports)
     parts = [
@@ -117,18 +134,15 @@ def render_html(
 # -------------------------------------------------------------------------------------- charts
 
 
-def _distribution(reports: Sequence[TaskReport], data: ReportInput, key: str) -> Any:
+def _distribution(reports: Sequence[TaskReport], by_task: dict[str, list[dict[str, Any]]], key: str) -> Any:
+    """One box per task of ``key`` over its measured runs (``by_task``)."""
     import plotly.graph_objects as go
 
     memory = key == "peak_memory_bytes"
     scale = _MIB if memory else 1.0
     figure = go.Figure()
     for report in reports:
-        rows = [
-            row
-            for row in data.rows
-            if row["task"] == report.task and measured(row) and row.get(key) is not None
-        ]
+        rows = [row for row in by_task.get(report.task, ()) if row.get(key) is not None]
         if not rows:
             continue
         figure.add_trace(
@@ -268,7 +282,7 @@ def _figures(report: TaskReport) -> tuple[str, ...]:
     return (
         report.task,
         str(report.runs) + (f" ({report.in_flight} in flight)" if report.in_flight else ""),
-        "-" if report.success_rate is None else f"{report.success_rate * 100:.1f}%",
+        percent(report.success_rate),
         format_duration(report.duration.p50),
         format_duration(report.duration.p95),
         format_size(report.peak_memory.p50),
@@ -281,8 +295,10 @@ def _figures(report: TaskReport) -> tuple[str, ...]:
 
 
 def _details(report: TaskReport) -> tuple[str, ...]:
-    kills = _counts(report.kills) or "none"
-    return (report.task, _counts(report.outcomes), kills, _wait(report), _estimate(report))
+    wait = wait_text(report) if report.wait.count else "-"
+    estimate = estimate_text(report.estimate) if report.estimate is not None else "-"
+    outcomes, kills = counts_text(report.outcomes) or "-", counts_text(report.kills) or "none"
+    return (report.task, outcomes, kills, wait, estimate)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_columns: int) -> str:
@@ -298,29 +314,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_column
         for cells in rows
     )
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
-
-
-def _wait(report: TaskReport) -> str:
-    if not report.wait.count:
-        return "-"
-    text = (
-        f"{format_duration(report.wait_total_seconds)} over {report.wait.count} "
-        f"(p50 {format_duration(report.wait.p50)}, p95 {format_duration(report.wait.p95)})"
-    )
-    return text + (f"; {_counts(report.wait_reasons)}" if report.wait_reasons else "")
-
-
-def _estimate(report: TaskReport) -> str:
-    estimate = report.estimate
-    if estimate is None:
-        return "-"
-    cores = f"{estimate.cpu_cores:.2f} cores" if estimate.cpu_cores is not None else "? cores"
-    duration = format_duration(estimate.duration_seconds)
-    return f"{format_size(estimate.memory_bytes)}, {cores}, {duration} ({estimate.source})"
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
 def _e(text: str) -> str:

@@ -263,7 +263,7 @@ def _report(arguments: argparse.Namespace) -> int:
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_STORE
     reports = report.build_reports(data.rows)
-    scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+    scope = report.scope_text(since)
     for task in sorted(set(arguments.tasks) - {r.task for r in reports}):
         print(f"governor: no executions of {task!r}{scope}", file=sys.stderr)
     if arguments.format == "json":
