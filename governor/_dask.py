@@ -63,6 +63,7 @@ from typing import Any
 
 from policies import Limits, Need, format_size
 from runner import Execution, ExecutionSpec, Outcome, TaskError, Usage, run_spec
+from runner._wire import drain
 
 MEMORY = "MEMORY"  # the Dask resource a memory claim is made in (bytes)
 CPU = "CPU"  # the Dask resource a CPU claim is made in (cores)
@@ -373,7 +374,7 @@ class DaskHandle:
 
     def on_readable(self, fd: int) -> None:
         """Take the record the callback thread left."""
-        _drain(fd)
+        drain(fd)
         with self._lock:
             record = self._arrived
         if record is not None:
@@ -609,11 +610,3 @@ def _without_run(
         pid=None,
         notes=notes,
     )
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            continue
-    except (BlockingIOError, OSError):
-        return

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from governor._backend import Backend, LocalBackend, resolve_backend
 from governor._budget import HostPressure, auto_memory_budget, host_cpus
 from governor._clock import Clock, SystemClock
-from governor._task import Task
+from governor._task import Task, call_name
 from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
 from policies import (
     AdmissionPolicy,
@@ -57,6 +57,7 @@ from policies import (
     parse_size,
 )
 from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome, TaskError
+from runner._wire import drain
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
 # Admission looks at the head of the queue only (the first ADMISSION_WINDOW runs, in start
@@ -554,7 +555,9 @@ class Scheduler:
     ) -> None:
         wanted: dict[int, ExecutionHandle | None] = {self._wake_r: None}
         deadlines = []
+        ended = False  # e.g. a handle that ended as it was made (its arguments would not pickle)
         for handle in self._running:
+            ended = ended or handle.done
             for fd in handle.fds():
                 wanted[fd] = handle
             deadline = handle.deadline()
@@ -574,12 +577,12 @@ class Scheduler:
             if self._next_poll is not None:
                 deadlines.append((self._next_poll - now).total_seconds())
         timeout = None if not deadlines else max(0, int(min(deadlines) * 1000) + 1)
-        if self._commands or any(handle.done for handle in self._running):
-            timeout = 0  # e.g. a handle that ended as it was made (its arguments would not pickle)
+        if self._commands or ended:
+            timeout = 0
         for fd, _events in poller.poll(timeout):
             owner = wanted.get(fd)
             if owner is None:
-                _drain(self._wake_r)
+                drain(self._wake_r)
             else:
                 owner.on_readable(fd)
 
@@ -834,12 +837,7 @@ class Scheduler:
             self._start(request)
 
     def _estimate_key(self, request: _Request) -> str:
-        if request.task is not None:
-            return request.task.name
-        target = request.spec.target
-        if isinstance(target, list):
-            return target[0]
-        return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+        return request.task.name if request.task is not None else call_name(request.spec.target)
 
     def _need(self, request: _Request) -> Need:
         limits = request.spec.limits
@@ -1039,11 +1037,3 @@ def _with_payload(task: Task, spec: ExecutionSpec, payload: Any) -> ExecutionSpe
     if task.payload_kwarg is not None:
         return replace(spec, kwargs={**spec.kwargs, task.payload_kwarg: payload})
     return spec
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            continue
-    except BlockingIOError:
-        return

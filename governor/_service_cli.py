@@ -199,10 +199,18 @@ def _fire(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _history(arguments: argparse.Namespace) -> int:
+def _existing_db(arguments: argparse.Namespace) -> Path | None:
+    """The database to read, or ``None`` (and why, on stderr) when there is none yet."""
     db = _db(arguments)
-    if not db.exists():
-        print(f"governor: no database at {db} (nothing has run yet?)", file=sys.stderr)
+    if db.exists():
+        return db
+    print(f"governor: no database at {db} (nothing has run yet?)", file=sys.stderr)
+    return None
+
+
+def _history(arguments: argparse.Namespace) -> int:
+    db = _existing_db(arguments)
+    if db is None:
         return EXIT_STORE
     try:
         with Store(db) as store:
@@ -245,9 +253,8 @@ def _report(arguments: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_BAD_TASK_FILE
-    db = _db(arguments)
-    if not db.exists():
-        print(f"governor: no database at {db} (nothing has run yet?)", file=sys.stderr)
+    db = _existing_db(arguments)
+    if db is None:
         return EXIT_STORE
     progress = report.terminal_progress(sys.stderr)
     try:

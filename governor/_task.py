@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -96,3 +97,16 @@ class Task:
     def __repr__(self) -> str:
         triggers = list(self.triggers)
         return f"Task(id={self.id}, name={self.name!r}, priority={self.priority}, triggers={triggers!r})"
+
+
+def call_name(target: object) -> str:
+    """A low-cardinality name for a call with no task (an executor's): ``module.qualname`` of
+    the function (under any ``functools.partial``), or argv[0] of a command. Its estimates are
+    learned, and its spans named, under it."""
+    if isinstance(target, list):
+        return str(target[0])
+    while isinstance(target, functools.partial):
+        target = target.func
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return f"{module}.{qualname}"

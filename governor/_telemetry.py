@@ -46,7 +46,6 @@ configures OpenTelemetry itself exports what it records, under its own name.)
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -76,6 +75,7 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from governor._task import call_name
 from policies import format_duration, format_size
 from runner import Execution, ExecutionHandle, Outcome
 
@@ -281,7 +281,7 @@ class Telemetry:
         """Open the execution's span, starting when its child started."""
         if self._closed:
             return
-        name = task.name if task is not None else _call_name(handle.spec.target)
+        name = task.name if task is not None else call_name(handle.spec.target)
         attributes = _identity(task, name, attempt)
         attributes["governor.run_id"] = handle.id
         if handle.pid is not None:
@@ -296,8 +296,12 @@ class Telemetry:
             start_time=_ns(handle.started_at),
         )
         with self._lock:
-            self._running[handle.id] = _Running(span, handle, name)
-            self._names.add(name)
+            if not self._closed:  # shutdown() may have run meanwhile: it ends what it found
+                self._running[handle.id] = _Running(span, handle, name)
+                self._names.add(name)
+                return
+        span.set_attribute("governor.unfinished", True)
+        span.end()
 
     def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
         """End the span with the outcome; count, measure and log the execution."""
@@ -483,17 +487,6 @@ def _version() -> str:
 def _ns(moment: datetime) -> int:
     """A UTC datetime as integer nanoseconds since the epoch (exact to the microsecond)."""
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _call_name(target: object) -> str:
-    """A low-cardinality name for an executor call: ``module.qualname`` or argv[0]."""
-    if isinstance(target, list):
-        return str(target[0])
-    while isinstance(target, functools.partial):
-        target = target.func
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    module = getattr(target, "__module__", None) or type(target).__module__
-    return f"{module}.{qualname}"
 
 
 def _identity(task: Task | None, name: str | None, attempt: int) -> dict[str, AttributeValue]:

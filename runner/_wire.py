@@ -87,3 +87,12 @@ class FrameReader:
     def pending(self) -> int:
         """Bytes of an unfinished frame still buffered (non-zero at EOF means truncation)."""
         return len(self._buffer) + (HEADER_SIZE if self._expected is not None else 0)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking wake-up pipe ``fd`` empty (its bytes only say "look again")."""
+    try:
+        while os.read(fd, 4096):
+            continue
+    except BlockingIOError:
+        return

@@ -30,6 +30,7 @@ import sys
 # Imported at module level, while the boot stub stands in for the ``runner`` package: an
 # import from ``runner`` later would load the real package, psutil and all, into the zygote.
 from runner import _child
+from runner._wire import drain
 
 REQUEST = struct.Struct("<QI")  # payload length, number of fds that came with it
 REPLY = struct.Struct("<ii")  # pid (0 on failure), errno
@@ -60,7 +61,7 @@ def main() -> None:
     while True:
         readable, _, _ = select.select([control.fileno(), wake_r], [], [])
         if wake_r in readable:
-            _drain(wake_r)
+            drain(wake_r)
             _reap(children)
         if control.fileno() in readable:
             header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
@@ -125,14 +126,6 @@ def _reap(children: dict[int, int]) -> None:
         with contextlib.suppress(BrokenPipeError):
             os.write(status_w, record)
         os.close(status_w)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        return
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
