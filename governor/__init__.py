@@ -8,16 +8,30 @@
 ``Scheduler`` runs ``Task``s on triggers (``PeriodicTrigger``, ``EventTrigger``,
 ``OneTimeTrigger``) by priority with retries; ``GovernedExecutor`` is a
 ``concurrent.futures.Executor`` on the same machinery. Public names are re-exported here;
-``runner`` and ``policies`` hold the machinery.
+``runner`` and ``policies`` hold the machinery; ``governor.abc`` collects the extension points.
+
+    governor/
+      scheduling/   the loop and what it owns: tasks, triggers, queued and running work, admission
+      backends/     where executions run: local (the default), Dask
+      service/      governor serve: the store, the control socket, task files
+      observe/      OpenTelemetry, and the facts every view states alike
+      views/        reports and governor top
+      cli/          the governor command
 """
 
-from governor._clock import Clock, FakeClock, SystemClock
 from governor._executor import GovernedExecutor
 from governor._run import run
-from governor._scheduler import Scheduler
-from governor._task import Task
-from governor._telemetry import Telemetry
-from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, Trigger
+from governor.abc import Clock, Trigger
+from governor.observe import Telemetry
+from governor.scheduling import (
+    EventTrigger,
+    FakeClock,
+    OneTimeTrigger,
+    PeriodicTrigger,
+    Scheduler,
+    SystemClock,
+    Task,
+)
 from policies import Limits, RetryPolicy, format_duration, format_size, parse_duration, parse_size
 from runner import (
     Enforcement,

@@ -1,5 +1,5 @@
 """``python -m governor`` is the ``governor`` command."""
 
-from governor._cli import main
+from governor.cli import main
 
 raise SystemExit(main())

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from governor._scheduler import Scheduler
-from governor._telemetry import Telemetry
+from governor.observe._telemetry import Telemetry
+from governor.scheduling._scheduler import Scheduler
 from policies import Limits, RetryPolicy
 from runner import Enforcement, ExecutionSpec, ForkServer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from governor._backend import resolve_backend
+from governor.backends import resolve_backend
 from policies import Limits
 from runner import Execution, ExecutionSpec, drive
 from runner import run as run_locally

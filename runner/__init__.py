@@ -13,6 +13,7 @@ from runner._errors import (
 )
 from runner._execution import ExecutionHandle
 from runner._forkserver import ForkServer, default_fork_server
+from runner._handle import Handle
 from runner._leftovers import kill_leftovers, sweep_orphan_cgroups
 from runner._records import (
     Enforcement,
@@ -36,6 +37,7 @@ __all__ = [
     "ExecutionSpec",
     "ForkServer",
     "ForkServerError",
+    "Handle",
     "Mechanism",
     "Outcome",
     "RemoteError",

@@ -43,7 +43,8 @@ from governor import (  # noqa: E402
     Scheduler,
     Task,
 )
-from governor._dask import DaskBackend, execute_on_worker, resource_claim, worker_capacity  # noqa: E402
+from governor.backends.dask import DaskBackend, resource_claim, worker_capacity  # noqa: E402
+from governor.backends.dask_worker import execute_on_worker  # noqa: E402
 from policies import Need  # noqa: E402
 from runner import default_fork_server, drive, kill_leftovers  # noqa: E402
 from runner._tree import COOKIE_VARIABLE  # noqa: E402

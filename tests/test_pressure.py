@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from governor._budget import HostPressure
+from governor.scheduling._budget import HostPressure
 from policies import Budget, Pressure, PressureGate
 
 GiB = 1 << 30

@@ -23,11 +23,11 @@ import psutil
 import pytest
 from conftest import wait_until
 
-from governor import _report as report
-from governor._cli import main
-from governor._estimates import learn_from_history
-from governor._report import ReportError, ReportInput, Spread, TaskReport
-from governor._store import Store
+from governor.cli import main
+from governor.service._estimates import learn_from_history
+from governor.service._store import Store
+from governor.views import _report as report
+from governor.views._report import ReportError, ReportInput, Spread, TaskReport
 from policies import Estimate, Limits
 from runner import Execution, Outcome, Sample, TaskError, Usage
 

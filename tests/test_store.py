@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import wait_until
 
-from governor import _store
-from governor._store import (
+from governor.service import _store
+from governor.service._store import (
     APPLICATION_ID,
     Store,
     StoreCorrupt,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from governor import EventTrigger, OneTimeTrigger, PeriodicTrigger
-from governor._taskfile import TaskFileError, load_task_file
+from governor.service._taskfile import TaskFileError, load_task_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tasks.toml"
 

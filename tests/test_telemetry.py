@@ -181,7 +181,10 @@ def test_a_memory_hog_is_an_error_span_and_one_kill(otel: Pipeline) -> None:
     assert spans["task_helpers.add"].status.status_code is StatusCode.UNSET
 
     [(attributes, kills)] = otel.points("governor.kills")
-    assert attributes == {"governor.task.name": "task_helpers.hold_memory", "governor.kill.reason": "memory"}
+    assert attributes == {
+        "governor.task.name": "task_helpers.hold_memory",
+        "governor.kill.reason": "memory_exceeded",
+    }
     assert kills.value == 1
     hog_outcome = {
         "governor.task.name": "task_helpers.hold_memory",

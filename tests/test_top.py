@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import wait_until
 from test_service import GOVERNOR, GUARD, Server, write
 
-from governor._store import Store
-from governor._top import render, snapshot
+from governor.service._store import Store
+from governor.views._top import render, snapshot
 
 NOW = datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC)
 

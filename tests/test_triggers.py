@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from governor._triggers import (
+from governor.scheduling._triggers import (
     EventTrigger,
     OneTimeTrigger,
     PeriodicTrigger,

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from governor._service import ask, serve, socket_path
-from governor._store import Store, StoreError, default_db_path
-from governor._taskfile import TaskFileError
+from governor.service._control import ask, socket_path
+from governor.service._service import serve
+from governor.service._store import Store, StoreError, default_db_path
+from governor.service._taskfile import TaskFileError
 from policies import format_duration, format_size, parse_size
 
 EXIT_BAD_TASK_FILE = 2
@@ -237,8 +238,8 @@ def _history(arguments: argparse.Namespace) -> int:
 
 
 def _report(arguments: argparse.Namespace) -> int:
-    from governor import _report as report  # loaded only for this command
-    from governor import _report_html as report_html
+    from governor.views import _report as report  # loaded only for this command
+    from governor.views import _report_html as report_html
 
     html = arguments.format == "html"
     try:

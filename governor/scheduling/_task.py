@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from governor._triggers import OneTimeTrigger, validate_trigger
+from governor.scheduling._triggers import OneTimeTrigger, validate_trigger
 from policies import Limits, RetryPolicy
 from runner import Enforcement, Execution, ExecutionSpec
 

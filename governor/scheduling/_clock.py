@@ -11,19 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
-
-
-class Clock(Protocol):
-    """What the scheduler asks of time."""
-
-    def now(self) -> datetime:
-        """The current time, timezone-aware."""
-        ...
-
-    def subscribe(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` whenever time jumps (fake clocks only; real time just passes)."""
-        ...
 
 
 class SystemClock:

@@ -8,7 +8,7 @@ entries skipped lazily), the next sample or kill step of a running execution, th
 of a custom ``is_ready()`` trigger. Idle, it sleeps; 100,000 idle periodic tasks cost a heap.
 
     trigger fires ─┐
-    event fired ───┼──> ready queue (priority + aging) ──slot free──> ExecutionHandle ──> record
+    event fired ───┼──> ready queue (priority + aging) ──slot free──> Handle ──> record
     fire() / submit┘          ^                                                           │
                               └──── retry after delay (policy: outcome, backoff, memory) <┘
 
@@ -35,13 +35,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from governor._backend import Backend, LocalBackend, resolve_backend
-from governor._budget import HostPressure, auto_memory_budget, host_cpus
-from governor._clock import Clock, SystemClock
-from governor._task import Task, call_name
-from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
+from governor.abc import Backend, Clock, ExecutionListener
+from governor.backends import LocalBackend, resolve_backend
+from governor.scheduling._budget import HostPressure, auto_memory_budget, host_cpus
+from governor.scheduling._clock import SystemClock
+from governor.scheduling._task import Task, call_name
+from governor.scheduling._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger, is_polled
 from policies import (
     AdmissionPolicy,
     Budget,
@@ -56,7 +57,7 @@ from policies import (
     choose_evictions,
     parse_size,
 )
-from runner import Execution, ExecutionFailed, ExecutionHandle, ExecutionSpec, ForkServer, Outcome, TaskError
+from runner import Execution, ExecutionFailed, ExecutionSpec, ForkServer, Handle, Outcome, TaskError
 from runner._wire import drain
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
@@ -68,25 +69,6 @@ NO_FREE_SLOT = "no free slot"  # why a queued run waits when every slot is taken
 # (measurements and host pressure move by themselves).
 ADMISSION_RECHECK = 0.25
 _log = logging.getLogger("governor.scheduler")
-
-
-class ExecutionListener(Protocol):
-    """Told, on the loop thread, when executions start and end (the store, logs, metrics).
-
-    Calls must be quick (hand work to another thread); an exception is logged and ignored.
-    ``task`` is ``None`` for an executor call; ``run_id`` is the runner's execution id, also
-    the name of its cgroups.
-    """
-
-    def execution_started(
-        self, task: Task | None, attempt: int, handle: ExecutionHandle, queued_at: datetime
-    ) -> None:
-        """A child has started."""
-        ...
-
-    def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
-        """An execution has ended (or could not start: ``run_id`` is then ``None``)."""
-        ...
 
 
 @dataclass(eq=False)
@@ -139,7 +121,7 @@ class Scheduler:
     learned from measured runs) fits ``memory_budget`` and ``cpu_budget`` minus what running
     work holds, tightened by host ``pressure`` (``policies.AdmissionPolicy``). The defaults,
     ``"auto"``, are 80% of the memory of the host or of the governor's own cgroup, and every
-    CPU it may use (``governor._budget``), with no budget on a Dask backend (the workers'
+    CPU it may use (``governor.scheduling._budget``), with no budget on a Dask backend (the workers'
     declared resources bound what runs there); ``None`` turns a budget off. When running work
     measures more than the memory budget, runs past their estimate are evicted and queued
     again (``policies.choose_evictions``).
@@ -213,8 +195,8 @@ class Scheduler:
         self._heap: list[_Due] = []
         self._seq = itertools.count()
         self._ready: ReadyQueue[_Request] = ReadyQueue(aging_per_second)
-        self._running: dict[ExecutionHandle, _Request] = {}
-        self._evicting: dict[ExecutionHandle, str] = {}  # stopped to keep within budget -> why
+        self._running: dict[Handle, _Request] = {}
+        self._evicting: dict[Handle, str] = {}  # stopped to keep within budget -> why
         self._instances: Counter[int] = Counter()
         self._queued_time_fire: Counter[int] = Counter()
         self._generation: Counter[int] = Counter()
@@ -509,7 +491,7 @@ class Scheduler:
     def _loop(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        registered: dict[int, ExecutionHandle | None] = {self._wake_r: None}
+        registered: dict[int, Handle | None] = {self._wake_r: None}
         try:
             while True:
                 try:
@@ -550,10 +532,8 @@ class Scheduler:
             self._admission_due = 0.0  # a command may have queued, paused or resumed work
             self._commands.popleft()()
 
-    def _wait(
-        self, poller: select.poll, registered: dict[int, ExecutionHandle | None], now: datetime
-    ) -> None:
-        wanted: dict[int, ExecutionHandle | None] = {self._wake_r: None}
+    def _wait(self, poller: select.poll, registered: dict[int, Handle | None], now: datetime) -> None:
+        wanted: dict[int, Handle | None] = {self._wake_r: None}
         deadlines = []
         ended = False  # e.g. a handle that ended as it was made (its arguments would not pickle)
         for handle in self._running:
@@ -849,7 +829,7 @@ class Scheduler:
     def _duration(self, request: _Request) -> float | None:
         return self._estimator.estimate(self._estimate_key(request)).duration_seconds
 
-    def _running_work(self, handle: ExecutionHandle, request: _Request) -> RunningWork:
+    def _running_work(self, handle: Handle, request: _Request) -> RunningWork:
         reading = handle.last_reading
         duration = self._duration(request)
         end = None if duration is None or request.started_mono is None else request.started_mono + duration
@@ -900,7 +880,7 @@ class Scheduler:
 
     # -- ending ---------------------------------------------------------------------------
 
-    def _finished(self, handle: ExecutionHandle, request: _Request) -> None:
+    def _finished(self, handle: Handle, request: _Request) -> None:
         self._running_count = len(self._running)
         self._admission_due = 0.0
         if request.task is not None and request.task.id is not None:

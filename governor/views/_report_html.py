@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from governor._report import (
+from governor.views._report import (
     Progress,
     ReportError,
     ReportInput,

@@ -23,7 +23,7 @@ What the figures mean:
 - The admission wait of an execution is ``started_at - queued_at`` (direct runs, with no
   ``queued_at``, did not queue and are left out); ``wait_reasons`` counts the reasons recorded.
 - ``estimate`` is what ``policies.UsageEstimator`` learns from the reported executions (the
-  same learning the server does at start, see ``governor._estimates``), with the task's
+  same learning the server does at start, see ``governor.service._estimates``), with the task's
   latest limits; None when none of them measured anything.
 """
 
@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from governor._estimates import learn_from_history
-from governor._store import Store
+from governor.observe import _facts as facts
+from governor.service._estimates import learn_from_history
+from governor.service._store import Store
 from policies import Estimate, format_duration, format_size, parse_duration
 
 __all__ = [
@@ -61,12 +62,6 @@ __all__ = [
     "render_table",
     "terminal_progress",
 ]
-
-# Outcomes by which the governor itself ended an execution; a minor limit shows as "<limit>_exceeded".
-KILL_OUTCOMES = ("memory_exceeded", "cpu_time_exceeded", "timed_out", "evicted", "cancelled")
-
-# Ended without a measurement of their own: usage is unknown.
-_UNMEASURED = (None, "lost")
 
 Progress = Callable[[str, int, int], None]  # (what is being done, done, total)
 
@@ -236,20 +231,14 @@ def admission_wait(row: dict[str, Any]) -> float | None:
 
 
 def measured(row: dict[str, Any]) -> bool:
-    """Whether ``row`` ended with a measurement of its own usage (see the module docstring)."""
-    if row.get("outcome") in _UNMEASURED or row.get("peak_memory_bytes") is None:
-        return False
-    # An execution that could not start has a zero usage and no pid: nothing was measured.
-    return row.get("pid") is not None or bool(row.get("wall_seconds"))
+    """Whether ``row`` ended with a measurement of its own usage (``observe._facts.measured``)."""
+    return facts.measured(
+        row.get("outcome"), row.get("pid"), row.get("peak_memory_bytes"), row.get("wall_seconds")
+    )
 
 
 def _kill_reason(row: dict[str, Any]) -> str | None:
-    outcome = row.get("outcome")
-    if outcome in KILL_OUTCOMES:
-        return str(outcome)
-    if outcome != "succeeded" and row.get("breached_limit"):
-        return f"{row['breached_limit']}_exceeded"
-    return None
+    return facts.kill_reason(row.get("outcome"), row.get("breached_limit"))
 
 
 def _cpu_seconds(row: dict[str, Any]) -> float:

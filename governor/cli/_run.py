@@ -1,4 +1,4 @@
-"""The ``governor`` command line.
+"""``governor run``: one command, governed, like ``timeout`` and ``/usr/bin/time -v`` in one.
 
 ``governor run [limits] [--enforce MODE] [--json] -- COMMAND [ARG...]`` runs one command
 governed, like ``timeout`` and ``/usr/bin/time -v`` in one, with memory, CPU and process
@@ -19,11 +19,10 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from policies import Limits, format_duration, format_size
-from runner import Enforcement, Execution, ExecutionSpec, Outcome, RunnerError, drive
+from runner import Enforcement, Execution, ExecutionSpec, Outcome, drive
 from runner._enforcement import resolve
 from runner._run import run_spec
 
@@ -36,16 +35,12 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 
-class _UsageError(Exception):
-    pass
+class UsageError(Exception):
+    """A bad option or argument: ``main`` prints it and exits 125."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="governor",
-        description="Run tasks in isolated child processes under CPU and memory limits.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_command(commands: Any) -> None:
+    """Register ``run`` on the ``governor`` parser."""
     run = commands.add_parser(
         "run",
         help="run one command under limits and report what it used",
@@ -82,29 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "its output is shown when it ends",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    from governor import _service_cli, _top  # the service's commands: serve, status, history, fire, top
-
-    _service_cli.add_commands(commands)
-    _top.add_command(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``governor`` console script."""
-    parser = _parser()
-    arguments = parser.parse_args(argv)
-    try:
-        if arguments.command == "run":
-            return _run(arguments)
-        handler = getattr(arguments, "handler", None)
-        if handler is not None:
-            return int(handler(arguments))
-    except _UsageError as error:
-        parser.exit(EXIT_GOVERNOR_FAILED, f"governor: {error}\n")
-    except RunnerError as error:  # EnforcementUnavailable, ForkServerError
-        print(f"governor: {error}", file=sys.stderr)
-        return EXIT_GOVERNOR_FAILED
-    return EXIT_GOVERNOR_FAILED
+    run.set_defaults(handler=_run)
 
 
 def _limits(arguments: argparse.Namespace) -> Limits:
@@ -119,7 +92,7 @@ def _limits(arguments: argparse.Namespace) -> Limits:
             file_size=arguments.file_size,
         )
     except ValueError as error:
-        raise _UsageError(f"invalid limit: {error}") from None
+        raise UsageError(f"invalid limit: {error}") from None
 
 
 def _run(arguments: argparse.Namespace) -> int:
@@ -127,7 +100,7 @@ def _run(arguments: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise _UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
+        raise UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
     limits = _limits(arguments)
     if arguments.dask:
         return _run_on_cluster(arguments, command, limits)
@@ -149,7 +122,7 @@ def _run(arguments: argparse.Namespace) -> int:
             on_output=echo,
         )
     except ValueError as error:
-        raise _UsageError(str(error)) from None
+        raise UsageError(str(error)) from None
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -172,7 +145,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: Limits) -> int:
     """``--dask``: the same governed run on a Dask worker; its captured output follows its end."""
-    from governor._dask import DaskBackend, connect
+    from governor.backends.dask import DaskBackend, connect
 
     try:
         spec = ExecutionSpec(
@@ -183,11 +156,11 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
             sample_interval=arguments.sample_interval,
         )
     except ValueError as error:
-        raise _UsageError(str(error)) from None
+        raise UsageError(str(error)) from None
     try:
         client = connect(arguments.dask)
     except (RuntimeError, OSError, TimeoutError) as error:
-        raise _UsageError(f"--dask {arguments.dask}: {error}") from None
+        raise UsageError(f"--dask {arguments.dask}: {error}") from None
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -288,7 +261,3 @@ def _print_summary(record: Execution, stream: Any) -> None:
     for label, text in lines:
         print(f"governor: {label:<{width}}  {text}", file=stream)
     stream.flush()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import select
 import signal
-import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -28,29 +26,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from governor._dask import cluster_backend
-from governor._estimates import learn_from_history
-from governor._scheduler import Scheduler
-from governor._store import Store
-from governor._task import Task
-from governor._taskfile import TaskDefinition, load_task_file
-from governor._telemetry import Telemetry
-from governor._triggers import EventTrigger
+from governor.backends.dask import cluster_backend
+from governor.observe._telemetry import Telemetry
+from governor.scheduling._scheduler import Scheduler
+from governor.scheduling._task import Task
+from governor.scheduling._triggers import EventTrigger
+from governor.service._control import ControlServer
+from governor.service._estimates import learn_from_history
+from governor.service._store import Store
+from governor.service._taskfile import TaskDefinition, load_task_file
 from policies import format_duration, format_size
-from runner import Execution, ExecutionHandle, kill_leftovers, sweep_orphan_cgroups
-
-SOCKET_SUFFIX = ".sock"
-_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
-
-
-def socket_path(db: Path) -> Path:
-    """Where the control socket of the server using ``db`` lives: beside the database, or
-    under /tmp (named after the database's path) when that path is too long for a socket."""
-    beside = Path(str(db) + SOCKET_SUFFIX)
-    if len(str(beside)) <= _MAX_SOCKET_PATH:
-        return beside
-    digest = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
-    return Path(f"/tmp/governor-{digest}.sock")
+from runner import Execution, Handle, kill_leftovers, sweep_orphan_cgroups
 
 
 class StoreRecorder:
@@ -60,9 +46,7 @@ class StoreRecorder:
         self._store = store
         self._log = log
 
-    def execution_started(
-        self, task: Task | None, attempt: int, handle: ExecutionHandle, queued_at: datetime
-    ) -> None:
+    def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         self._store.started(
             run_id=handle.id,
             task=task.name if task else "",
@@ -176,7 +160,7 @@ class Service:
         self._learn_from_history()
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
-        self._server: socket.socket | None = None
+        self.control = ControlServer(db, self.answer)
 
     def _learn_from_history(self) -> None:
         """Seed the estimator with what past runs measured, so estimates survive restarts."""
@@ -238,53 +222,10 @@ class Service:
             trigger.fire(payload)
         return len(triggers)
 
-    # -- control socket -------------------------------------------------------------------
+    # -- control requests -----------------------------------------------------------------
 
-    def open_socket(self) -> Path:
-        """Listen on the control socket (owner-only) in a daemon thread."""
-        path = socket_path(self.db)
-        with contextlib.suppress(FileNotFoundError):
-            if _server_answers(path):
-                raise RuntimeError(f"another governor serve is using {self.db} (socket {path})")
-            path.unlink()  # a stale socket from a server that died
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket is created owner-only: no window for others
-        try:
-            server.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        server.listen(16)
-        self._server = server
-        threading.Thread(
-            target=self._serve_socket, args=(server,), name="governor-control", daemon=True
-        ).start()
-        return path
-
-    def close_socket(self) -> None:
-        if self._server is not None:
-            path = self._server.getsockname()
-            self._server.close()
-            self._server = None
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    def _serve_socket(self, server: socket.socket) -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return  # closed: the service is stopping
-            with connection:
-                try:
-                    request = json.loads(_read_line(connection))
-                    reply = self._answer(request)
-                except Exception as error:  # a bad request gets its reason back, the server lives on
-                    reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-                with contextlib.suppress(OSError):
-                    connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
-
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one control-socket request (``status`` or ``fire``)."""
         operation = request.get("op")
         if operation == "status":
             return {
@@ -320,7 +261,7 @@ class Service:
 
         previous_fd = signal.set_wakeup_fd(wake_w)
         handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        path = self.open_socket()
+        path = self.control.open()
         self.scheduler.start()
         where = f"store {self.db}; control {path}; pid {os.getpid()}"
         self.log.write(f"serving {len(self._loaded)} task(s) from {self.task_file}; {where}\n")
@@ -346,42 +287,12 @@ class Service:
     def _shutdown(self, why: str) -> int:
         self.log.write(f"{why}: stopping; running executions get {self.grace:g}s before they are cancelled\n")
         self.log.flush()
-        self.close_socket()
+        self.control.close()
         self.scheduler.stop(timeout=self.grace)
         self.store.close()
         self.log.write("stopped; the store is flushed\n")
         self.log.flush()
         return 0
-
-
-def _read_line(connection: socket.socket, limit: int = 1 << 20) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n") and len(data) < limit:
-        chunk = connection.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
-def _server_answers(path: Path) -> bool:
-    try:
-        ask(path, {"op": "status"}, timeout=2.0)
-    except OSError:
-        return False
-    return True
-
-
-def ask(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to a running server's control socket and return its reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        client.connect(str(path))
-        client.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_read_line(client))
-    if not isinstance(reply, dict):
-        raise OSError(f"unexpected reply from {path}: {reply!r}")
-    return reply
 
 
 def _claim(db: Path) -> int:

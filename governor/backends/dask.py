@@ -28,7 +28,7 @@ The body also stops its child when the worker lets go of the task (its future wa
 or the governor's client went away): nothing is left running that nobody waits for. A worker
 that dies takes its child with it (the zygote goes; the child's parent-death signal follows);
 the emptied cgroup it leaves is removed by the next worker started with
-``--preload governor._dask`` on that host (``dask_setup``).
+``--preload governor.backends.dask_worker`` on that host (``dask_setup``).
 
 Placement: the admission estimate (or, without one, the declared ``memory`` and ``cpu_rate``
 limits) becomes the Dask resource claim ``{"MEMORY": bytes, "CPU": cores}``, so a worker
@@ -61,17 +61,23 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from governor.backends.dask_worker import (
+    RPC_TIMEOUT,
+    cancel_event,
+    execute_on_worker,
+    on_loop,
+    started_event,
+    without_run,
+)
 from policies import Limits, Need, format_size
-from runner import Execution, ExecutionSpec, Outcome, TaskError, Usage, run_spec
+from runner import Execution, ExecutionSpec, Outcome
 from runner._wire import drain
 
 MEMORY = "MEMORY"  # the Dask resource a memory claim is made in (bytes)
 CPU = "CPU"  # the Dask resource a CPU claim is made in (cores)
-CANCEL_POLL = 0.2  # seconds between a worker body's looks at its cancel event
 CANCEL_CONFIRM = 10.0  # beyond kill_grace: how long a cancelled handle waits for the cluster's word
 HEARTBEAT = 0.5  # seconds between a running handle's deadlines (see DaskHandle.deadline)
 CAPACITY_REFRESH = 10.0  # seconds between refreshes of what the workers declare
-RPC_TIMEOUT = 30.0  # seconds a body or close() waits for the Dask scheduler
 _serial = itertools.count(1)
 _log = logging.getLogger("governor.dask")
 
@@ -104,108 +110,6 @@ def cluster_backend(address: str | None) -> Iterator[object]:
         raise RuntimeError(f"--dask {address}: cannot reach the Dask scheduler: {error}") from None
     with client:
         yield client
-
-
-# -- on the worker ----------------------------------------------------------------------------
-
-
-def dask_setup(worker: Any) -> None:
-    """Dask's preload hook (``dask worker ADDRESS --preload governor._dask``): before the worker
-    takes tasks, remove the execution cgroups that dead workers or supervisors left on this
-    host. A worker killed mid-run takes its child with it (the zygote goes, and the child's
-    parent-death signal follows) but cannot remove that child's emptied cgroup."""
-    from runner import sweep_orphan_cgroups
-
-    for path, killed in sweep_orphan_cgroups().items():
-        _log.warning("removed the cgroup %s of a dead supervisor, killed %d process(es)", path, len(killed))
-
-
-def execute_on_worker(spec: ExecutionSpec, run_id: str) -> Execution:
-    """The Dask task: run ``spec`` governed on this worker and return its record.
-
-    It does not raise for the task's sake: every ending, the task's own exception included, is
-    a record, and the governor's retry policy decides what follows.
-    """
-    from distributed import get_worker
-
-    worker = get_worker()
-    began = datetime.now(UTC)
-    where = (f"ran on the Dask worker {worker.address}",)
-    pending = _on_loop(worker.loop, lambda: _begin(worker.scheduler, run_id))
-    try:
-        rerun, cancelled = pending.result(RPC_TIMEOUT)
-    except (OSError, TimeoutError) as error:
-        pending.cancel()
-        text = f"the worker could not reach the Dask scheduler before starting it: {error!r}"
-        return _without_run(spec.limits, Outcome.CRASHED, "SchedulerUnreachable", text, began, where)
-    if rerun:
-        text = (
-            "the Dask worker that ran it died and Dask started it again; it is not run twice "
-            "(the governor's retry policy decides)"
-        )
-        return _without_run(spec.limits, Outcome.LOST, "WorkerDied", text, began, where)
-    if cancelled:
-        text = "cancelled before it started"
-        return _without_run(spec.limits, Outcome.CANCELLED, "Cancelled", text, began, where)
-    watch = _CancelWatch(worker, worker.get_current_task(), _cancel_event(run_id))
-    try:
-        record = run_spec(spec, raise_interrupt=False, cancel_requested=watch)
-    except Exception as error:  # it could not start here (enforcement unavailable, fork server): a record
-        record = Execution.unstarted(spec.limits, error, outcome=Outcome.CRASHED)
-    return replace(record, notes=(*record.notes, *where))
-
-
-async def _begin(scheduler: Any, run_id: str) -> tuple[bool, bool]:
-    """(a re-run after a worker died, cancelled already): mark the run started, in that order."""
-    started = _started_event(run_id)
-    if await scheduler.event_is_set(name=started):
-        return True, False
-    await scheduler.event_set(name=started)
-    return False, bool(await scheduler.event_is_set(name=_cancel_event(run_id)))
-
-
-class _CancelWatch:
-    """``cancel_requested`` for ``run_spec`` on a worker: true once the execution's cancel event
-    is set, or once the worker has been told to forget its task (its future was cancelled, or
-    the governor's client went away: nobody waits for the record, so the child must not run
-    on). The event is asked of the Dask scheduler at most every ``CANCEL_POLL`` seconds, on the
-    worker's event loop, never waiting for the answer, so the runner keeps sampling and
-    enforcing even when the scheduler is slow or gone; the task's state is the worker's own."""
-
-    def __init__(self, worker: Any, key: Any, name: str) -> None:
-        self._worker = worker
-        self._loop = worker.loop
-        self._scheduler = worker.scheduler
-        self._key = key
-        self._name = name
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._next = time.monotonic() + CANCEL_POLL  # ``_begin`` has just looked
-        self.requested = False
-
-    def __call__(self) -> bool:
-        if not self.requested and self._released():
-            self.requested = True
-        pending = self._pending
-        if pending is not None and pending.done():
-            self._pending = None
-            try:
-                self.requested = self.requested or bool(pending.result())
-            except (OSError, TimeoutError) as error:  # unreachable for now: the run goes on
-                _log.warning("could not read the cancel event %s: %r", self._name, error)
-        now = time.monotonic()
-        if not self.requested and self._pending is None and now >= self._next:
-            self._next = now + CANCEL_POLL
-            name = self._name
-            self._pending = _on_loop(self._loop, lambda: self._scheduler.event_is_set(name=name))
-        return self.requested
-
-    def _released(self) -> bool:
-        task = self._worker.state.tasks.get(self._key)
-        return task is None or task.state in _LET_GO
-
-
-# The worker-side states of a task nobody wants any more (it is dropped when it returns).
-_LET_GO = frozenset({"cancelled", "released", "forgotten"})
 
 
 # -- in the governor ------------------------------------------------------------------------
@@ -255,14 +159,14 @@ class DaskBackend:
             _log.debug("the Dask client is %s: not sent", self.client.status)
             return None
         try:
-            return _on_loop(self.client.loop, make)
+            return on_loop(self.client.loop, make)
         except RuntimeError as error:  # its loop closed meanwhile
             _log.debug("the Dask client's event loop is gone: %s", error)
             return None
 
     def ended(self, handle: DaskHandle, *, body_may_follow: bool) -> None:
         """A handle has its record: its events are no longer needed on the Dask scheduler."""
-        names = [_started_event(handle.id), _cancel_event(handle.id)]
+        names = [started_event(handle.id), cancel_event(handle.id)]
         if body_may_follow:  # the body may still set ``started``: clear it at close as well
             with self._lock:
                 self._lingering.update(names)
@@ -335,7 +239,7 @@ class DaskHandle:
         except (TypeError, pickle.PicklingError) as error:  # the call cannot be pickled
             kind = f"{type(error).__module__}.{type(error).__qualname__}"
             text = f"the call could not be pickled for the cluster: {error}"
-            self._settle(_without_run(spec.limits, Outcome.FAILED, kind, text, self._started_at, ()))
+            self._settle(without_run(spec.limits, Outcome.FAILED, kind, text, self._started_at, ()))
             return
         except BaseException:
             self._close_pipe()
@@ -388,7 +292,7 @@ class DaskHandle:
             text = f"cancelled; the Dask cluster did not confirm it within {waited:g}s (it may run on)"
             self._body_may_follow = True
             limits, began = self.spec.limits, self._started_at
-            self._settle(_without_run(limits, Outcome.CANCELLED, "Cancelled", text, began, ()))
+            self._settle(without_run(limits, Outcome.CANCELLED, "Cancelled", text, began, ()))
 
     def cancel(self) -> None:
         """Cancel: the worker's body kills the child's tree; not started yet, it never starts."""
@@ -404,8 +308,8 @@ class DaskHandle:
         client = self._backend.client
         future = self._future
         try:
-            await client.scheduler.event_set(name=_cancel_event(self.id))
-            if future is not None and not await client.scheduler.event_is_set(name=_started_event(self.id)):
+            await client.scheduler.event_set(name=cancel_event(self.id))
+            if future is not None and not await client.scheduler.event_is_set(name=started_event(self.id)):
                 await client.cancel([future], asynchronous=True)
         except (OSError, TimeoutError) as error:  # on_time gives up on it after a while
             _log.warning("could not cancel %s on the Dask cluster: %r", self.id, error)
@@ -417,7 +321,7 @@ class DaskHandle:
             self._arrive(self._client_closed())
             return
         try:
-            fetching = _on_loop(
+            fetching = on_loop(
                 self._backend.client.loop,
                 lambda: asyncio.wait_for(future._result(), RPC_TIMEOUT),  # result()'s own coroutine
                 log_failure=False,  # a failed fetch is the record's business, not the log's
@@ -439,7 +343,7 @@ class DaskHandle:
         # Our own client went away: nothing failed on the worker, which stops the child once the
         # cluster lets go of the task.
         text = "the governor's Dask client closed before the record came back"
-        return _without_run(self.spec.limits, Outcome.LOST, "ClientClosed", text, self._started_at, ())
+        return without_run(self.spec.limits, Outcome.LOST, "ClientClosed", text, self._started_at, ())
 
     def _record_from(self, fetched: concurrent.futures.Future[Any]) -> Execution:
         limits, began = self.spec.limits, self._started_at
@@ -449,19 +353,19 @@ class DaskHandle:
             self._body_may_follow = True
             if self._cancelling:
                 text = "cancelled before it started on a Dask worker"
-                return _without_run(limits, Outcome.CANCELLED, "Cancelled", text, began, ())
+                return without_run(limits, Outcome.CANCELLED, "Cancelled", text, began, ())
             text = "the Dask cluster dropped it (its scheduler closed, or its future was cancelled elsewhere)"
-            return _without_run(limits, Outcome.LOST, "DaskCancelled", text, began, ())
+            return without_run(limits, Outcome.LOST, "DaskCancelled", text, began, ())
         except Exception as error:  # why there is no record, as a record
             if self._client_gone():
                 return self._client_closed()
             if isinstance(error, TimeoutError):  # before OSError, which _failure_record takes as a death
                 text = f"the record could not be fetched from the cluster within {RPC_TIMEOUT:g}s"
-                return _without_run(limits, Outcome.LOST, "FetchTimedOut", text, began, ())
+                return without_run(limits, Outcome.LOST, "FetchTimedOut", text, began, ())
             return _failure_record(limits, error, began)
         if not isinstance(value, Execution):
             text = f"the Dask task returned {type(value).__qualname__}, not an execution record"
-            return _without_run(limits, Outcome.CRASHED, "BadRecord", text, began, ())
+            return without_run(limits, Outcome.CRASHED, "BadRecord", text, began, ())
         return value
 
     def _client_gone(self) -> bool:
@@ -540,43 +444,12 @@ def _cores(amount: float) -> str:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _started_event(run_id: str) -> str:
-    return f"governor-started-{run_id}"
-
-
-def _cancel_event(run_id: str) -> str:
-    return f"governor-cancel-{run_id}"
-
-
 async def _clear_events(scheduler: Any, names: list[str]) -> None:
     try:
         for name in names:
             await scheduler.event_clear(name=name)
     except (OSError, TimeoutError) as error:  # a leftover flag on the Dask scheduler, nothing more
         _log.warning("could not clear Dask events %s: %r", names, error)
-
-
-def _on_loop(
-    loop: Any, make: Callable[[], Coroutine[Any, Any, Any]], *, log_failure: bool = True
-) -> concurrent.futures.Future[Any]:
-    """Run ``make()`` on a tornado ``loop`` from another thread. ``RuntimeError`` if it is closed
-    (checked before the coroutine exists, so none is left unawaited). An unexpected failure is
-    logged unless ``log_failure`` is false."""
-    target = loop.asyncio_loop
-    if target.is_closed():
-        raise RuntimeError("the event loop is closed")
-    pending = asyncio.run_coroutine_threadsafe(make(), target)
-    if log_failure:
-        pending.add_done_callback(_log_unexpected)
-    return pending
-
-
-def _log_unexpected(pending: concurrent.futures.Future[Any]) -> None:
-    if pending.cancelled():
-        return
-    error = pending.exception()
-    if error is not None and not isinstance(error, OSError | TimeoutError):
-        _log.error("a Dask coordination call failed", exc_info=error)
 
 
 def _failure_record(limits: Limits, error: BaseException, began: datetime) -> Execution:
@@ -586,27 +459,6 @@ def _failure_record(limits: Limits, error: BaseException, began: datetime) -> Ex
         last = getattr(getattr(error, "last_worker", None), "address", None)
         where = f" {last}" if last else ""
         text = f"the Dask worker{where} died while it ran ({kind.__name__})"
-        return _without_run(limits, Outcome.LOST, "WorkerDied", text, began, ())
+        return without_run(limits, Outcome.LOST, "WorkerDied", text, began, ())
     text = f"the Dask task failed on the worker: {kind.__name__}: {error}"
-    return _without_run(limits, Outcome.CRASHED, f"{kind.__module__}.{kind.__qualname__}", text, began, ())
-
-
-def _without_run(
-    limits: Limits, outcome: Outcome, kind: str, message: str, began: datetime, notes: tuple[str, ...]
-) -> Execution:
-    """A record with no measured run behind it (nothing was started, or nothing came back)."""
-    return Execution(
-        outcome=outcome,
-        exit_code=None,
-        signal=None,
-        breached_limit=None,
-        error=TaskError(type=kind, message=message),
-        usage=Usage.zero(),
-        limits=limits,
-        enforcement={},
-        unenforced=(),
-        started_at=began,
-        ended_at=datetime.now(UTC),
-        pid=None,
-        notes=notes,
-    )
+    return without_run(limits, Outcome.CRASHED, f"{kind.__module__}.{kind.__qualname__}", text, began, ())

@@ -47,12 +47,10 @@ configures OpenTelemetry itself exports what it records, under its own name.)
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -75,44 +73,22 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from governor._task import call_name
+from governor.observe._environment import providers_from_environment
+from governor.observe._facts import kill_reason
+from governor.scheduling._task import call_name
 from policies import format_duration, format_size
-from runner import Execution, ExecutionHandle, Outcome
+from runner import Execution, Handle
 
 if TYPE_CHECKING:
-    from governor._scheduler import Scheduler
-    from governor._task import Task
+    from governor.scheduling._scheduler import Scheduler
+    from governor.scheduling._task import Task
 
 _SCOPE = "governor"
 _UNNAMED = "governor.execution"  # an executor call that never started: its callable is unknown here
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_KILLED = frozenset(
-    {
-        Outcome.MEMORY_EXCEEDED,
-        Outcome.CPU_TIME_EXCEEDED,
-        Outcome.TIMED_OUT,
-        Outcome.CANCELLED,
-        Outcome.EVICTED,
-    }
-)
 # Waits for admission last from milliseconds to hours; peaks span a few MiB to tens of GiB.
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
 _MEMORY_BUCKETS = tuple(float(1 << power) for power in range(20, 37))  # 1 MiB .. 64 GiB
-_SIGNALS = ("traces", "metrics", "logs")
-_EXPORTERS = ("console", "otlp", "none")
-_OTLP_PACKAGE = "opentelemetry-exporter-otlp"
-_OTLP_CLASSES = {  # protocol -> signal -> (module, class)
-    "grpc": {
-        "traces": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
-        "metrics": ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
-        "logs": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
-    },
-    "http/protobuf": {
-        "traces": ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
-        "metrics": ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
-        "logs": ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
-    },
-}
 
 
 @dataclass(eq=False)
@@ -120,7 +96,7 @@ class _Running:
     """An execution between its start and its end: its open span and its handle."""
 
     span: trace.Span
-    handle: ExecutionHandle
+    handle: Handle
     name: str
 
 
@@ -221,50 +197,16 @@ class Telemetry:
         ``OTEL_RESOURCE_ATTRIBUTES``). Raises ``ValueError`` naming the variable for a value
         it does not know, ``RuntimeError`` naming the package when ``otlp`` is not installed.
         """
-        environ = os.environ
-        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        configured = providers_from_environment()
+        if configured is None:
             return None
-        chosen = {signal: _exporter_names(signal) for signal in _SIGNALS}
-        if not any(chosen.values()):
-            return None
-        # Resolve every exporter before building anything: a bad value must not leave export
-        # threads behind.
-        factories = {
-            signal: [_exporter_factory(signal, n) for n in names] for signal, names in chosen.items()
-        }
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        resource = _resource()
-        tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
-        meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
-        logger_provider: _logs.LoggerProvider = _logs.NoOpLoggerProvider()
-        owned: list[Any] = []
-        if factories["traces"]:
-            sdk_tracer_provider = TracerProvider(resource=resource)
-            for make in factories["traces"]:
-                sdk_tracer_provider.add_span_processor(BatchSpanProcessor(make()))
-            tracer_provider = sdk_tracer_provider
-            owned.append(sdk_tracer_provider)
-        if factories["metrics"]:
-            readers = [PeriodicExportingMetricReader(make()) for make in factories["metrics"]]
-            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-            owned.append(meter_provider)
-        if factories["logs"]:
-            sdk_logger_provider = LoggerProvider(resource=resource)
-            for make in factories["logs"]:
-                sdk_logger_provider.add_log_record_processor(BatchLogRecordProcessor(make()))
-            logger_provider = sdk_logger_provider
-            owned.append(sdk_logger_provider)
         telemetry = cls(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, logger_provider=logger_provider
+            tracer_provider=configured.tracer_provider,
+            meter_provider=configured.meter_provider,
+            logger_provider=configured.logger_provider,
         )
-        telemetry._owned = tuple(owned)
-        telemetry._described = ", ".join(f"{s}={','.join(n) or 'none'}" for s, n in chosen.items())
+        telemetry._owned = configured.owned
+        telemetry._described = configured.described
         return telemetry
 
     def bind(self, scheduler: Scheduler) -> None:
@@ -275,9 +217,7 @@ class Telemetry:
 
     # -- the listener ---------------------------------------------------------------------
 
-    def execution_started(
-        self, task: Task | None, attempt: int, handle: ExecutionHandle, queued_at: datetime
-    ) -> None:
+    def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         """Open the execution's span, starting when its child started."""
         if self._closed:
             return
@@ -386,7 +326,7 @@ class Telemetry:
         self._cpu_time.add(usage.cpu_user_seconds, {**common, CPU_MODE: CpuModeValues.USER.value})
         self._cpu_time.add(usage.cpu_system_seconds, {**common, CPU_MODE: CpuModeValues.SYSTEM.value})
         self._peak_memory.record(usage.peak_memory_bytes, common)
-        reason = _kill_reason(record)
+        reason = kill_reason(str(record.outcome), record.breached_limit)
         if reason is not None:
             self._kills.add(1, {**common, "governor.kill.reason": reason})
 
@@ -534,15 +474,6 @@ def _waited(record: Execution) -> float | None:
     return max(0.0, (record.started_at - record.queued_at).total_seconds())
 
 
-def _kill_reason(record: Execution) -> str | None:
-    """Why enforcement ended a started execution (the breached limit, else the outcome)."""
-    if record.breached_limit is not None:
-        return record.breached_limit
-    if record.outcome in _KILLED:
-        return str(record.outcome)
-    return None
-
-
 def _describe(record: Execution) -> str:
     text = str(record.outcome)
     if record.breached_limit is not None:
@@ -577,61 +508,3 @@ def _severity(level: int) -> SeverityNumber:
     if level >= logging.INFO:
         return SeverityNumber.INFO
     return SeverityNumber.DEBUG
-
-
-def _exporter_names(signal_name: str) -> list[str]:
-    variable = f"OTEL_{signal_name.upper()}_EXPORTER"
-    text = os.environ.get(variable, "")
-    names = list(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
-    for name in names:
-        if name not in _EXPORTERS:
-            raise ValueError(
-                f"{variable}: unknown exporter {name!r}; governor supports {', '.join(_EXPORTERS)}"
-            )
-    if "none" in names and len(names) > 1:
-        raise ValueError(f"{variable}: 'none' cannot be combined with other exporters, got {text!r}")
-    return [name for name in names if name != "none"]
-
-
-def _exporter_factory(signal_name: str, name: str) -> Callable[[], Any]:
-    """How to build one exporter; imports it now, so a missing package fails before anything starts."""
-    if name == "console":
-        # Bound to sys.stdout as it is now (the SDK's default is sys.stdout at its import).
-        if signal_name == "traces":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            return lambda: ConsoleSpanExporter(out=sys.stdout)
-        if signal_name == "metrics":
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-            return lambda: ConsoleMetricExporter(out=sys.stdout)
-        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
-
-        return lambda: ConsoleLogRecordExporter(out=sys.stdout)
-    variable = f"OTEL_EXPORTER_OTLP_{signal_name.upper()}_PROTOCOL"
-    protocol = (os.environ.get(variable) or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip()
-    if protocol not in _OTLP_CLASSES:
-        choices = ", ".join(_OTLP_CLASSES)
-        raise ValueError(
-            f"{variable} / OTEL_EXPORTER_OTLP_PROTOCOL: expected one of {choices}, got {protocol!r}"
-        )
-    module_name, class_name = _OTLP_CLASSES[protocol][signal_name]
-    try:
-        module = __import__(module_name, fromlist=[class_name])
-    except ImportError as error:
-        raise RuntimeError(
-            f"OTEL_{signal_name.upper()}_EXPORTER=otlp needs the package {_OTLP_PACKAGE} "
-            f"(pip install 'governor[otlp]'): {error}"
-        ) from error
-    exporter: Callable[[], Any] = getattr(module, class_name)
-    return exporter
-
-
-def _resource() -> Any:
-    """The SDK's resource from the environment, named ``governor`` unless it says otherwise."""
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: "governor"}))
-    return resource

@@ -29,11 +29,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
+from governor.abc import PolledTrigger, Trigger
 from policies import format_duration, parse_duration
 
 DurationLike = int | float | str | timedelta
@@ -44,38 +45,6 @@ _CRON_FIELDS = "minute hour day-of-month month day-of-week"
 # fire (``0 0 31 2 *``) is refused when it is written rather than the first time it is used.
 _PROBE = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-@runtime_checkable
-class Trigger(Protocol):
-    """A time-based trigger: it can say when it next fires.
-
-    ``next_fire(after)`` returns the first fire time strictly after the aware datetime
-    ``after``, or ``None`` if it never fires again. It must not change the trigger: the
-    scheduler may ask the same question twice. The built-in triggers answer in UTC; a custom
-    one may answer in any zone, so convert with ``.astimezone(UTC)`` before comparing.
-    """
-
-    def next_fire(self, after: datetime) -> datetime | None:
-        """The first fire time strictly after ``after``, or ``None``."""
-        ...
-
-
-@runtime_checkable
-class PolledTrigger(Protocol):
-    """The seed's custom trigger shape, polled by the scheduler at a coarse interval.
-
-    ``is_ready()`` says whether the task should fire now; after firing, the scheduler calls
-    ``reset()`` so that the trigger can arm itself for the next time.
-    """
-
-    def is_ready(self) -> bool:
-        """True when the task should fire now."""
-        ...
-
-    def reset(self) -> None:
-        """Called once after each fire this trigger caused."""
-        ...
 
 
 def is_polled(trigger: object) -> bool:

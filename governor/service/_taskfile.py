@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from governor._task import Task
-from governor._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger
+from governor.scheduling._task import Task
+from governor.scheduling._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger
 from policies import Limits, RetryPolicy
 
 _KNOWN = {

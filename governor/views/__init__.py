@@ -1,0 +1,1 @@
+"""What people look at: reports (table, JSON, CSV, HTML) and ``governor top``."""
