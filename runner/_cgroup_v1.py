@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from policies import Limits
-from runner._confinement import Reading, live_pids, release_at_exit, remove_cgroup
+from runner._confinement import CounterFile, Reading, live_pids, release_at_exit, remove_cgroup, split_cpu
 
 PARENT = "governor"
 CFS_PERIOD_US = 100_000
@@ -111,6 +111,7 @@ class CgroupV1:
             wanted.append("pids")
         self._dir: dict[str, str] = {}
         self._dirs: list[str] = []
+        self._counters: tuple[CounterFile, ...] = ()
         try:
             for controller in wanted:
                 path = os.path.join(parent_dir(controller), name)
@@ -156,13 +157,24 @@ class CgroupV1:
         return None  # the child joins by itself, before it runs anything
 
     def read(self, count_processes: bool = True) -> Reading | None:
+        if not self._counters:
+            self._counters = tuple(
+                CounterFile(self._file(controller, name))
+                for controller, name in (
+                    ("memory", "memory.usage_in_bytes"),
+                    ("cpuacct", "cpuacct.usage"),  # exact, in ns
+                    ("cpuacct", "cpuacct.usage_user"),  # these two may count clock ticks
+                    ("cpuacct", "cpuacct.usage_sys"),
+                    ("memory", "cgroup.procs"),  # lists no zombies
+                )
+            )
+        memory, total, user, system, procs = self._counters
         try:
-            memory = _read_int(self._file("memory", "memory.usage_in_bytes"))
-            user = _read_int(self._file("cpuacct", "cpuacct.usage_user")) / 1e9
-            system = _read_int(self._file("cpuacct", "cpuacct.usage_sys")) / 1e9
+            cpu_user, cpu_system = split_cpu(total.number() / 1e9, user.number(), system.number())
+            processes = procs.read().count(b"\n") if count_processes else 0
+            return Reading(memory.number(), cpu_user, cpu_system, processes)
         except (OSError, ValueError):
             return None
-        return Reading(memory, user, system, len(self.members()) if count_processes else 0)
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
@@ -186,10 +198,22 @@ class CgroupV1:
             return 0
         return int(control.get("oom_kill", 0))
 
+    def throttled_seconds(self) -> float:
+        if "cpu" not in self._dir:
+            return 0.0
+        try:
+            with open(self._file("cpu", "cpu.stat"), "rb") as handle:
+                stat = dict(line.split() for line in handle.read().splitlines() if line.strip())
+            return int(stat.get(b"throttled_time", 0)) / 1e9
+        except (OSError, ValueError):
+            return 0.0
+
     def kill_all(self) -> bool:
         return False
 
     def remove(self) -> bool:
+        for counter in self._counters:
+            counter.close()
         self._dirs = [path for path in self._dirs if not remove_cgroup(path)]
         return not self._dirs
 

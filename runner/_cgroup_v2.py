@@ -15,7 +15,7 @@ import errno
 import os
 
 from policies import Limits
-from runner._confinement import Reading, live_pids, release_at_exit, remove_cgroup
+from runner._confinement import CounterFile, Reading, live_pids, release_at_exit, remove_cgroup, split_cpu
 
 PARENT = "governor"
 NEEDED = ("memory", "cpu", "pids")
@@ -88,6 +88,9 @@ class CgroupV2:
                 if reason is not None:
                     raise OSError(errno.ENOENT, reason)
         self.path = os.path.join(parent, name)
+        self._memory = CounterFile(self._file("memory.current"))
+        self._cpu = CounterFile(self._file("cpu.stat"))
+        self._procs = CounterFile(self._file("cgroup.procs"))
         os.makedirs(self.path)
         try:
             self._configure(limits)
@@ -126,18 +129,19 @@ class CgroupV2:
         return None  # the child joins by itself, before it runs anything
 
     def _keyed(self, name: str) -> dict[str, int]:
-        with open(self._file(name)) as handle:
-            return {key: int(value) for key, value in (line.split() for line in handle if line.strip())}
+        with open(self._file(name), "rb") as handle:
+            return _keyed(handle.read())
 
     def read(self, count_processes: bool = True) -> Reading | None:
         try:
-            with open(self._file("memory.current")) as handle:
-                memory = int(handle.read())
-            cpu = self._keyed("cpu.stat")
+            memory = self._memory.number()
+            cpu = _keyed(self._cpu.read())
+            processes = self._procs.read().count(b"\n") if count_processes else 0
         except (OSError, ValueError):
             return None
-        processes = len(self.members()) if count_processes else 0
-        return Reading(memory, cpu.get("user_usec", 0) / 1e6, cpu.get("system_usec", 0) / 1e6, processes)
+        total = cpu.get("usage_usec", cpu.get("user_usec", 0) + cpu.get("system_usec", 0)) / 1e6
+        user, system = split_cpu(total, cpu.get("user_usec", 0), cpu.get("system_usec", 0))
+        return Reading(memory, user, system, processes)
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
@@ -159,6 +163,12 @@ class CgroupV2:
         except (OSError, ValueError):
             return 0
 
+    def throttled_seconds(self) -> float:
+        try:
+            return self._keyed("cpu.stat").get("throttled_usec", 0) / 1e6
+        except (OSError, ValueError):
+            return 0.0
+
     def kill_all(self) -> bool:
         if not os.path.exists(self._file("cgroup.kill")):
             return False
@@ -166,4 +176,14 @@ class CgroupV2:
         return True
 
     def remove(self) -> bool:
+        for counter in (self._memory, self._cpu, self._procs):
+            counter.close()
         return remove_cgroup(self.path)
+
+
+def _keyed(text: bytes) -> dict[str, int]:
+    """A flat-keyed cgroup file (``key value`` per line) as a dict."""
+    return {
+        key.decode(): int(value)
+        for key, value in (line.split() for line in text.splitlines() if line.strip())
+    }

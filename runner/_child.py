@@ -18,6 +18,7 @@ import sys
 
 # Bound now, while the zygote imports this module: a child must never import from ``runner``
 # at run time (that would import the whole package, psutil and all, in every child).
+from runner._messages import ExecFailed, Ok, Raised, SetupFailed
 from runner._wire import write_frame
 
 RESULT_FD = 3
@@ -32,7 +33,7 @@ EXIT_EXEC_FAILED = 126
 class ChildSpec:
     """What the zygote's child needs to know; pickled into each fork request (kept small)."""
 
-    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "payload", "rlimits")
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "imports", "payload", "rlimits")
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class ChildSpec:
         cwd: str | None,
         rlimits: list[tuple[int, int, int]],
         cgroup_procs: list[str],
+        imports: tuple[str, ...] = (),
     ) -> None:
         self.argv = argv
         self.payload = payload
@@ -50,6 +52,7 @@ class ChildSpec:
         self.cwd = cwd
         self.rlimits = rlimits
         self.cgroup_procs = cgroup_procs
+        self.imports = imports  # modules unpickling the payload needs: the zygote loads them once
 
     def __getstate__(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -64,7 +67,7 @@ def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zyg
     try:
         _confine(spec, result_fd, stdio, zygote)
     except BaseException as error:  # the task has not started: report why, as text
-        _report(("setup_failed", f"{type(error).__name__}: {error}"), fd=result_fd)
+        _report(SetupFailed(f"{type(error).__name__}: {error}"), fd=result_fd)
         os._exit(EXIT_SETUP_FAILED)
     if spec.argv is not None:
         _exec(spec)
@@ -119,7 +122,7 @@ def _exec(spec: ChildSpec) -> None:
     try:
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except OSError as error:
-        _report(("exec_failed", error.errno, error.strerror or str(error)))
+        _report(ExecFailed(error.errno or 0, error.strerror or str(error)))
         not_found = isinstance(error, FileNotFoundError)
         os._exit(EXIT_EXEC_NOT_FOUND if not_found else EXIT_EXEC_FAILED)
 
@@ -138,9 +141,9 @@ def _call(spec: ChildSpec) -> None:
         return
     _flush_std()
     try:
-        message = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
+        message = pickle.dumps(Ok(value).wire(), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as error:
-        message = pickle.dumps(_raised(error, note="the return value could not be pickled"))
+        message = pickle.dumps(_raised(error, note="the return value could not be pickled").wire())
     _write(message, RESULT_FD)
 
 
@@ -154,7 +157,7 @@ def _replace_environment(env: dict[str, str]) -> None:
             os.environ[key] = value
 
 
-def _raised(error: BaseException, note: str = "") -> tuple[object, ...]:
+def _raised(error: BaseException, note: str = "") -> Raised:
     import traceback
 
     text = "".join(traceback.format_exception(error))
@@ -166,13 +169,8 @@ def _raised(error: BaseException, note: str = "") -> tuple[object, ...]:
     if note:
         message = f"{note}: {message}" if message else note
     kind = type(error)
-    return (
-        "raised",
-        pickled,
-        f"{kind.__module__}.{kind.__qualname__}",
-        message,
-        text,
-        isinstance(error, MemoryError),
+    return Raised(
+        pickled, f"{kind.__module__}.{kind.__qualname__}", message, text, isinstance(error, MemoryError)
     )
 
 
@@ -184,8 +182,8 @@ def _flush_std() -> None:
             continue
 
 
-def _report(message: tuple[object, ...], fd: int = RESULT_FD) -> None:
-    _write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), fd)
+def _report(message: ExecFailed | Raised | SetupFailed, fd: int = RESULT_FD) -> None:
+    _write(pickle.dumps(message.wire(), protocol=pickle.HIGHEST_PROTOCOL), fd)
 
 
 def _write(payload: bytes, fd: int) -> None:

@@ -16,42 +16,34 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import math
 import os
 import pickle
 import secrets
 import signal
 import time
-from datetime import UTC, datetime
-from typing import Any
-
-import cloudpickle
+from datetime import UTC, datetime, timedelta
 
 from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
-from runner._child import EXIT_EXEC_FAILED, EXIT_EXEC_NOT_FOUND, ChildSpec
+from runner._child import ChildSpec
 from runner._confinement import Confinement, Reading, proc_stat
 from runner._forkserver import ForkServer, default_fork_server
-from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, TaskError, Usage
+from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
+from runner._outcome import Ending, classify, exit_facts
+from runner._payload import pickle_call
+from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
 from runner._spec import ExecutionSpec
 from runner._throttle import DutyCycle
 from runner._tree import COOKIE_VARIABLE, ProcessTree
 from runner._wire import FrameReader
-from runner._zygote import STATUS
 
 MAX_SAMPLES = 4096  # then the timeline halves its resolution
 KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
 KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop waiting
 RELEASE_GIVE_UP = 5.0  # a cgroup that stays busy this long is left behind, with a note
 _serial = itertools.count(1)
-
-# The outcome of a violation of each limit the supervisor itself acts on.
-_VIOLATION_OUTCOME = {
-    "memory": Outcome.MEMORY_EXCEEDED,
-    "cpu_time": Outcome.CPU_TIME_EXCEEDED,
-    "wall_time": Outcome.TIMED_OUT,
-    "pids": Outcome.FAILED,
-}
 
 
 class Phase(enum.Enum):
@@ -78,10 +70,10 @@ class ExecutionHandle:
         self._t0 = time.monotonic()
         self._fds: dict[int, str] = {}
         self._result = FrameReader()
-        self._message: tuple[Any, ...] | None = None
+        self._message: Message | None = None
         self._output = {"stdout": bytearray(), "stderr": bytearray()}
         self._dropped = {"stdout": 0, "stderr": 0}
-        self._exit: tuple[int, float, float, int] | None = None  # status, user, sys, maxrss KiB
+        self._exit: Exited | None = None
         self._zygote_died = False
         self._pidfd: int | None = None
         self._violation: str | None = None
@@ -90,7 +82,7 @@ class ExecutionHandle:
         self._notes: list[str] = []
         self._timeline: list[Sample] = []
         self._sample_every = spec.sample_interval
-        self._next_sample = self._t0 + spec.sample_interval
+        self._next_sample = _next_tick(self._t0 + spec.sample_interval, spec.sample_interval)
         self._wall_deadline = self._t0 + spec.limits.wall_time if spec.limits.wall_time else None
         self._kill_at: float | None = None
         self._kill_started: float | None = None
@@ -106,13 +98,13 @@ class ExecutionHandle:
         self._usage_at_end: Usage | None = None
         self._release_by = 0.0
         try:
-            payload = self._payload()
+            payload, imports = self._payload()
         except Exception as error:
             self._finish_early(error, "the call could not be pickled")
             return
         self._confinement = self._confine()
         try:
-            self._spawn(payload)
+            self._spawn(payload, imports)
         except BaseException:
             self._close_fds()
             self._remove_confinement()
@@ -120,11 +112,10 @@ class ExecutionHandle:
 
     # -- starting -------------------------------------------------------------------------
 
-    def _payload(self) -> bytes | None:
+    def _payload(self) -> tuple[bytes | None, tuple[str, ...]]:
         if self.spec.is_command:
-            return None
-        call = (self.spec.target, tuple(self.spec.args), dict(self.spec.kwargs))
-        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+            return None, ()
+        return pickle_call(self.spec.target, tuple(self.spec.args), self.spec.kwargs)  # type: ignore[arg-type]
 
     def _confine(self) -> Confinement:
         mode = self._plan.mode
@@ -134,7 +125,7 @@ class ExecutionHandle:
             return CgroupV1(self.id, self.spec.limits)
         return ProcessTree(self.id)
 
-    def _spawn(self, payload: bytes | None) -> None:
+    def _spawn(self, payload: bytes | None, imports: tuple[str, ...]) -> None:
         spec = self.spec
         env = dict(os.environ if spec.env is None else spec.env)
         env[COOKIE_VARIABLE] = self.id
@@ -146,6 +137,7 @@ class ExecutionHandle:
             cwd=spec.cwd,
             rlimits=self._plan.rlimits,
             cgroup_procs=self._confinement.procs_files(),
+            imports=imports,
         )
         result_r, result_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -168,17 +160,23 @@ class ExecutionHandle:
             os.set_blocking(fd, False)
         server = self._server_or_default()
         try:
-            self.pid, self._pidfd = server.spawn(child, result_w, status_w, (stdio[0], stdio[1], stdio[2]))
+            self.pid, self._pidfd, forked_at = server.spawn(
+                child, result_w, status_w, (stdio[0], stdio[1], stdio[2])
+            )
         finally:
             for fd in theirs:
                 os.close(fd)
         self._confinement.attach(self.pid)
         stat = proc_stat(self.pid)
         self.pid_start_ticks = stat.start if stat is not None else None
-        # The clock starts when the child exists: zygote start-up and cgroup set-up are ours.
-        self._started_at = datetime.now(UTC)
-        self._t0 = time.monotonic()
-        self._next_sample = self._t0 + spec.sample_interval
+        # The clock starts when the child was forked (the zygote says when): zygote start-up
+        # and cgroup set-up are ours, and from then on its CPU time counts, so its wall time
+        # covers the same span.
+        now = time.monotonic()
+        self._t0 = min(forked_at, now) if forked_at > 0 else now
+        self._started_at = datetime.now(UTC) - timedelta(seconds=now - self._t0)
+        # The first sample after one whole interval, then on the shared grid.
+        self._next_sample = _next_tick(self._t0 + self._sample_every, self._sample_every)
         if spec.limits.wall_time:
             self._wall_deadline = self._t0 + spec.limits.wall_time
 
@@ -295,9 +293,9 @@ class ExecutionHandle:
         if self._message is not None:
             return  # a descendant wrote to the inherited result pipe; the child's word stands
         try:
-            self._message = pickle.loads(frame)
+            self._message = from_wire(pickle.loads(frame))
         except Exception as error:
-            self._message = ("unreadable", f"{type(error).__name__}: {error}")
+            self._message = Unreadable(f"{type(error).__name__}: {error}")
 
     def _read_status(self, fd: int) -> None:
         try:
@@ -305,7 +303,7 @@ class ExecutionHandle:
         except BlockingIOError:
             return
         if len(data) == STATUS.size:
-            self._exit = STATUS.unpack(data)
+            self._exit = Exited.unpack(data)
         else:
             self._zygote_died = True
         self._close(fd)
@@ -346,7 +344,7 @@ class ExecutionHandle:
     def _sample(self, now: float) -> None:
         assert self._confinement is not None
         reading = self._confinement.read()
-        self._next_sample = now + self._sample_every
+        self._next_sample = _next_tick(now, self._sample_every)
         if reading is None:
             return
         self._last = reading
@@ -478,14 +476,8 @@ class ExecutionHandle:
     def _finish_early(self, error: Exception, note: str) -> None:
         now = time.monotonic()
         usage = Usage.zero()
-        self._message = (
-            "raised",
-            None,
-            f"{type(error).__module__}.{type(error).__qualname__}",
-            f"{note}: {error}",
-            "",
-            False,
-        )
+        kind = type(error)
+        self._message = Raised(None, f"{kind.__module__}.{kind.__qualname__}", f"{note}: {error}", "", False)
         self.execution = self._record(usage, now, outcome=Outcome.FAILED)
         self.phase = Phase.FINISHED
 
@@ -497,33 +489,63 @@ class ExecutionHandle:
         final = None if tree else self._confinement.read(count_processes=False)
         # The kernel's own peak of the cgroup is what its limit counts, spikes included; without
         # one, the larger of wait4's ru_maxrss (the top process's true peak) and the samples.
+        exited = self._exit
         candidates = {"sampled": self._peak_sampled}
-        if self._exit is not None:
-            candidates["rusage"] = self._exit[3] * 1024
+        if exited is not None:
+            candidates["rusage"] = exited.maxrss_kib * 1024
         kernel_peak = self._confinement.peak_memory()
         if kernel_peak:
             candidates = {"cgroup": kernel_peak}
+        # CPU: whichever account saw the most, taken whole (mixing one's user time with
+        # another's system time would count some of it twice). wait4 covers the child and what
+        # it waited for; the cgroup, every member, reaped or not.
         user = system = 0.0
-        if self._exit is not None:
-            _, user, system, _maxrss = self._exit
+        if exited is not None:
+            user, system = exited.user, exited.system
         for reading in (self._last, final):
-            if reading is not None:
-                user, system = max(user, reading.cpu_user), max(system, reading.cpu_system)
+            if reading is not None and reading.cpu_seconds > user + system:
+                user, system = reading.cpu_user, reading.cpu_system
         source = max(candidates, key=lambda key: candidates[key])
+        # The tree lived from the fork until its last process was gone: the reap of the child,
+        # when it ended by itself and left nothing behind; else when the kill protocol saw the
+        # tree empty. CPU time covers the same span.
+        killed = self._violation is not None or self._cancelled
+        end = now
+        if exited is not None and exited.ended_at > 0 and not self._leftovers and not killed:
+            end = exited.ended_at
         return Usage(
             peak_memory_bytes=candidates[source],
             cpu_user_seconds=user,
             cpu_system_seconds=system,
-            wall_seconds=now - self._t0,
+            wall_seconds=max(0.0, min(end, now) - self._t0),
             peak_processes=max(self._peak_processes, self._leftovers + 1),
             timeline=tuple(self._timeline),
             oom_kills=self._confinement.oom_kills(),
+            cpu_throttled_seconds=(
+                self._throttle.stopped_seconds
+                if self._throttle is not None
+                else self._confinement.throttled_seconds()
+            ),
             memory_source=source,
         )
 
     def _record(self, usage: Usage, now: float, outcome: Outcome | None = None) -> Execution:
-        exit_code, signum = self._exit_facts()
-        derived, limit, error = self._classify(usage, exit_code, signum)
+        exit_code, signum = exit_facts(self._exit)
+        verdict = classify(
+            Ending(
+                is_command=self.spec.is_command,
+                limits=self.spec.limits,
+                message=self._message,
+                exited=self._exit,
+                zygote_died=self._zygote_died,
+                cancelled=self._cancelled,
+                violation=self._violation,
+                usage=usage,
+                memory_by_rlimit=self._plan.mechanisms.get("memory") is Mechanism.RLIMIT,
+                stderr_tail=bytes(self._output["stderr"][-4096:]),
+                processes_seen=self._last.processes if self._last is not None else None,
+            )
+        )
         stdout = bytes(self._output["stdout"]) if self.spec.capture else None
         stderr = bytes(self._output["stderr"]) if self.spec.capture else None
         for name, dropped in self._dropped.items():
@@ -531,13 +553,13 @@ class ExecutionHandle:
                 self._notes.append(
                     f"{name}: {dropped} bytes beyond the {self.spec.output_cap}-byte cap were dropped"
                 )
-        value = self._message[1] if self._message is not None and self._message[0] == "ok" else None
+        value = self._message.value if isinstance(self._message, Ok) else None
         return Execution(
-            outcome=outcome or derived,
+            outcome=outcome or verdict.outcome,
             exit_code=exit_code,
             signal=signum,
-            breached_limit=limit,
-            error=error,
+            breached_limit=verdict.breached_limit,
+            error=verdict.error,
             usage=usage,
             limits=self.spec.limits,
             enforcement={name: str(mechanism) for name, mechanism in self._plan.mechanisms.items()},
@@ -551,149 +573,8 @@ class ExecutionHandle:
             notes=tuple(self._notes),
         )
 
-    def _allocation_failure_marker(self) -> str | None:
-        """Under an RLIMIT_DATA memory limit a command cannot be told it hit the limit; it
-        fails its allocation and exits. Recognise the runtimes' own words for that."""
-        if self._plan.mechanisms.get("memory") is not Mechanism.RLIMIT:
-            return None
-        tail = bytes(self._output["stderr"][-4096:])
-        for marker in _ALLOCATION_FAILURES:
-            if marker in tail:
-                return marker.decode()
-        return None
 
-    def _exit_facts(self) -> tuple[int | None, int | None]:
-        if self._exit is None:
-            return None, None
-        status = self._exit[0]
-        if os.WIFSIGNALED(status):
-            return None, os.WTERMSIG(status)
-        if os.WIFEXITED(status):
-            return os.WEXITSTATUS(status), None
-        return None, None
-
-    def _classify(
-        self, usage: Usage, exit_code: int | None, signum: int | None
-    ) -> tuple[Outcome, str | None, TaskError | None]:
-        """Decide the one outcome, the limit that caused it, and the error facts."""
-        limits = self.spec.limits
-        message = self._message
-        error = _error_from(message)
-        if self._cancelled:
-            return Outcome.CANCELLED, None, TaskError(type="Cancelled", message="cancelled on request")
-        if self._violation is not None:
-            observed = _observed(self._violation, usage, self._last)
-            limit = _limit_text(self._violation, limits)
-            text = f"{self._violation} limit {limit} exceeded{observed}; killed by the supervisor"
-            return (
-                _VIOLATION_OUTCOME[self._violation],
-                self._violation,
-                TaskError(type="LimitExceeded", message=text),
-            )
-        succeeded = exit_code == 0 and (self.spec.is_command or (message is not None and message[0] == "ok"))
-        if usage.oom_kills and not succeeded:
-            limit = _limit_text("memory", limits)
-            text = f"memory limit {limit} reached; the kernel OOM-killed {usage.oom_kills} process(es)"
-            return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
-        if signum == signal.SIGXCPU or (
-            signum == signal.SIGKILL and limits.cpu_time is not None and usage.cpu_seconds >= limits.cpu_time
-        ):
-            text = f"cpu_time limit {_limit_text('cpu_time', limits)} exceeded (RLIMIT_CPU)"
-            return Outcome.CPU_TIME_EXCEEDED, "cpu_time", TaskError(type="LimitExceeded", message=text)
-        if signum == signal.SIGXFSZ:
-            text = f"file_size limit {_limit_text('file_size', limits)} exceeded (RLIMIT_FSIZE)"
-            return Outcome.FAILED, "file_size", TaskError(type="LimitExceeded", message=text)
-        if self._zygote_died:
-            return (
-                Outcome.CRASHED,
-                None,
-                TaskError(type="ForkServerDied", message="the fork server died while the child ran"),
-            )
-        if message is not None and message[0] == "setup_failed":
-            return Outcome.CRASHED, None, error
-        if signum is not None:
-            text = f"killed by {signal.Signals(signum).name} ({-signum})" + _oom_hint(signum, limits)
-            return Outcome.CRASHED, None, TaskError(type="Signal", message=text)
-        if message is not None and message[0] == "raised":
-            if message[5] and self._plan.mechanisms.get("memory") is Mechanism.RLIMIT:
-                return Outcome.MEMORY_EXCEEDED, "memory", error
-            return Outcome.FAILED, None, error
-        if message is not None and message[0] in ("exec_failed", "unreadable"):
-            return Outcome.FAILED, None, error
-        if self.spec.is_command:
-            if exit_code == 0:
-                return Outcome.SUCCEEDED, None, None
-            marker = self._allocation_failure_marker()
-            if marker is not None:
-                text = (
-                    f"memory limit {_limit_text('memory', limits)} (RLIMIT_DATA) refused an allocation; "
-                    f"inferred from {marker!r} in the command's stderr, exit status {exit_code}"
-                )
-                return Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text)
-            return (
-                Outcome.FAILED,
-                None,
-                TaskError(type="ExitStatus", message=f"exited with status {exit_code}"),
-            )
-        if message is not None and message[0] == "ok":
-            return Outcome.SUCCEEDED, None, None
-        return (
-            Outcome.CRASHED,
-            None,
-            TaskError(
-                type="NoResult", message=f"the child exited with status {exit_code} without sending a result"
-            ),
-        )
-
-
-# What common runtimes print when an allocation is refused (RLIMIT_DATA makes mmap/brk fail).
-_ALLOCATION_FAILURES = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
-
-
-def _error_from(message: tuple[Any, ...] | None) -> TaskError | None:
-    if message is None:
-        return None
-    kind = message[0]
-    if kind == "raised":
-        _, pickled, type_name, text, traceback, _memory = message
-        return TaskError(type=type_name, message=text, traceback=traceback, pickled=pickled)
-    if kind == "exec_failed":
-        _, errno, text = message
-        code = EXIT_EXEC_NOT_FOUND if errno == 2 else EXIT_EXEC_FAILED
-        return TaskError(type="ExecFailed", message=f"cannot execute: {text} (errno {errno}; exit {code})")
-    if kind == "setup_failed":
-        return TaskError(type="SetupFailed", message=f"the child could not be confined: {message[1]}")
-    if kind == "unreadable":
-        return TaskError(
-            type="UnpicklingError", message=f"the child's result could not be unpickled: {message[1]}"
-        )
-    return None
-
-
-def _limit_text(limit: str, limits: Any) -> str:
-    from policies import format_duration, format_size
-
-    value = getattr(limits, limit)
-    if limit in ("memory", "file_size"):
-        return format_size(value)
-    if limit in ("cpu_time", "wall_time"):
-        return format_duration(value)
-    return str(value)
-
-
-def _observed(limit: str, usage: Usage, last: Reading | None) -> str:
-    from policies import format_duration, format_size
-
-    if limit == "memory":
-        return f" (observed {format_size(usage.peak_memory_bytes)})"
-    if limit == "cpu_time":
-        return f" (observed {format_duration(usage.cpu_seconds)})"
-    if limit == "pids" and last is not None:
-        return f" (observed {last.processes} processes)"
-    return ""
-
-
-def _oom_hint(signum: int, limits: Any) -> str:
-    if signum == signal.SIGKILL:
-        return "; SIGKILL not sent by the governor (the system OOM killer?)"
-    return ""
+def _next_tick(now: float, interval: float) -> float:
+    """The next multiple of ``interval`` after ``now``: executions sampled at one interval
+    share their ticks, so one wake-up of the owner's loop serves all of them."""
+    return (math.floor(now / interval) + 1) * interval

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner._child import ChildSpec
 from runner._errors import ForkServerError
-from runner._zygote import REPLY, REQUEST
+from runner._messages import REPLY, REQUEST
 
 # The zygote must stay small: importing ``runner`` would run its __init__ and pull in psutil,
 # cloudpickle and the rest. A stand-in package object lets it import only the leaf modules it
@@ -51,8 +51,9 @@ class ForkServer:
 
     def spawn(
         self, spec: ChildSpec, result_w: int, status_w: int, stdio: tuple[int, int, int]
-    ) -> tuple[int, int]:
-        """Fork a child for ``spec``; return ``(pid, pidfd)``. The caller owns the pidfd."""
+    ) -> tuple[int, int, float]:
+        """Fork a child for ``spec``; return ``(pid, pidfd, forked_at)``, the last the monotonic
+        time the child began. The caller owns the pidfd."""
         # Plain builtins only: unpickling a runner class would import the whole package into
         # the zygote (and so into every child).
         payload = pickle.dumps(spec.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -68,10 +69,10 @@ class ForkServer:
             except OSError as error:
                 self._discard()
                 raise ForkServerError(f"the fork server failed during a spawn: {error}") from error
-        pid, errno = REPLY.unpack(data)
+        pid, errno, forked_at = REPLY.unpack(data)
         if pid == 0:
             raise ForkServerError(f"fork failed in the fork server: {os.strerror(errno)}")
-        return pid, received[0]
+        return pid, received[0], forked_at
 
     def close(self) -> None:
         """Stop the zygote (its running children die with it)."""

@@ -78,6 +78,7 @@ class Usage:
     timeline: tuple[Sample, ...] = ()
     oom_kills: int = 0
     memory_source: str = ""  # where the peak came from: cgroup, rusage, sampled
+    cpu_throttled_seconds: float = 0.0  # time its cpu_rate limit held it back (quota or duty cycle)
 
     @property
     def cpu_seconds(self) -> float:
@@ -96,11 +97,13 @@ class Usage:
         )
 
     def __repr__(self) -> str:
+        throttled = self.cpu_throttled_seconds
         return (
             f"Usage(peak={format_size(self.peak_memory_bytes)}, cpu={self.cpu_seconds:.3f}s "
             f"(user {self.cpu_user_seconds:.3f}s, sys {self.cpu_system_seconds:.3f}s), "
             f"wall={format_duration(self.wall_seconds)}, processes={self.peak_processes}, "
-            f"samples={len(self.timeline)})"
+            + (f"throttled={format_duration(throttled)}, " if throttled else "")
+            + f"samples={len(self.timeline)})"
         )
 
 
@@ -209,6 +212,7 @@ class Execution:
             "wall_seconds": round(usage.wall_seconds, 6),
             "peak_processes": usage.peak_processes,
             "oom_kills": usage.oom_kills,
+            "cpu_throttled_seconds": round(usage.cpu_throttled_seconds, 6),
             "limits": self.limits.as_dict(),
             "enforcement": dict(self.enforcement),
             "unenforced": list(self.unenforced),

@@ -18,6 +18,7 @@ class DutyCycle:
     rate: float
     period: float = 0.1
     stopped_until: float | None = None
+    stopped_seconds: float = 0.0  # time the tree has been held stopped so far
     _last_time: float | None = None
     _last_cpu: float = 0.0
     _debt: float = 0.0
@@ -42,6 +43,7 @@ class DutyCycle:
         pause = self._debt / self.rate
         self._debt = 0.0
         self.stopped_until = now + pause
+        self.stopped_seconds += pause
         return "stop"
 
     def next_check(self, now: float) -> float:

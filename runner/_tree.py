@@ -1,12 +1,16 @@
-"""Confinement without cgroups: the execution's process tree, tracked with psutil.
+"""Confinement without cgroups: the execution's process tree, read from /proc.
 
-Membership is the union of: the child and its descendants now (one scan of the process
-table), every descendant seen at an earlier sample (a pid + creation time, so pid reuse
-cannot fool it), and — in a ``thorough`` pass, used when killing — every process whose
-session is the child's or whose environment carries the execution's cookie
-(``GOVERNOR_EXECUTION_ID``). Double-forked and setsid'd descendants of a command keep the
-cookie, so they are found after their parent is gone; a descendant that both scrubs its
-environment and leaves the session escapes, which only a cgroup prevents.
+Membership is the union of: the child and its descendants now (followed through each
+member's ``/proc/<pid>/task/<tid>/children``, so a sample reads the tree, never the whole
+process table), every member seen at an earlier sample (its /proc files are held open, which
+binds them to that process: pid reuse cannot fool it), and, in a ``thorough`` pass used when
+killing, every process whose session is the child's or whose environment carries the
+execution's cookie (``GOVERNOR_EXECUTION_ID``). Double-forked and setsid'd descendants of a
+command keep the cookie, so they are found after their parent is gone; a descendant that both
+scrubs its environment and leaves the session escapes, which only a cgroup prevents.
+
+A kernel without ``children`` files (``CONFIG_PROC_CHILDREN``) is served by psutil's scan of
+the process table instead.
 """
 
 from __future__ import annotations
@@ -15,9 +19,35 @@ import os
 
 import psutil
 
-from runner._confinement import Reading, proc_stat
+from runner._confinement import CounterFile, Reading, proc_stat
 
 COOKIE_VARIABLE = "GOVERNOR_EXECUTION_ID"
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _Member:
+    """One process of the tree, its /proc files held open (so bound to that very process)."""
+
+    __slots__ = ("pid", "stat", "statm")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stat = CounterFile(f"/proc/{pid}/stat")
+        self.statm = CounterFile(f"/proc/{pid}/statm")
+
+    def fields(self) -> list[bytes] | None:
+        """Its stat fields after the command name (state first), or ``None`` once it is dead."""
+        try:
+            data = self.stat.read()
+        except OSError:
+            return None
+        fields = data[data.rindex(b")") + 2 :].split()
+        return None if fields[0] in (b"Z", b"X") else fields
+
+    def close(self) -> None:
+        self.stat.close()
+        self.statm.close()
 
 
 class ProcessTree:
@@ -25,8 +55,8 @@ class ProcessTree:
 
     def __init__(self, cookie: str) -> None:
         self._cookie = f"{COOKIE_VARIABLE}={cookie}".encode()
-        self._root: psutil.Process | None = None
-        self._seen: dict[tuple[int, float], psutil.Process] = {}
+        self._root: int | None = None
+        self._members: dict[int, _Member] = {}
         self._cpu_floor = (0.0, 0.0)  # CPU can only grow; members that vanish keep theirs
         self._root_start = 0  # the child's start time in clock ticks since boot
 
@@ -34,58 +64,106 @@ class ProcessTree:
         return []
 
     def attach(self, pid: int) -> None:
-        try:
-            self._root = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            self._root = None
-            return
         stat = proc_stat(pid)
-        self._root_start = stat.start if stat is not None else 0
-        self._remember([self._root])
+        if stat is None:
+            return
+        self._root = pid
+        self._root_start = stat.start
+        self._members[pid] = _Member(pid)
 
-    def _remember(self, processes: list[psutil.Process]) -> None:
-        for process in processes:
+    def _live(self) -> list[tuple[_Member, list[bytes]]]:
+        """The members alive now, with their stat fields: the dead are forgotten, and the
+        descendants the live ones have forked since the last look join."""
+        live = []
+        for member in list(self._members.values()):
+            fields = member.fields()
+            if fields is None:
+                self._forget(member)
+            else:
+                live.append((member, fields))
+        for parent, pid in self._children_of([member.pid for member, _ in live]):
+            member = _Member(pid)
+            fields = member.fields()
+            # Still the process that was listed: a child of that parent, born after the root.
+            if fields is not None and int(fields[1]) == parent and int(fields[19]) >= self._root_start:
+                self._members[pid] = member
+                live.append((member, fields))
+            else:
+                member.close()
+        return live
+
+    def _children_of(self, pids: list[int]) -> list[tuple[int, int]]:
+        """``(parent, child)`` for every descendant of ``pids`` not yet a member."""
+        found: list[tuple[int, int]] = []
+        seen = set(self._members)
+        pending = list(pids)
+        while pending:
+            pid = pending.pop()
             try:
-                self._seen.setdefault((process.pid, process.create_time()), process)
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue  # gone
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as children:
+                        listed = children.read().split()
+                except FileNotFoundError:
+                    if os.path.exists(f"/proc/{pid}/task/{tid}"):
+                        return self._children_by_scan(pids)  # no children files in this kernel
+                    continue  # the thread ended meanwhile
+                except OSError:
+                    continue
+                for child in map(int, listed):
+                    if child not in seen:
+                        seen.add(child)
+                        found.append((pid, child))
+                        pending.append(child)
+        return found
+
+    def _children_by_scan(self, pids: list[int]) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        for pid in pids:
+            try:
+                children = psutil.Process(pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 continue
-
-    def _current(self) -> list[psutil.Process]:
-        if self._root is None:
-            return []
-        try:
-            found = [self._root, *self._root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            found = []
-        self._remember(found)
-        return [process for process in self._seen.values() if _alive(process)]
+            for child in children:
+                if child.pid not in self._members:
+                    try:
+                        found.append((child.ppid(), child.pid))
+                    except psutil.NoSuchProcess:
+                        continue
+        return found
 
     def read(self, count_processes: bool = True) -> Reading | None:
         # Summing RSS counts pages shared between forked processes once per process; counting
         # each process's private part plus the largest shared part is far closer to the truth.
-        private = 0
-        shared = 0
-        user = system = 0.0
+        private = shared = ticks_user = ticks_system = 0
         count = 0
-        for process in self._current():
+        for member, fields in self._live():
             try:
-                with process.oneshot():
-                    info = process.memory_info()
-                    times = process.cpu_times()
-            except psutil.NoSuchProcess:
+                statm = member.statm.read().split()
+            except OSError:  # it has exited since: its CPU stays in the floor
+                self._forget(member)
                 continue
-            private += info.rss - info.shared
-            shared = max(shared, info.shared)
-            user += times.user + times.children_user
-            system += times.system + times.children_system
+            # utime, stime, cutime, cstime: its own CPU and that of the children it waited for.
+            ticks_user += int(fields[11]) + int(fields[13])
+            ticks_system += int(fields[12]) + int(fields[14])
+            resident, shared_pages = int(statm[1]), int(statm[2])
+            private += resident - shared_pages
+            shared = max(shared, shared_pages)
             count += 1
-        user = max(user, self._cpu_floor[0])
-        system = max(system, self._cpu_floor[1])
+        user = max(ticks_user / _TICKS, self._cpu_floor[0])
+        system = max(ticks_system / _TICKS, self._cpu_floor[1])
         self._cpu_floor = (user, system)
-        return Reading(private + shared, user, system, count)
+        return Reading((private + shared) * _PAGE, user, system, count)
+
+    def _forget(self, member: _Member) -> None:
+        member.close()
+        self._members.pop(member.pid, None)
 
     def members(self, thorough: bool = False) -> list[int]:
-        pids = self._scan_proc() if thorough else {process.pid for process in self._current()}
+        pids = self._scan_proc() if thorough else {member.pid for member, _ in self._live()}
         pids.discard(os.getpid())
         return sorted(pids)
 
@@ -93,8 +171,8 @@ class ProcessTree:
         """One pass over /proc: descendants (by parent links), the child's session, and the
         cookie holders. Only processes started no earlier than the child can be any of these,
         so older ones are skipped after reading their stat line (no environ read)."""
-        root = self._root.pid if self._root is not None else None
-        seen = {pid for pid, _ in self._seen}
+        root = self._root
+        known = {member.pid for member, _ in self._live()}  # held open: never a reused pid
         table: dict[int, tuple[int, int]] = {}  # pid -> (parent, session), young live ones only
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -103,7 +181,7 @@ class ProcessTree:
             if stat is None or stat.zombie or stat.start < self._root_start:
                 continue
             table[int(entry)] = (stat.parent, stat.session)
-        found = {pid for pid in table if pid in seen or pid == root or table[pid][1] == root}
+        found = {pid for pid in table if pid in known or pid == root or table[pid][1] == root}
         changed = True
         while changed:  # close over parent links: children of members are members
             changed = False
@@ -126,15 +204,14 @@ class ProcessTree:
     def oom_kills(self) -> int:
         return 0
 
+    def throttled_seconds(self) -> float:
+        return 0.0  # without a cgroup the duty cycle throttles, and keeps its own account
+
     def kill_all(self) -> bool:
         return False
 
     def remove(self) -> bool:
+        for member in self._members.values():
+            member.close()
+        self._members.clear()
         return True
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

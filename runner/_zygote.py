@@ -5,10 +5,14 @@ unsafe and slow (31 ms from a 1 GiB process against 0.7 ms from a small one); th
 ``multiprocessing`` forkserver re-runs preparation in every child. This process imports only
 the standard library and the modules asked to be preloaded, then loops:
 
-    supervisor ──request (header + fds via SCM_RIGHTS, then a pickled ChildSpec)──> zygote
+    supervisor ──Request (header + fds via SCM_RIGHTS, then a pickled ChildSpec)──> zygote
+    zygote ──imports what the child's payload needs and it lacks (once: later forks inherit it)
     zygote ──fork──> child (runs ``_child.child_main``; talks to the supervisor over its own pipe)
-    zygote ──reply (pid, errno) + a pidfd of the child──> supervisor
-    zygote ──on SIGCHLD: wait4 ──> (status, rusage) as one frame on that child's status pipe
+    zygote ──Reply (pid, errno, when it forked) + a pidfd of the child──> supervisor
+    zygote ──on SIGCHLD: wait4 ──> Exited (status, rusage, when) on that child's status pipe
+
+(the wire formats are in ``_messages``). The fork and reap times bound the child's life, so
+its wall time covers the same span as the CPU time wait4 reports.
 
 The zygote is a child subreaper, so descendants orphaned by a dying child are reparented to it
 and reaped here rather than left as zombies. It exits when the control socket closes (the
@@ -24,17 +28,15 @@ import pickle
 import select
 import signal
 import socket
-import struct
 import sys
+import time
 
 # Imported at module level, while the boot stub stands in for the ``runner`` package: an
 # import from ``runner`` later would load the real package, psutil and all, into the zygote.
 from runner import _child
+from runner._messages import REPLY, REQUEST, STATUS
 from runner._wire import drain
 
-REQUEST = struct.Struct("<QI")  # payload length, number of fds that came with it
-REPLY = struct.Struct("<ii")  # pid (0 on failure), errno
-STATUS = struct.Struct("<iddq")  # wait status, user s, system s, maxrss KiB
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FDS = 8
 
@@ -85,11 +87,13 @@ def _fork(
 ) -> None:
     result_w, status_w, stdin, stdout, stderr = fds
     try:
+        _import(spec.imports)  # type: ignore[attr-defined]
+        forked_at = time.monotonic()
         pid = os.fork()
     except OSError as error:
         for fd in fds:
             os.close(fd)
-        control.sendall(REPLY.pack(0, error.errno or 0))
+        control.sendall(REPLY.pack(0, error.errno or 0, 0.0))
         return
     if pid == 0:
         signal.set_wakeup_fd(-1)
@@ -104,9 +108,23 @@ def _fork(
     children[pid] = status_w
     pidfd = os.pidfd_open(pid)
     try:
-        socket.send_fds(control, [REPLY.pack(pid, 0)], [pidfd])
+        socket.send_fds(control, [REPLY.pack(pid, 0, forked_at)], [pidfd])
     finally:
         os.close(pidfd)
+
+
+def _import(modules: tuple[str, ...]) -> None:
+    """Import what a child's payload needs (cloudpickle, for a function sent by value) once,
+    here, so that this child and every later one inherit it instead of importing it each."""
+    missing = [name for name in modules if name not in sys.modules]
+    if not missing:
+        return
+    for name in missing:
+        try:
+            __import__(name)
+        except Exception:  # the zygote must live on: the child's own import fails the same way
+            continue  # and its record says why, as the task's failure
+    gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
 
 
 def _reap(children: dict[int, int]) -> None:
@@ -120,7 +138,7 @@ def _reap(children: dict[int, int]) -> None:
         status_w = children.pop(pid, None)
         if status_w is None:  # an orphan adopted as subreaper: reaping it is all we owe it
             continue
-        record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
+        record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, time.monotonic())
         # Far below PIPE_BUF into an empty pipe: never blocks. A broken pipe means the
         # supervisor gave up on this execution and closed its end; nobody is left to tell.
         with contextlib.suppress(BrokenPipeError):

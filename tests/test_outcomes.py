@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +30,49 @@ def test_kwargs_and_lambdas_and_main_functions_travel_by_value() -> None:
     assert governor.run(th.echo_kwargs, kwargs={"a": 1}).result == {"a": 1}
     offset = 40
     assert governor.run(lambda: offset + 2).result == 42
+
+
+def test_a_function_sent_by_value_finds_cloudpickle_loaded_by_the_fork_server() -> None:
+    """Unpickling a by-value function needs cloudpickle: the zygote imports it once, before it
+    forks, so the child inherits it. A module the child imported itself would be tracked by
+    its own collector; the zygote's modules sit frozen (``gc.freeze``) and are not."""
+
+    def imported_here() -> bool:
+        import gc
+        import sys
+
+        namespace = vars(sys.modules["cloudpickle.cloudpickle"])
+        return any(tracked is namespace for tracked in gc.get_objects())
+
+    assert governor.run(imported_here).result is False
+
+
+def test_a_main_function_traceback_names_its_file_and_line(tmp_path: Path) -> None:
+    """A script's function travels by value; its traceback still names the script and shows
+    the failing line (cloudpickle alone says ``<dynamic-code>``)."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import governor\n"
+        "def job():\n"
+        "    raise KeyError('missing')\n"
+        "if __name__ == '__main__':\n"
+        "    print(governor.run(job).error.traceback)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert f'File "{script}", line 3, in job' in output.stdout
+    assert "raise KeyError('missing')" in output.stdout
+    assert "<dynamic-code>" not in output.stdout
+
+
+@pytest.mark.parametrize("target", [th.add, lambda a, b: a + b], ids=["imported", "by-value"])
+def test_wall_time_covers_the_cpu_time_it_reports(target: object) -> None:
+    """Wall time runs from the fork to the reap, the span wait4's CPU time covers: a
+    single-threaded call never shows more CPU than wall time."""
+    for _ in range(20):
+        usage = governor.run(target, 2, 3).usage  # type: ignore[arg-type]
+        assert 0 < usage.cpu_seconds <= usage.wall_seconds + 1e-6, usage
 
 
 def test_exception_arrives_with_type_message_and_remote_traceback() -> None:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import wait_until
 
-from governor.service import _store
+from governor.service import _schema
 from governor.service._store import (
     APPLICATION_ID,
     Store,
@@ -138,7 +138,7 @@ def test_creates_file_and_parents_in_wal_mode_and_reopens(db_path: Path) -> None
     assert db_path.is_file()
     assert scalar(db_path, "PRAGMA journal_mode") == "wal"
     assert scalar(db_path, "PRAGMA application_id") == APPLICATION_ID
-    assert scalar(db_path, "PRAGMA user_version") == len(_store._MIGRATIONS)
+    assert scalar(db_path, "PRAGMA user_version") == len(_schema.MIGRATIONS)
     with Store(db_path) as store:
         assert [row["run_id"] for row in store.in_flight()] == ["r1"]
 
@@ -189,7 +189,7 @@ def test_locked_database_raises_store_locked(db_path: Path) -> None:
 
 def test_newer_schema_is_refused(db_path: Path) -> None:
     Store(db_path).close()
-    known = len(_store._MIGRATIONS)
+    known = len(_schema.MIGRATIONS)
     with raw(db_path) as db:
         db.execute(f"PRAGMA user_version = {known + 3}")
     with pytest.raises(StoreTooNew) as caught:
@@ -205,19 +205,19 @@ def test_migrates_from_version_zero(db_path: Path) -> None:
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     with Store(db_path) as store:
         assert store.history() == []
-    assert scalar(db_path, "PRAGMA user_version") == len(_store._MIGRATIONS)
+    assert scalar(db_path, "PRAGMA user_version") == len(_schema.MIGRATIONS)
 
 
 def test_migrates_an_older_schema_keeping_its_data(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Store(db_path) as store:  # a database at today's version ...
         store.finished("r1", "backup", record())
-    known = len(_store._MIGRATIONS)
+    known = len(_schema.MIGRATIONS)
 
     def add_labels(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE executions ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'")
 
     # ... opened by a governor that knows one migration more.
-    monkeypatch.setattr(_store, "_MIGRATIONS", (*_store._MIGRATIONS, add_labels))
+    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, add_labels))
     with Store(db_path) as store:
         assert [entry["run_id"] for entry in store.history()] == ["r1"]
         assert store.timeline("r1") == [asdict(sample) for sample in record().usage.timeline]
@@ -227,7 +227,7 @@ def test_migrates_an_older_schema_keeping_its_data(db_path: Path, monkeypatch: p
 
 def test_a_version_1_database_gains_wait_reasons(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as patch:  # written by the governor that knew schema 1 only
-        patch.setattr(_store, "_MIGRATIONS", _store._MIGRATIONS[:1])
+        patch.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
         with Store(db_path):
             pass
         with raw(db_path) as db:  # a row as that governor wrote it
@@ -243,18 +243,57 @@ def test_a_version_1_database_gains_wait_reasons(db_path: Path, monkeypatch: pyt
         store.flush()
         reasons = {e["run_id"]: e["wait_reason"] for e in store.history()}
         assert reasons == {"old": None, "new": "no free slot"}
-    assert scalar(db_path, "PRAGMA user_version") == len(_store._MIGRATIONS) == 2
+    assert scalar(db_path, "PRAGMA user_version") == len(_schema.MIGRATIONS)
+
+
+def test_the_schema_knows_every_key_of_the_dict_form() -> None:
+    assert [key for key, _kind in _schema.FIELDS] == list(record().to_dict())
+
+
+def test_version_3_rewrites_wait_reasons_that_embedded_internal_objects(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wait reasons once carried the repr of a queued request, thousands of characters of it."""
+    task_request = (
+        "held back for _Request(spec=ExecutionSpec(target=['make'], args=(), limits=Limits(memory=1.0 GiB)), "
+        "priority=0, attempt=1, task=Task(id=3, name='nightly build', priority=0, triggers=[]), "
+        + "x" * 5000
+        + "), which needs the resources first"
+    )
+    call_request = (
+        "held back for _Request(spec=ExecutionSpec(target=<function render_page at 0x7f00>, args=(1,)), "
+        "priority=0, task=None), which needs the resources first"
+    )
+    with monkeypatch.context() as patch:  # written by the governor that knew schema 2
+        patch.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:2])
+        with Store(db_path):
+            pass
+    with raw(db_path) as db:  # rows as that governor wrote them
+        for run_id, reason in (("a", task_request), ("b", call_request), ("c", "no free slot")):
+            db.execute(
+                "INSERT INTO executions (run_id, task, attempt, started_at, ended_at, outcome, wait_reason)"
+                " VALUES (?, 't', 1, '2026-01-01T00:00:00.000000+00:00',"
+                " '2026-01-01T00:00:01.000000+00:00', 'succeeded', ?)",
+                (run_id, reason),
+            )
+    with Store(db_path) as store:
+        reasons = {entry["run_id"]: entry["wait_reason"] for entry in store.history()}
+    assert reasons == {
+        "a": "held back for nightly build, which needs the resources first",
+        "b": "held back for render_page, which needs the resources first",
+        "c": "no free slot",
+    }
 
 
 def test_failed_migration_changes_nothing(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(db_path).close()
-    known = len(_store._MIGRATIONS)
+    known = len(_schema.MIGRATIONS)
 
     def half_done(db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE half (x)")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(_store, "_MIGRATIONS", (*_store._MIGRATIONS, half_done))
+    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, half_done))
     with pytest.raises(RuntimeError, match="migration bug"):
         Store(db_path)
     assert scalar(db_path, "PRAGMA user_version") == known

@@ -25,7 +25,7 @@ Errors::
     └── StoreTooNew     the file was written by a newer governor (schema version above ours)
 
 Schema: ``PRAGMA application_id`` marks the file as ours; ``PRAGMA user_version`` is the number
-of ``_MIGRATIONS`` applied. Opening an older file applies the missing ones in one transaction.
+of ``MIGRATIONS`` (``_schema``) applied. Opening an older file applies the missing ones in one transaction.
 """
 
 from __future__ import annotations
@@ -46,13 +46,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from governor.service import _schema
+from governor.service._schema import (
+    APPLICATION_ID,
+    FINISHED_COLUMNS,
+    finished_row,
+    history_entry,
+    in_flight_entry,
+    iso,
+    started_row,
+    timestamp,
+)
 from runner import Execution, Sample
 
 __all__ = ["Store", "StoreCorrupt", "StoreError", "StoreLocked", "StoreTooNew", "default_db_path"]
 
 log = logging.getLogger("governor.store")
-
-APPLICATION_ID = 0x47564E52  # "GVNR": tells our files apart from any other SQLite database
 
 _T = TypeVar("_T")
 
@@ -119,74 +128,6 @@ class StoreTooNew(StoreError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.path, self.schema, self.known))
-
-
-# --------------------------------------------------------------------------------------- schema
-
-
-def _v1(connection: sqlite3.Connection) -> None:
-    # ``executescript`` would COMMIT the migration transaction half-way: one statement at a time.
-    for statement in (
-        """CREATE TABLE tasks (
-            name TEXT PRIMARY KEY,
-            definition TEXT NOT NULL,         -- JSON
-            fingerprint TEXT NOT NULL,
-            updated_at TEXT NOT NULL          -- when the definition last changed
-        )""",
-        """CREATE TABLE executions (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL UNIQUE,      -- the runner's execution id
-            task TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            queued_at TEXT,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,                    -- NULL while in flight
-            outcome TEXT,
-            exit_code INTEGER,
-            signal INTEGER,
-            breached_limit TEXT,
-            error_type TEXT,
-            error_message TEXT,
-            traceback TEXT,
-            peak_memory_bytes INTEGER,
-            cpu_user_seconds REAL,
-            cpu_system_seconds REAL,
-            wall_seconds REAL,
-            peak_processes INTEGER,
-            oom_kills INTEGER,
-            memory_source TEXT,
-            limits TEXT NOT NULL DEFAULT '{}',      -- JSON
-            enforcement TEXT NOT NULL DEFAULT '{}', -- JSON
-            unenforced TEXT NOT NULL DEFAULT '[]',  -- JSON
-            notes TEXT NOT NULL DEFAULT '[]',       -- JSON
-            pid INTEGER,
-            pid_start_ticks INTEGER,          -- with pid, names the process across pid reuse
-            cgroups TEXT NOT NULL DEFAULT '[]',     -- JSON: cgroup dirs to clean up after a crash
-            CHECK ((ended_at IS NULL) = (outcome IS NULL))
-        )""",
-        "CREATE INDEX executions_by_task ON executions (task, started_at)",
-        "CREATE INDEX executions_by_start ON executions (started_at)",
-        # Recovery asks for the rows still in flight: a partial index holds only those.
-        "CREATE INDEX executions_in_flight ON executions (started_at) WHERE ended_at IS NULL",
-        """CREATE TABLE samples (
-            execution_id INTEGER NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
-            seconds REAL NOT NULL,
-            memory_bytes INTEGER NOT NULL,
-            cpu_seconds REAL NOT NULL,
-            processes INTEGER NOT NULL
-        )""",
-        "CREATE INDEX samples_by_execution ON samples (execution_id)",
-    ):
-        connection.execute(statement)
-
-
-def _v2(connection: sqlite3.Connection) -> None:
-    # Why admission held an execution back (it waited from queued_at to started_at).
-    connection.execute("ALTER TABLE executions ADD COLUMN wait_reason TEXT")
-
-
-# Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 
 
 # ----------------------------------------------------------------------------------------- store
@@ -264,23 +205,23 @@ class Store:
 
         Committed within ``batch_interval`` seconds without waiting for ``flush()``.
         """
-        row = {
-            "run_id": run_id,
-            "task": task,
-            "attempt": attempt,
-            "queued_at": _optional_timestamp(queued_at, "queued_at"),
-            "started_at": _timestamp(started_at, "started_at"),
-            "pid": pid,
-            "pid_start_ticks": pid_start_ticks,
-            "cgroups": json.dumps(list(cgroups)),
-            "limits": json.dumps(limits),
-        }
+        row = started_row(
+            run_id=run_id,
+            task=task,
+            attempt=attempt,
+            queued_at=queued_at,
+            started_at=started_at,
+            pid=pid,
+            pid_start_ticks=pid_start_ticks,
+            cgroups=cgroups,
+            limits=limits,
+        )
         self._writer.submit(_Request(f"started {run_id}", lambda db: _insert_started(db, row)))
 
     def finished(self, run_id: str, task: str, record: Execution) -> None:
         """Record how an execution ended, with its timeline; inserts the row if ``started``
         was never called (an execution that could not start)."""
-        row = _finished_row(run_id, task, record)
+        row = finished_row(run_id, task, record)
         timeline = record.usage.timeline  # a tuple of frozen samples: safe to read later
         self._writer.submit(_Request(f"finished {run_id}", lambda db: _upsert_finished(db, row, timeline)))
 
@@ -289,7 +230,7 @@ class Store:
 
         ``updated_at`` moves only when the fingerprint changes. Tasks not listed are kept.
         """
-        now = _timestamp(datetime.now(UTC), "now")
+        now = timestamp(datetime.now(UTC), "now")
         rows = [
             {"name": name, "definition": json.dumps(definition), "fingerprint": fingerprint, "now": now}
             for name, definition, fingerprint in definitions
@@ -306,7 +247,7 @@ class Store:
         """
         if not run_ids:
             return
-        now = _timestamp(datetime.now(UTC), "now")
+        now = timestamp(datetime.now(UTC), "now")
         rows = [{"run_id": run_id, "ended_at": now, "reason": reason} for run_id in run_ids]
         reply: Future[None] = Future()
         self._writer.submit(_Request(f"lost {', '.join(run_ids)}", lambda db: _mark_lost(db, rows), reply))
@@ -358,7 +299,7 @@ class Store:
             params.append(task)
         if since is not None:
             clauses.append("started_at >= ?")
-            params.append(_timestamp(since, "since"))
+            params.append(timestamp(since, "since"))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM executions {where} ORDER BY started_at, id"
         if limit is not None:
@@ -371,7 +312,7 @@ class Store:
         def query(db: sqlite3.Connection) -> list[dict[str, Any]]:
             found = []
             for row in db.execute(sql, params):
-                entry = _history_entry(row)
+                entry = history_entry(row)
                 if with_timeline:
                     entry["timeline"] = _samples(db, row["id"])
                 found.append(entry)
@@ -398,17 +339,7 @@ class Store:
             "SELECT run_id, task, attempt, pid, pid_start_ticks, cgroups, limits, started_at FROM executions"
             " WHERE ended_at IS NULL ORDER BY started_at, id"
         )
-        return self._read(
-            lambda db: [
-                {
-                    **dict(row),
-                    "cgroups": json.loads(row["cgroups"]),
-                    "limits": json.loads(row["limits"]),
-                    "started_at": _iso(row["started_at"]),
-                }
-                for row in db.execute(sql)
-            ]
-        )
+        return self._read(lambda db: [in_flight_entry(row) for row in db.execute(sql)])
 
     def tasks(self) -> list[dict[str, Any]]:
         """Saved task definitions by name: ``name``, ``definition`` (dict), ``fingerprint``,
@@ -420,7 +351,7 @@ class Store:
                     "name": row["name"],
                     "definition": json.loads(row["definition"]),
                     "fingerprint": row["fingerprint"],
-                    "updated_at": _iso(row["updated_at"]),
+                    "updated_at": iso(row["updated_at"]),
                 }
                 for row in db.execute(sql)
             ]
@@ -496,12 +427,12 @@ def _verify_and_migrate(connection: sqlite3.Connection, path: Path) -> None:
                 f"a SQLite database of another application (application_id {application_id:#x}, "
                 f"{objects} schema objects)",
             )
-        known = len(_MIGRATIONS)
+        known = len(_schema.MIGRATIONS)
         if version > known:
             raise StoreTooNew(path, version, known)
         if version < known:
             connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            for migrate in _MIGRATIONS[version:]:
+            for migrate in _schema.MIGRATIONS[version:]:
                 migrate(connection)
             connection.execute(f"PRAGMA user_version = {known}")
             if version:
@@ -680,77 +611,17 @@ def _insert_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
     )
 
 
-_FINISHED_COLUMNS = (
-    "task",
-    "attempt",
-    "queued_at",
-    "started_at",
-    "ended_at",
-    "outcome",
-    "exit_code",
-    "signal",
-    "breached_limit",
-    "error_type",
-    "error_message",
-    "traceback",
-    "peak_memory_bytes",
-    "cpu_user_seconds",
-    "cpu_system_seconds",
-    "wall_seconds",
-    "peak_processes",
-    "oom_kills",
-    "memory_source",
-    "limits",
-    "enforcement",
-    "unenforced",
-    "notes",
-    "pid",
-    "wait_reason",
-)
-
 # The started row's pid_start_ticks and cgroups are kept; a queued_at or pid the record lacks
 # does not erase the one recorded at start.
 _UPSERT_FINISHED = (
-    f"INSERT INTO executions (run_id, {', '.join(_FINISHED_COLUMNS)})"
-    f" VALUES (:run_id, {', '.join(':' + c for c in _FINISHED_COLUMNS)})"
+    f"INSERT INTO executions (run_id, {', '.join(FINISHED_COLUMNS)})"
+    f" VALUES (:run_id, {', '.join(':' + c for c in FINISHED_COLUMNS)})"
     " ON CONFLICT (run_id) DO UPDATE SET "
     + ", ".join(
         f"{c} = COALESCE(excluded.{c}, {c})" if c in ("queued_at", "pid") else f"{c} = excluded.{c}"
-        for c in _FINISHED_COLUMNS
+        for c in FINISHED_COLUMNS
     )
 )
-
-
-def _finished_row(run_id: str, task: str, record: Execution) -> dict[str, Any]:
-    usage, error = record.usage, record.error
-    return {
-        "run_id": run_id,
-        "task": task,
-        "attempt": record.attempt,
-        "queued_at": _optional_timestamp(record.queued_at, "queued_at"),
-        "started_at": _timestamp(record.started_at, "started_at"),
-        "ended_at": _timestamp(record.ended_at, "ended_at"),
-        "outcome": str(record.outcome),
-        "exit_code": record.exit_code,
-        "signal": record.signal,
-        "breached_limit": record.breached_limit,
-        "error_type": error.type if error else None,
-        "error_message": error.message if error else None,
-        "traceback": error.traceback if error else None,
-        "peak_memory_bytes": usage.peak_memory_bytes,
-        "cpu_user_seconds": usage.cpu_user_seconds,
-        "cpu_system_seconds": usage.cpu_system_seconds,
-        "wall_seconds": usage.wall_seconds,
-        "peak_processes": usage.peak_processes,
-        "oom_kills": usage.oom_kills,
-        "memory_source": usage.memory_source,
-        "limits": json.dumps(record.limits.as_dict()),
-        "enforcement": json.dumps(record.enforcement),
-        "unenforced": json.dumps(list(record.unenforced)),
-        "notes": json.dumps(list(record.notes)),
-        "pid": record.pid,
-        "wait_reason": record.wait_reason,
-    }
 
 
 def _upsert_finished(db: sqlite3.Connection, row: dict[str, Any], timeline: Sequence[Sample]) -> None:
@@ -793,58 +664,3 @@ def _samples(db: sqlite3.Connection, execution_id: int) -> list[dict[str, Any]]:
         " ORDER BY rowid"
     )
     return [dict(row) for row in db.execute(sql, (execution_id,))]
-
-
-def _history_entry(row: sqlite3.Row) -> dict[str, Any]:
-    error = None
-    if row["error_type"] is not None:
-        error = {"type": row["error_type"], "message": row["error_message"]}
-    return {
-        "run_id": row["run_id"],
-        "task": row["task"],
-        # From here on, the keys and order of Execution.to_dict().
-        "outcome": row["outcome"],
-        "exit_code": row["exit_code"],
-        "signal": row["signal"],
-        "breached_limit": row["breached_limit"],
-        "error": error,
-        "peak_memory_bytes": row["peak_memory_bytes"],
-        "cpu_user_seconds": _rounded(row["cpu_user_seconds"]),
-        "cpu_system_seconds": _rounded(row["cpu_system_seconds"]),
-        "wall_seconds": _rounded(row["wall_seconds"]),
-        "peak_processes": row["peak_processes"],
-        "oom_kills": row["oom_kills"],
-        "limits": json.loads(row["limits"]),
-        "enforcement": json.loads(row["enforcement"]),
-        "unenforced": json.loads(row["unenforced"]),
-        "started_at": _iso(row["started_at"]),
-        "ended_at": _iso(row["ended_at"]),
-        "pid": row["pid"],
-        "attempt": row["attempt"],
-        "queued_at": _iso(row["queued_at"]),
-        "wait_reason": row["wait_reason"],
-        "notes": json.loads(row["notes"]),
-    }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)  # as Execution.to_dict() rounds
-
-
-# ------------------------------------------------------------------------------------- timestamps
-
-
-def _timestamp(value: datetime, what: str) -> str:
-    # Fixed width (always microseconds, always UTC) so that text order is time order in SQL.
-    if value.utcoffset() is None:
-        raise ValueError(f"{what}: needs a timezone-aware datetime, got {value!r}")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _optional_timestamp(value: datetime | None, what: str) -> str | None:
-    return None if value is None else _timestamp(value, what)
-
-
-def _iso(text: str | None) -> str | None:
-    # Back to datetime.isoformat()'s own spelling, as Execution.to_dict() writes it.
-    return None if text is None else datetime.fromisoformat(text).isoformat()
