@@ -1,221 +1,215 @@
-"""Fresh-process-per-task throughput and latency, side by side, 2 tasks in flight at a time.
+"""Fresh-process-per-call throughput and latency, as users get them, side by side in one run.
 
-Contenders (each runs the same trivial task, ``bench_tasks.trivial``, N times):
+Everything runs the defaults: ``GovernedExecutor(2)`` with admission on (80% of memory, all
+CPUs) and the default fork server, no preloading. The task is trivial, defined in this
+script's ``__main__`` (it travels by value, as a script's or a notebook's functions do) and,
+beside it, the same function imported from a module (``bench_tasks.trivial``).
 
-- raw fork          os.fork() per task from this process, result over a pipe: the floor
-- governor          runner.ExecutionHandle per task: zygote fork, cgroup or tree confinement,
-                    usage sampling, a memory + wall limit, full execution record
-- ProcessPool       concurrent.futures.ProcessPoolExecutor(max_tasks_per_child=1)
-- pebble            pebble.ProcessPool(max_tasks=1)
+- raw fork            os.fork() per task from this process, result over a pipe, 2 at a time:
+                      the floor every ratio is taken against, measured in the same run
+- GovernedExecutor    N calls submitted at once (N queued), then waited for; N = 100, 1,000,
+                      10,000: the rate must not fall as the queue grows
+- governor.run        one call at a time, blocking: the latency of a single isolated call
+- ProcessPoolExecutor max_tasks_per_child=1 (a fresh interpreter per call, spawn), and pebble
+                      ProcessPool(max_tasks=1): the isolation today's tools give; fewer calls
 
-Throughput is tasks per second over the whole batch; latency is submit-to-result per task
-(p50 and p99). Every figure is the median of ``--repeat`` runs.
+``--busy`` runs the same while two busy loops of ours (ended by pid) keep both cores loaded.
+Rounds are interleaved (every contender once per round) and each figure is the median of
+``--repeat`` rounds.
 
-    python bench/isolated_throughput.py [--tasks 400] [--repeat 5]
+    python bench/isolated_throughput.py [--repeat 3] [--busy] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import multiprocessing
+import contextlib
 import os
 import pickle
 import select
+import signal
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tasks
 
-from policies import Limits
-from runner import ExecutionHandle, ExecutionSpec, ForkServer
+import governor
+from governor import GovernedExecutor
+from runner._enforcement import resolve
 
 IN_FLIGHT = 2
 
 
-def raw_fork(tasks: int) -> list[float]:
+def trivial(index: int) -> int:
+    """The task, defined in ``__main__``: it travels by value."""
+    return index * 2
+
+
+def raw_fork(tasks: int) -> float:
     """The floor: fork, compute, write the pickled result to a pipe, exit; 2 at a time."""
-    latencies: list[float] = []
-    running: dict[int, tuple[int, float]] = {}  # read fd -> (pid, submitted)
-    submitted = 0
-    while submitted < tasks or running:
+    running: dict[int, int] = {}  # read fd -> pid
+    submitted = done = 0
+    start = time.perf_counter()
+    while done < tasks:
         while submitted < tasks and len(running) < IN_FLIGHT:
             read_end, write_end = os.pipe()
-            start = time.perf_counter()
             pid = os.fork()
             if pid == 0:
                 os.close(read_end)
-                os.write(write_end, pickle.dumps(bench_tasks.trivial(submitted)))
+                os.write(write_end, pickle.dumps(trivial(submitted)))
                 os._exit(0)
             os.close(write_end)
-            running[read_end] = (pid, start)
+            running[read_end] = pid
             submitted += 1
         ready, _, _ = select.select(list(running), [], [])
         for fd in ready:
             pickle.loads(os.read(fd, 65536))
-            pid, start = running.pop(fd)
+            os.waitpid(running.pop(fd), 0)
             os.close(fd)
-            os.waitpid(pid, 0)
-            latencies.append(time.perf_counter() - start)
-    return latencies
+            done += 1
+    return tasks / (time.perf_counter() - start)
 
 
-def governor_handles(tasks: int, server: ForkServer, enforcement: str = "auto") -> list[float]:
-    """Our runner driven like the scheduler's loop: 2 handles in flight, one poll."""
-    limits = Limits(memory="256MiB", wall_time=60)
-    latencies: list[float] = []
-    running: dict[ExecutionHandle, float] = {}
-    submitted = 0
-    poller = select.poll()
-    while submitted < tasks or running:
-        while submitted < tasks and len(running) < IN_FLIGHT:
-            start = time.perf_counter()
-            spec = ExecutionSpec(
-                target=bench_tasks.trivial, args=(submitted,), limits=limits, enforcement=enforcement
-            )
-            running[ExecutionHandle(spec, fork_server=server)] = start
-            submitted += 1
-        owners = {}
-        for handle in running:
-            for fd in handle.fds():
-                owners[fd] = handle
-        poller = select.poll()
-        for fd in owners:
-            poller.register(fd, select.POLLIN)
-        deadline = min((h.deadline() or time.monotonic() + 1) for h in running)
-        for fd, _ in poller.poll(max(0, int((deadline - time.monotonic()) * 1000) + 1)):
-            owners[fd].on_readable(fd)
-        for handle in list(running):
-            handle.on_time()
-            if handle.done:
-                start = running.pop(handle)
-                assert handle.execution is not None and handle.execution.ok, handle.execution
-                latencies.append(time.perf_counter() - start)
-    return latencies
-
-
-def futures_pool(make: Callable[[], concurrent.futures.Executor], tasks: int) -> list[float]:
-    """Submit-to-result latency with at most IN_FLIGHT calls outstanding, as for the others."""
-    latencies: list[float] = []
-    with make() as pool:
-        outstanding: dict[concurrent.futures.Future[int], float] = {}
-        for index in range(tasks):
-            if len(outstanding) >= IN_FLIGHT:
-                _collect(outstanding, latencies)
-            outstanding[pool.submit(bench_tasks.trivial, index)] = time.perf_counter()
-        while outstanding:
-            _collect(outstanding, latencies)
-    return latencies
-
-
-def _collect(outstanding: dict[concurrent.futures.Future[int], float], latencies: list[float]) -> None:
-    done, _ = concurrent.futures.wait(outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
-    now = time.perf_counter()
-    for future in done:
-        future.result()
-        latencies.append(now - outstanding.pop(future))
-
-
-def process_pool(tasks: int) -> list[float]:
-    # max_tasks_per_child refuses the fork context; its default then is spawn.
-    return futures_pool(
-        lambda: concurrent.futures.ProcessPoolExecutor(IN_FLIGHT, max_tasks_per_child=1), tasks
-    )
-
-
-def process_pool_forkserver(tasks: int) -> list[float]:
-    context = multiprocessing.get_context("forkserver")
-    return futures_pool(
-        lambda: concurrent.futures.ProcessPoolExecutor(IN_FLIGHT, mp_context=context, max_tasks_per_child=1),
-        tasks,
-    )
-
-
-def pebble_pool(tasks: int) -> list[float]:
-    import pebble
-
-    class Submitter:  # pebble's schedule() in the Executor shape futures_pool expects
-        def __init__(self) -> None:
-            self.pool = pebble.ProcessPool(max_workers=IN_FLIGHT, max_tasks=1)
-
-        def submit(self, function: Callable[[int], int], argument: int) -> concurrent.futures.Future[int]:
-            return self.pool.schedule(function, args=(argument,))
-
-        def __enter__(self) -> Submitter:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.pool.close()
-            self.pool.join()
-
-    return futures_pool(Submitter, tasks)  # type: ignore[arg-type]
-
-
-def measure(run: Callable[[int], list[float]], tasks: int, repeat: int) -> tuple[float, float, float]:
-    rates, p50s, p99s = [], [], []
-    for _ in range(repeat):
+def executor(function: Callable[[int], int], calls: int) -> float:
+    """All ``calls`` submitted at once to a default ``GovernedExecutor(2)``, then awaited."""
+    with GovernedExecutor(IN_FLIGHT) as pool:
         start = time.perf_counter()
-        latencies = run(tasks)
-        elapsed = time.perf_counter() - start
-        latencies.sort()
-        rates.append(tasks / elapsed)
-        p50s.append(latencies[len(latencies) // 2])
-        p99s.append(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
-    return statistics.median(rates), statistics.median(p50s), statistics.median(p99s)
+        futures = [pool.submit(function, n) for n in range(calls)]
+        for future in futures:
+            future.result()
+        return calls / (time.perf_counter() - start)
+
+
+def single_runs(function: Callable[[int], int], calls: int) -> float:
+    """Median seconds of one blocking ``governor.run`` call."""
+    latencies = []
+    for n in range(calls):
+        start = time.perf_counter()
+        assert governor.run(function, n).ok
+        latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies)
+
+
+def pool_single(make: Callable[[], concurrent.futures.Executor], calls: int) -> float:
+    """Median seconds of one call submitted and awaited on its own (as ``governor.run``)."""
+    latencies = []
+    with make() as pool:
+        for n in range(calls):
+            start = time.perf_counter()
+            pool.submit(bench_tasks.trivial, n).result()
+            latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies)
+
+
+def pool_throughput(make: Callable[[], concurrent.futures.Executor], calls: int) -> float:
+    with make() as pool:
+        start = time.perf_counter()
+        for future in [pool.submit(bench_tasks.trivial, n) for n in range(calls)]:
+            future.result()
+        return calls / (time.perf_counter() - start)
+
+
+def process_pool() -> concurrent.futures.Executor:
+    # max_tasks_per_child refuses the fork context; its default then is spawn.
+    return concurrent.futures.ProcessPoolExecutor(IN_FLIGHT, max_tasks_per_child=1)
+
+
+class _Pebble:
+    """pebble's schedule() in the Executor shape the measurements expect."""
+
+    def __init__(self) -> None:
+        import pebble
+
+        self.pool = pebble.ProcessPool(max_workers=IN_FLIGHT, max_tasks=1)
+
+    def submit(self, function: Callable[[int], int], argument: int) -> concurrent.futures.Future[int]:
+        return self.pool.schedule(function, args=(argument,))
+
+    def __enter__(self) -> _Pebble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[list[int]]:
+    """``count`` busy loops of ours, outside the governor, ended by pid on the way out."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield [loop.pid for loop in loops]
+    finally:
+        for loop in loops:
+            os.kill(loop.pid, signal.SIGKILL)
+            loop.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=400, help="tasks per run (slow peers run a tenth)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--busy", action="store_true", help="two outside busy loops keep the cores loaded")
+    parser.add_argument("--quick", action="store_true", help="N up to 1,000 only (about a minute)")
     arguments = parser.parse_args()
-    server = ForkServer(preload=["bench_tasks"])
-    from runner._enforcement import resolve
-
+    sizes = (100, 1000) if arguments.quick else (100, 1000, 10_000)
+    rates: dict[str, list[float]] = {}
+    latencies: dict[str, list[float]] = {}
+    rows: list[tuple[str, int, Callable[[], float], dict[str, list[float]]]] = [
+        ("raw os.fork() loop (floor)", 1000, lambda: raw_fork(1000), rates),
+        *[
+            (f"GovernedExecutor(2), __main__ function, {n} queued", n, partial(executor, trivial, n), rates)
+            for n in sizes
+        ],
+        ("GovernedExecutor(2), imported function, 1000 queued", 1000,
+         partial(executor, bench_tasks.trivial, 1000), rates),
+        ("ProcessPoolExecutor(2, max_tasks_per_child=1)", 40, lambda: pool_throughput(process_pool, 40), rates),
+        ("pebble ProcessPool(2, max_tasks=1)", 40, lambda: pool_throughput(_Pebble, 40), rates),
+        ("governor.run, __main__ function", 200, lambda: single_runs(trivial, 200), latencies),
+        ("governor.run, imported function", 200, lambda: single_runs(bench_tasks.trivial, 200), latencies),
+        ("ProcessPoolExecutor(max_tasks_per_child=1)", 20, lambda: pool_single(process_pool, 20), latencies),
+        ("pebble ProcessPool(max_tasks=1)", 20, lambda: pool_single(_Pebble, 20), latencies),
+    ]  # fmt: skip
+    executor(trivial, 50)  # start the zygote, create the cgroup parents
+    scope = busy_loops(2) if arguments.busy else contextlib.nullcontext([])
+    with scope as loops:
+        for _ in range(arguments.repeat):
+            for name, _count, run, into in rows:
+                into.setdefault(name, []).append(run())
     mode = resolve("auto")
-    contenders: list[tuple[str, Callable[[int], list[float]], int]] = [
-        ("raw os.fork() loop (floor)", raw_fork, arguments.tasks),
-        (f"governor ({mode}, limits + sampling)", lambda n: governor_handles(n, server), arguments.tasks),
-        (
-            "governor (no cgroups: rlimit + watchdog)",
-            lambda n: governor_handles(n, server, "rlimit"),
-            arguments.tasks,
-        ),
-        ("ProcessPoolExecutor(max_tasks_per_child=1)", process_pool, max(20, arguments.tasks // 10)),
-        ("  same, forkserver context", process_pool_forkserver, max(20, arguments.tasks // 10)),
-        ("pebble ProcessPool(max_tasks=1)", pebble_pool, max(20, arguments.tasks // 10)),
-    ]
-    governor_handles(20, server)  # start the zygote and create the cgroup parents
-    results = []
-    for name, run, tasks in contenders:
-        rate, p50, p99 = measure(run, tasks, arguments.repeat)
-        results.append((name, tasks, rate, p50, p99))
-    server.close()
-    floor = results[0][2]
     python = sys.version.split()[0]
-    print(
-        f"{os.cpu_count()} cores, {IN_FLIGHT} in flight, median of {arguments.repeat} runs, Python {python}"
-    )
-    columns = ("contender", "tasks", "tasks/s", "vs raw fork", "p50 latency", "p99 latency")
-    print("| {:<44} | {:>5} | {:>8} | {:>11} | {:>11} | {:>11} |".format(*columns))
-    print(f"|{'-' * 46}|{'-' * 7}|{'-' * 10}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
-    for name, tasks, rate, p50, p99 in results:
-        cells = (
-            name,
-            tasks,
-            f"{rate:.0f}",
-            f"{rate / floor:.2f}x",
-            f"{p50 * 1e3:.2f} ms",
-            f"{p99 * 1e3:.2f} ms",
-        )
-        print("| {:<44} | {:>5} | {:>8} | {:>11} | {:>11} | {:>11} |".format(*cells))
+    host = f"{os.cpu_count()} cores, {mode}, Python {python}"
+    load = f"; two busy loops of ours running (pids {', '.join(map(str, loops))})" if loops else ""
+    print(f"{host}{load}; defaults (admission on, default fork server); median of {arguments.repeat} rounds")
+    floor = statistics.median(rates["raw os.fork() loop (floor)"])
+    print("\nThroughput, 2 at a time:")
+    print(f"| {'contender':<52} | {'calls':>6} | {'calls/s':>8} | {'vs raw fork':>11} | {'range':>11} |")
+    print(f"|{'-' * 54}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 13}|")
+    for name, count, _run, into in rows:
+        if into is not rates:
+            continue
+        values = rates[name]
+        rate = statistics.median(values)
+        spread = f"{min(values):.0f}-{max(values):.0f}"
+        print(f"| {name:<52} | {count:>6} | {rate:>8.0f} | {rate / floor:>10.2f}x | {spread:>11} |")
+    pool_call = statistics.median(latencies["ProcessPoolExecutor(max_tasks_per_child=1)"])
+    print("\nOne call at a time (submit, wait for the result):")
+    print(f"| {'contender':<52} | {'calls':>6} | {'p50 latency':>11} | {'x faster than PPE':>17} |")
+    print(f"|{'-' * 54}|{'-' * 8}|{'-' * 13}|{'-' * 19}|")
+    for name, count, _run, into in rows:
+        if into is not latencies:
+            continue
+        seconds = statistics.median(latencies[name])
+        print(f"| {name:<52} | {count:>6} | {seconds * 1e3:>8.2f} ms | {pool_call / seconds:>16.1f}x |")
 
 
 if __name__ == "__main__":

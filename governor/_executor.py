@@ -7,6 +7,10 @@ is killed (whole tree) without harming the others. A call's exception re-raises 
 ``Future.result()`` as its original type, with the child's traceback as ``__cause__``;
 any other failure raises ``ExecutionFailed`` carrying the record. Every finished future has
 the record of its last attempt as ``future.execution``.
+
+The executor owns its futures: the scheduler knows each call only as a run with an owner
+(``_Call``), which it tells when the call starts and, once, how it ended for good; the owner
+settles the future. A future cancelled while its call waits takes the call out of the queue.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from governor.observe._telemetry import Telemetry
 from governor.scheduling._scheduler import Scheduler
 from policies import Limits, RetryPolicy
-from runner import Enforcement, ExecutionSpec, ForkServer
+from runner import Enforcement, Execution, ExecutionFailed, ExecutionSpec, ForkServer
 
 
 class GovernedExecutor(Executor):
@@ -145,7 +149,15 @@ class _CallOptions:
             env=self.env,
             cwd=self.cwd,
         )
-        return scheduler._submit(spec, self.priority, self.retry_policy)
+        future: Future[Any] = Future()
+        run = scheduler._submit(spec, self.priority, self.retry_policy, _Call(future))
+
+        def withdraw(settled: Future[Any]) -> None:
+            if settled.cancelled():
+                scheduler._withdraw(run)
+
+        future.add_done_callback(withdraw)
+        return future
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Like ``GovernedExecutor.submit``, with these options."""
@@ -167,3 +179,45 @@ class _View(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return self._options.submit(fn, *args, **kwargs)
+
+
+class _Call:
+    """The owner of one submitted call (``scheduling._work.Owner``): its future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Future[Any]) -> None:
+        self.future = future
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def begin(self) -> bool:
+        # A retry's future is running already; a first attempt's becomes so, unless cancelled.
+        return self.future.running() or self.future.set_running_or_notify_cancel()
+
+    def settle(self, record: Execution) -> None:
+        _resolve(self.future, record)
+
+    def abandon(self, last: Execution | None) -> None:
+        """Cancelled if it never started, else settled with its last attempt's record (a
+        running future cannot be cancelled)."""
+        if self.future.done():
+            return
+        if self.future.running() and last is not None:
+            _resolve(self.future, last)
+        else:
+            self.future.cancel()
+
+
+def _resolve(future: Future[Any], record: Execution) -> None:
+    """Settle a future from the final record of its call."""
+    future.execution = record  # type: ignore[attr-defined]
+    if future.done():
+        return
+    if record.ok:
+        future.set_result(record.result)
+    elif record.error is not None and record.error.pickled is not None:
+        future.set_exception(record.error.exception())
+    else:
+        future.set_exception(ExecutionFailed(record))

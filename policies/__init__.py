@@ -4,7 +4,18 @@ This package knows what a limit is and how to read one; later it also decides re
 priority, admission and estimates. Everything here is deterministic and unit-tested alone.
 """
 
-from policies._admission import AdmissionPolicy, Budget, Decision, Need, QueuedWork, RunningWork
+from policies._admission import (
+    NO_FREE_SLOT,
+    WAIT_REASON_LIMIT,
+    AdmissionPass,
+    AdmissionPolicy,
+    Budget,
+    Decision,
+    Need,
+    QueuedWork,
+    RunningWork,
+    bounded_reason,
+)
 from policies._estimate import Estimate, UsageEstimator
 from policies._eviction import RunningUsage, choose_evictions
 from policies._limits import Limits
@@ -14,6 +25,9 @@ from policies._retry import RetryPolicy
 from policies._units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "NO_FREE_SLOT",
+    "WAIT_REASON_LIMIT",
+    "AdmissionPass",
     "AdmissionPolicy",
     "Budget",
     "Decision",
@@ -28,6 +42,7 @@ __all__ = [
     "RunningUsage",
     "RunningWork",
     "UsageEstimator",
+    "bounded_reason",
     "choose_evictions",
     "format_duration",
     "format_size",

@@ -1,16 +1,27 @@
 """Admission: which queued executions may start now, given a resource budget.
 
-The queue is in priority order (``ReadyQueue.ordered()``). Its head starts when a slot is free
-and its estimated need fits what the budget has left: the budget minus, for every running
+Queued work is offered in priority order, one item at a time (``AdmissionPass.offer``), so the
+caller takes items off its ready heap only as far as a decision needs: a pass costs
+O(started + window), never O(queue). Each item starts when a slot is free and its estimated
+need fits what is free: the budget (tightened by host pressure) minus, for every running
 execution, the larger of its estimate and what it measures now (it may still grow to its
-estimate, and a run past its estimate holds what it holds). Host pressure tightens the
-budget. A head that does not fit reserves its place; others may *backfill* only when they
-cannot delay it (EASY backfilling): they fit now and either end, by their expected duration,
-before the head could start (the "shadow" time, when enough running work will have ended),
-or fit in what will still be spare once the head has started then.
+estimate, and a run past its estimate holds what it holds); memory also within what the host
+really has available, less what running work may still grow by.
 
-A need larger than the whole budget can never fit; such an execution runs alone, when
-nothing else runs, rather than waiting for ever. Pure: time and measurements are passed in.
+Three rules keep it honest:
+
+- Work-conserving. CPU is compressible: with nothing of ours running, no CPU estimate and no
+  pressure holds the head back; it starts when its memory fits what the host has available
+  (or, needing more than the whole budget, it runs alone). Pressure narrows concurrency down
+  to one, never to zero.
+- Reservation. A head that does not fit reserves its place; others *backfill* only when they
+  cannot delay it (EASY backfilling): they fit now and either end, by their expected duration,
+  before the head could start (the "shadow" time, when enough running work will have ended),
+  or fit in what will still be spare once the head has started then. Only the ``window``
+  items after a blocked head are considered.
+- Legible. Every item not started gets a reason a person reads, naming the head by its name.
+
+Pure: time, measurements and host readings are handed in.
 """
 
 from __future__ import annotations
@@ -20,7 +31,16 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from policies._pressure import Pressure
-from policies._units import finite_number, format_duration, format_size
+from policies._units import finite_number, format_duration, format_size, whole_number
+
+NO_FREE_SLOT = "no free slot"  # why a queued run waits when every slot is taken
+WAIT_REASON_LIMIT = 200  # characters: a wait reason is a sentence a person reads
+
+
+def bounded_reason(text: str, limit: int = WAIT_REASON_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut (a reason names
+    tasks, and a task's name can be as long as its author likes)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +91,12 @@ class RunningWork:
 
 @dataclass(frozen=True, slots=True)
 class QueuedWork:
-    """A queued execution, in priority order."""
+    """A queued execution, offered in priority order; ``name`` is how a reason names it."""
 
     key: Hashable
     need: Need
     expected_duration: float | None = None  # seconds; None: unknown
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +108,31 @@ class Decision:
 
 
 class AdmissionPolicy:
-    """Decides admission (see the module docstring); ``pressure_strength`` says how much host
-    pressure (0: none, 1: saturated) shrinks the budget."""
+    """Decides admission (see the module docstring). ``pressure_strength`` says how much host
+    pressure (0: none, 1: saturated) shrinks the budget; ``window`` how many queued items
+    behind a blocked head may be considered for backfilling in one pass."""
 
-    def __init__(self, *, pressure_strength: float = 0.5) -> None:
+    def __init__(self, *, pressure_strength: float = 0.5, window: int = 32) -> None:
         self.pressure_strength = finite_number("pressure_strength", pressure_strength)
         if not 0.0 <= self.pressure_strength <= 1.0:
             raise ValueError(f"pressure_strength: must be between 0 and 1, got {pressure_strength!r}")
+        self.window = whole_number("window", window)
+        if self.window < 0:
+            raise ValueError(f"window: must be a whole number >= 0, got {window!r}")
+
+    def begin(
+        self,
+        *,
+        now: float,
+        slots: int,
+        budget: Budget,
+        running: Sequence[RunningWork],
+        pressure: Pressure | float = 0.0,
+        available_memory: int | None = None,
+    ) -> AdmissionPass:
+        """Start deciding: offer queued work to the pass in priority order until it is
+        ``exhausted``. ``available_memory`` is what the host has free now (None: unknown)."""
+        return AdmissionPass(self, now, slots, budget, running, pressure, available_memory)
 
     def decide(
         self,
@@ -104,52 +143,128 @@ class AdmissionPolicy:
         running: Sequence[RunningWork],
         queue: Sequence[QueuedWork],
         pressure: Pressure | float = 0.0,
+        available_memory: int | None = None,
     ) -> Decision:
-        """Choose what starts now out of ``queue`` (priority order) with ``slots`` free."""
-        limit = budget.tightened(pressure, self.pressure_strength)
-        free = _free(limit, [work.holds() for work in running])
+        """The whole decision for ``queue`` (priority order) at once; items the pass did not
+        reach wait for a slot or behind the head."""
+        decision = self.begin(
+            now=now,
+            slots=slots,
+            budget=budget,
+            running=running,
+            pressure=pressure,
+            available_memory=available_memory,
+        )
         start: list[Hashable] = []
         waiting: dict[Hashable, str] = {}
-        reserved: tuple[float, _Amount] | None = None  # (shadow time, spare then) for the head
-        head_key: Hashable | None = None
-        started_ends = [(work.expected_end, work.holds()) for work in running]
         for work in queue:
-            if slots <= len(start):
-                waiting[work.key] = "no free slot"
+            if decision.exhausted:
+                waiting[work.key] = decision.why_exhausted
                 continue
-            need = _Amount.of(work.need)
-            if not need.within(_Amount.of_budget(budget)):  # the nominal budget: pressure passes
-                if running or start:
-                    waiting[work.key] = f"needs {need.describe()}, more than the whole budget: it runs alone"
-                    reserved = reserved or (now, _Amount(0.0, 0.0))  # nothing may pass: let the rest drain
-                    head_key = head_key if head_key is not None else work.key
-                    continue
+            reason = decision.offer(work)
+            if reason is None:
                 start.append(work.key)
-                free = free.minus(need)
-                continue
-            if reserved is None:
-                if need.within(free):
-                    start.append(work.key)
-                    free = free.minus(need)
-                    end = None if work.expected_duration is None else now + work.expected_duration
-                    started_ends.append((end, work.need))
-                    continue
-                reserved = _shadow(now, free, need, started_ends)
-                head_key = work.key
-                waiting[work.key] = (
-                    f"waits for {need.describe()}; {free.describe()} free ({_when(reserved[0], now)})"
-                )
-                continue
-            shadow, spare = reserved
-            ends_in_time = work.expected_duration is not None and now + work.expected_duration <= shadow
-            if need.within(free) and (ends_in_time or need.within(spare)):
-                start.append(work.key)
-                free = free.minus(need)
-                if not ends_in_time:
-                    reserved = (shadow, spare.minus(need))
-                continue
-            waiting[work.key] = f"held back for {head_key!r}, which needs the resources first"
+            else:
+                waiting[work.key] = reason
         return Decision(tuple(start), waiting)
+
+
+class AdmissionPass:
+    """One admission decision, made as queued work is offered (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        now: float,
+        slots: int,
+        budget: Budget,
+        running: Sequence[RunningWork],
+        pressure: Pressure | float,
+        available_memory: int | None,
+    ) -> None:
+        self._now = now
+        self._slots = slots
+        self._window = policy.window
+        self._nominal = _Amount.of_budget(budget)
+        self._idle = not running  # nothing of ours runs: the head may not be held back for CPU
+        held = [work.holds() for work in running]
+        free = _Amount.of_budget(budget.tightened(pressure, policy.pressure_strength))
+        for need in held:
+            free = free.minus(_Amount.of(need))
+        if available_memory is not None:
+            # What the host has free, less what running work may still grow by to its estimate.
+            growth = sum(max(0, (work.need.memory_bytes or 0) - work.memory_bytes) for work in running)
+            free = _Amount(min(free.memory, float(available_memory - growth)), free.cores)
+        self._free = free
+        self._available = math.inf if available_memory is None else float(available_memory)
+        self._ends = [(work.expected_end, work.holds()) for work in running]
+        self._started = 0
+        self._reserved: tuple[float, _Amount] | None = None  # (shadow time, spare then) for the head
+        self._head = ""
+        self._behind_head = 0
+        self.why_exhausted = NO_FREE_SLOT
+
+    @property
+    def exhausted(self) -> bool:
+        """True once nothing more can start in this pass: no slot left, or the window behind
+        a blocked head is used up. Items not offered then wait for ``why_exhausted``."""
+        return self._started >= self._slots or (
+            self._reserved is not None and self._behind_head >= self._window
+        )
+
+    def offer(self, work: QueuedWork) -> str | None:
+        """Decide on the next item in priority order: ``None`` to start it now, else why it waits."""
+        if self._started >= self._slots:
+            return NO_FREE_SLOT
+        need = _Amount.of(work.need)
+        name = work.name or "an earlier queued run"
+        if self._idle and self._started == 0 and self._reserved is None:
+            return self._head_alone(work, need, name)
+        oversized = not need.within(self._nominal)  # more than the whole budget: only ever alone
+        if self._reserved is None:
+            if oversized:  # nothing may pass it: running work drains, then it starts alone
+                self._block(self._now, _Amount(0.0, 0.0), name)
+                return f"needs {need.describe(need)}, more than the whole budget: it runs alone"
+            if need.within(self._free):
+                self._start(need, work.expected_duration)
+                return None
+            shadow, spare = _shadow(self._now, self._free, need, self._ends)
+            self._block(shadow, spare, name)
+            free = self._free.describe(need)
+            return f"waits for {need.describe(need)}; {free} free ({_when(shadow, self._now)})"
+        self._behind_head += 1
+        if oversized:
+            return f"needs {need.describe(need)}, more than the whole budget: it runs alone"
+        shadow, spare = self._reserved
+        ends_in_time = work.expected_duration is not None and self._now + work.expected_duration <= shadow
+        if need.within(self._free) and (ends_in_time or need.within(spare)):
+            self._start(need, work.expected_duration)
+            if not ends_in_time:
+                self._reserved = (shadow, spare.minus(need))
+            return None
+        return f"held back for {self._head}, which needs the resources first"
+
+    def _head_alone(self, work: QueuedWork, need: _Amount, name: str) -> str | None:
+        """With nothing of ours running the head starts, CPU and pressure notwithstanding, once
+        its memory fits what the host has available; one needing more than the whole budget
+        can never fit beside anything, so it starts alone now (its own limits guard it)."""
+        if need.memory <= self._available or need.memory > self._nominal.memory:
+            self._start(need, work.expected_duration)
+            return None
+        self._block(math.inf, _Amount(0.0, 0.0), name)
+        available = format_size(max(self._available, 0))
+        return f"waits for {format_size(need.memory)}; the host has {available} available"
+
+    def _start(self, need: _Amount, duration: float | None) -> None:
+        self._started += 1
+        self._free = self._free.minus(need)
+        end = None if duration is None else self._now + duration
+        self._ends.append((end, Need(int(need.memory), need.cores)))
+
+    def _block(self, shadow: float, spare: _Amount, name: str) -> None:
+        self._reserved = (shadow, spare)
+        self._head = name
+        self.why_exhausted = f"held back for {name}, which needs the resources first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,17 +291,15 @@ class _Amount:
     def plus(self, other: _Amount) -> _Amount:
         return _Amount(self.memory + other.memory, self.cores + other.cores)
 
-    def describe(self) -> str:
-        memory = "unbounded memory" if math.isinf(self.memory) else format_size(max(self.memory, 0))
-        cores = "unbounded cpu" if math.isinf(self.cores) else f"{max(self.cores, 0):.2f} cores"
-        return f"{memory}, {cores}"
-
-
-def _free(budget: Budget, held: Sequence[Need]) -> _Amount:
-    total = _Amount.of_budget(budget)
-    for need in held:
-        total = total.minus(_Amount.of(need))
-    return total
+    def describe(self, need: _Amount) -> str:
+        """This amount in the resources ``need`` asks for (memory when it needs any, cores
+        when it needs any; memory when it needs neither)."""
+        parts = []
+        if need.memory > 0 or need.cores <= 0:
+            parts.append("unbounded memory" if math.isinf(self.memory) else format_size(max(self.memory, 0)))
+        if need.cores > 0:
+            parts.append("unbounded cpu" if math.isinf(self.cores) else f"{max(self.cores, 0):.2f} cores")
+        return ", ".join(parts)
 
 
 def _shadow(

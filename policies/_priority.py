@@ -101,6 +101,26 @@ class ReadyQueue(Generic[T]):
         del self._entries[id(entry.item)]
         return entry.item
 
+    def take(self) -> tuple[T, object] | None:
+        """Remove the item ``pop`` would return, with a token for ``put_back``; ``None`` when
+        empty. Taking items one by one walks the queue in order at O(log n) a step, so a
+        caller can look at the head without sorting the rest."""
+        self._drop_dead_head()
+        if not self._heap:
+            return None
+        entry = heapq.heappop(self._heap)
+        del self._entries[id(entry.item)]
+        return entry.item, entry
+
+    def put_back(self, token: object) -> None:
+        """Return a taken item to exactly its old place (its key and its arrival order)."""
+        if not isinstance(token, _Entry):
+            raise TypeError(f"token: expected what take() returned, got {token!r}")
+        if id(token.item) in self._entries:
+            raise ValueError(f"item: already queued: {token.item!r}")
+        self._entries[id(token.item)] = token
+        heapq.heappush(self._heap, token)
+
     def peek(self) -> T | None:
         """The item ``pop`` would return, left in place; ``None`` when empty."""
         self._drop_dead_head()

@@ -14,7 +14,16 @@ from functools import cache
 from typing import Any
 
 from policies import Limits
-from runner._confinement import CounterFile, Reading, live_pids, release_at_exit, remove_cgroup, split_cpu
+from runner._confinement import (
+    CounterFile,
+    Reading,
+    keyed,
+    live_pids,
+    read_file,
+    release_at_exit,
+    remove_cgroup,
+    split_cpu,
+)
 
 PARENT = "governor"
 CFS_PERIOD_US = 100_000
@@ -178,25 +187,30 @@ class CgroupV1:
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
-            with open(self._file("memory", "cgroup.procs")) as procs:
-                pids = [int(line) for line in procs if line.strip()]
+            pids = [int(line) for line in read_file(self._file("memory", "cgroup.procs")).split()]
         except OSError:
             return []
         return live_pids(pids)
 
+    def final_cpu(self) -> tuple[float, float] | None:
+        try:
+            total = int(read_file(self._file("cpuacct", "cpuacct.usage"))) / 1e9
+            ticks = keyed(read_file(self._file("cpuacct", "cpuacct.stat")))
+        except (OSError, ValueError):
+            return None
+        return split_cpu(total, ticks.get(b"user", 0), ticks.get(b"system", 0))
+
     def peak_memory(self) -> int | None:
         try:
-            return _read_int(self._file("memory", "memory.max_usage_in_bytes")) or None
+            return int(read_file(self._file("memory", "memory.max_usage_in_bytes"))) or None
         except (OSError, ValueError):
             return None
 
     def oom_kills(self) -> int:
         try:
-            with open(self._file("memory", "memory.oom_control")) as handle:
-                control = _cgutils().SimpleStat.parse(handle.read())
-        except OSError:
+            return keyed(read_file(self._file("memory", "memory.oom_control"))).get(b"oom_kill", 0)
+        except (OSError, ValueError):
             return 0
-        return int(control.get("oom_kill", 0))
 
     def throttled_seconds(self) -> float:
         if "cpu" not in self._dir:
@@ -225,8 +239,3 @@ def _host_has_swap() -> bool:
             if line.startswith("SwapTotal:"):
                 return int(line.split()[1]) > 0
     return True
-
-
-def _read_int(path: str) -> int:
-    with open(path, "rb") as handle:
-        return int(handle.read())

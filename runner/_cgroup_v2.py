@@ -15,7 +15,15 @@ import errno
 import os
 
 from policies import Limits
-from runner._confinement import CounterFile, Reading, live_pids, release_at_exit, remove_cgroup, split_cpu
+from runner._confinement import (
+    CounterFile,
+    Reading,
+    live_pids,
+    read_file,
+    release_at_exit,
+    remove_cgroup,
+    split_cpu,
+)
 
 PARENT = "governor"
 NEEDED = ("memory", "cpu", "pids")
@@ -129,8 +137,7 @@ class CgroupV2:
         return None  # the child joins by itself, before it runs anything
 
     def _keyed(self, name: str) -> dict[str, int]:
-        with open(self._file(name), "rb") as handle:
-            return _keyed(handle.read())
+        return _keyed(read_file(self._file(name)))
 
     def read(self, count_processes: bool = True) -> Reading | None:
         try:
@@ -142,6 +149,10 @@ class CgroupV2:
         total = cpu.get("usage_usec", cpu.get("user_usec", 0) + cpu.get("system_usec", 0)) / 1e6
         user, system = split_cpu(total, cpu.get("user_usec", 0), cpu.get("system_usec", 0))
         return Reading(memory, user, system, processes)
+
+    def final_cpu(self) -> tuple[float, float] | None:
+        reading = self.read(count_processes=False)
+        return None if reading is None else (reading.cpu_user, reading.cpu_system)
 
     def members(self, thorough: bool = False) -> list[int]:
         try:

@@ -11,8 +11,11 @@ descendant is accounted for from its first instruction), then rlimits, then desc
 
 from __future__ import annotations
 
+import _signal
+import fcntl
 import os
 import pickle
+import resource
 import signal
 import sys
 
@@ -23,6 +26,16 @@ from runner._wire import write_frame
 
 RESULT_FD = 3
 PR_SET_PDEATHSIG = 1
+# Every page a child touches is copied from the zygote (copy-on-write): the child's own work
+# is kept to C functions called with plain ints, bound here once (``signal.signal`` alone would
+# run the enum machinery; the import statement, the import system).
+_SIGKILL = int(signal.SIGKILL)
+_RESET_SIGNALS = tuple(
+    int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
+)
+_SIG_DFL = int(signal.SIG_DFL)
+_F_DUPFD = fcntl.F_DUPFD
+_RLIMIT_NOFILE = resource.RLIMIT_NOFILE
 
 # Exit statuses the child uses for its own failures, before the task runs.
 EXIT_SETUP_FAILED = 70
@@ -40,7 +53,7 @@ class ChildSpec:
         *,
         argv: list[str] | None,
         payload: bytes | None,
-        env: dict[str, str],
+        env: dict[bytes, bytes | None] | None = None,
         cwd: str | None,
         rlimits: list[tuple[int, int, int]],
         cgroup_procs: list[str],
@@ -48,7 +61,7 @@ class ChildSpec:
     ) -> None:
         self.argv = argv
         self.payload = payload
-        self.env = env
+        self.env = env or {}  # changes to the zygote's environment (None: unset); the fork server fills it
         self.cwd = cwd
         self.rlimits = rlimits
         self.cgroup_procs = cgroup_procs
@@ -69,6 +82,7 @@ def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zyg
     except BaseException as error:  # the task has not started: report why, as text
         _report(SetupFailed(f"{type(error).__name__}: {error}"), fd=result_fd)
         os._exit(EXIT_SETUP_FAILED)
+    _change_environment(spec.env)
     if spec.argv is not None:
         _exec(spec)
     else:
@@ -78,7 +92,7 @@ def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zyg
 
 def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
     os.setsid()
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != zygote:  # the zygote died before the signal was armed
         os._exit(EXIT_SETUP_FAILED)
     pid = str(os.getpid()).encode()
@@ -90,11 +104,9 @@ def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygot
             os.close(fd)
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: restore them, as
     # subprocess does, so that a file_size limit ends a task the way it would any program.
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
+    for signum in _RESET_SIGNALS:
+        _signal.signal(signum, _SIG_DFL)
     _arrange_fds([*stdio, result_fd])
-    import resource  # the zygote preloads it; the import is a dictionary lookup
-
     for which, soft, hard in spec.rlimits:
         resource.setrlimit(which, (soft, hard))
     if spec.cwd is not None:
@@ -103,16 +115,12 @@ def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygot
 
 def _arrange_fds(sources: list[int]) -> None:
     """Put ``sources`` at fds 0.. in order and close every other descriptor."""
-    import fcntl
-
     # Duplicate above the target range first so no dup2 overwrites a source not yet moved.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
+    high = [fcntl.fcntl(fd, _F_DUPFD, 64) for fd in sources]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=True)
     # One close_range(2) call on Linux 5.9+; no descriptor can sit above the hard limit.
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = resource.getrlimit(_RLIMIT_NOFILE)[1]
     os.closerange(len(sources), hard if 0 < hard < 1 << 24 else 1 << 20)
 
 
@@ -120,7 +128,7 @@ def _exec(spec: ChildSpec) -> None:
     assert spec.argv is not None
     os.set_inheritable(RESULT_FD, False)
     try:
-        os.execvpe(spec.argv[0], spec.argv, spec.env)
+        os.execvp(spec.argv[0], spec.argv)
     except OSError as error:
         _report(ExecFailed(error.errno or 0, error.strerror or str(error)))
         not_found = isinstance(error, FileNotFoundError)
@@ -128,7 +136,6 @@ def _exec(spec: ChildSpec) -> None:
 
 
 def _call(spec: ChildSpec) -> None:
-    _replace_environment(spec.env)
     # sys.std* still name fds 0-2, which now are the task's: no need to reopen them. The
     # zygote never writes to them, so nothing of its own is left in their buffers.
     try:
@@ -147,14 +154,15 @@ def _call(spec: ChildSpec) -> None:
     _write(message, RESULT_FD)
 
 
-def _replace_environment(env: dict[str, str]) -> None:
-    """Make ``os.environ`` equal ``env``, touching only what differs (each change is a
-    putenv/unsetenv; the zygote's environment is usually the supervisor's, one key apart)."""
-    for key in [key for key in os.environ if key not in env]:
-        del os.environ[key]
-    for key, value in env.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+def _change_environment(changes: dict[bytes, bytes | None]) -> None:
+    """Apply the fork server's changes to the zygote's environment (``None``: unset): usually
+    one variable, the execution's cookie. ``os.environb`` shares ``os.environ``'s data, and
+    each change is a putenv/unsetenv, so an exec'd command sees the same."""
+    for key, value in changes.items():
+        if value is None:
+            os.environb.pop(key, None)
+        else:
+            os.environb[key] = value
 
 
 def _raised(error: BaseException, note: str = "") -> Raised:
@@ -200,9 +208,7 @@ def preload() -> None:
     """Import what every child needs, once, in the zygote, so that forks inherit it."""
     global _libc
     import ctypes
-    import fcntl  # noqa: F401
-    import resource  # noqa: F401
-    import traceback  # noqa: F401
+    import traceback  # noqa: F401  # a child that raises formats its traceback
 
     _libc = ctypes.CDLL(None, use_errno=True)
 

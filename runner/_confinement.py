@@ -46,6 +46,10 @@ class Confinement(Protocol):
         """Live (non-zombie) pids in the tree; ``thorough`` may cost more to miss none."""
         ...
 
+    def final_cpu(self) -> tuple[float, float] | None:
+        """CPU seconds (user, system) of the whole tree once it has ended, or ``None``."""
+        ...
+
     def peak_memory(self) -> int | None:
         """The true peak the kernel recorded, or ``None`` if this backend has none."""
         ...
@@ -105,6 +109,22 @@ class CounterFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def read_file(path: str) -> bytes:
+    """A small file's content, read with one open, one read and one close (``open()`` would
+    build a buffered file object around them: most of the cost of a one-off read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def keyed(text: bytes) -> dict[bytes, int]:
+    """A flat-keyed cgroup file (``key value`` per line) as a dict."""
+    pairs = (line.split() for line in text.splitlines())
+    return {pair[0]: int(pair[1]) for pair in pairs if len(pair) == 2}
 
 
 def split_cpu(total: float, user_share: float, system_share: float) -> tuple[float, float]:

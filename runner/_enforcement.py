@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import resource
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 from policies import Limits
 from runner import _cgroup_v1, _cgroup_v2
@@ -69,6 +69,17 @@ class Plan:
     watch: frozenset[str]  # limits the supervisor checks on every sample
     duty_cycle: bool  # cpu_rate by SIGSTOP/SIGCONT
     unenforced: tuple[str, ...] = field(default=())
+
+
+def plan_for(limits: Limits, enforcement: Enforcement | str) -> Plan:
+    """The plan for ``limits`` under ``enforcement`` (resolved here), the same object for the
+    same question: executions of one task share it."""
+    return _plan(limits, resolve(enforcement))
+
+
+@lru_cache(maxsize=512)
+def _plan(limits: Limits, mode: Enforcement) -> Plan:
+    return plan(limits, mode)
 
 
 def plan(limits: Limits, mode: Enforcement) -> Plan:

@@ -1,6 +1,8 @@
 """One execution in flight, as a non-blocking state machine the caller's loop drives.
 
-    start ─> RUNNING ──violation / cancel──> TERMINATING ──grace──> KILLING ─┐
+    start ─> SPAWNING ──the zygote's reply──> RUNNING  (no reply: the start failed: FINISHED)
+                                                 │
+             RUNNING ──violation / cancel──> TERMINATING ──grace──> KILLING ─┐
                 │  └──memory violation─────────────────────────> KILLING ─┤
                 └──child exited──> sweep leftovers (TERM, grace, KILL) ────┴─> FINISHED
 
@@ -8,7 +10,9 @@ The owner waits on ``fds()`` with a timeout until ``deadline()``, then calls ``o
 for each ready fd and ``on_time`` once. Nothing here blocks: the result and output pipes are
 read without blocking, the kill protocol advances by deadlines, and the child's exit comes as
 a record (wait status + rusage) from the zygote on a status pipe. A loop can therefore drive
-many executions at once; ``runner.run`` drives one.
+many executions at once; ``runner.run`` drives one. The fork itself is asynchronous too: the
+request goes to the zygote and the handle waits in SPAWNING for its reply (pid, pidfd, fork
+time) like for any other event, so a loop never waits for a fork.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import os
 import pickle
 import secrets
 import signal
+import socket
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from runner import _enforcement
@@ -29,6 +35,7 @@ from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
 from runner._child import ChildSpec
 from runner._confinement import Confinement, Reading, proc_stat
+from runner._errors import ForkServerError
 from runner._forkserver import ForkServer, default_fork_server
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
@@ -43,10 +50,12 @@ MAX_SAMPLES = 4096  # then the timeline halves its resolution
 KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
 KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop waiting
 RELEASE_GIVE_UP = 5.0  # a cgroup that stays busy this long is left behind, with a note
+SPAWN_GIVE_UP = 30.0  # a fork server that has not answered by then is taken for dead
 _serial = itertools.count(1)
 
 
 class Phase(enum.Enum):
+    SPAWNING = "spawning"  # asked the zygote for the child; its reply has not come yet
     RUNNING = "running"
     TERMINATING = "terminating"  # SIGTERM sent, waiting out the grace period
     KILLING = "killing"  # SIGKILL until nothing is left
@@ -60,12 +69,12 @@ class ExecutionHandle:
     def __init__(self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> None:
         self.spec = spec
         self._server = fork_server
-        self.id = f"{os.getpid()}-{next(_serial)}-{secrets.token_hex(3)}"
-        self.phase = Phase.RUNNING
+        self.id = f"{os.getpid()}-{next(_serial)}-{_token()}"
+        self.phase = Phase.SPAWNING
         self.execution: Execution | None = None
         self.pid: int | None = None
         self.pid_start_ticks: int | None = None  # with pid: identifies the child across pid reuse
-        self._plan = _enforcement.plan(spec.limits, _enforcement.resolve(spec.enforcement))
+        self._plan = _enforcement.plan_for(spec.limits, spec.enforcement)
         self._started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._fds: dict[int, str] = {}
@@ -97,6 +106,8 @@ class ExecutionHandle:
         self._confinement: Confinement | None = None
         self._usage_at_end: Usage | None = None
         self._release_by = 0.0
+        self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
+        self._spawn_by = self._t0 + SPAWN_GIVE_UP
         try:
             payload, imports = self._payload()
         except Exception as error:
@@ -127,30 +138,22 @@ class ExecutionHandle:
 
     def _spawn(self, payload: bytes | None, imports: tuple[str, ...]) -> None:
         spec = self.spec
-        env = dict(os.environ if spec.env is None else spec.env)
-        env[COOKIE_VARIABLE] = self.id
         assert self._confinement is not None
         child = ChildSpec(
             argv=spec.target if spec.is_command else None,  # type: ignore[arg-type]
             payload=payload,
-            env=env,
             cwd=spec.cwd,
             rlimits=self._plan.rlimits,
             cgroup_procs=self._confinement.procs_files(),
             imports=imports,
         )
-        result_r, result_w = os.pipe()
-        status_r, status_w = os.pipe()
+        result_r, result_w = os.pipe2(os.O_CLOEXEC)
         self._fds[result_r] = "result"
-        self._fds[status_r] = "status"
-        theirs = [result_w, status_w]
-        stdin = spec.stdin if spec.stdin is not None else os.open(os.devnull, os.O_RDONLY)
-        if spec.stdin is None:
-            theirs.append(stdin)
-        stdio = [stdin]
+        theirs = [result_w]
+        stdio = [spec.stdin if spec.stdin is not None else _devnull()]
         for name, fd in (("stdout", 1), ("stderr", 2)):
             if spec.capture:
-                read_end, write_end = os.pipe()
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
                 self._fds[read_end] = name
                 theirs.append(write_end)
                 stdio.append(write_end)
@@ -160,12 +163,29 @@ class ExecutionHandle:
             os.set_blocking(fd, False)
         server = self._server_or_default()
         try:
-            self.pid, self._pidfd, forked_at = server.spawn(
-                child, result_w, status_w, (stdio[0], stdio[1], stdio[2])
+            self._reply = server.submit(
+                child,
+                result_w,
+                (stdio[0], stdio[1], stdio[2]),
+                env=spec.env,
+                extra_env={COOKIE_VARIABLE: self.id},
             )
         finally:
             for fd in theirs:
                 os.close(fd)
+        self._fds[self._reply.fileno()] = "reply"
+
+    def _take_reply(self) -> None:
+        """The zygote's answer: the child exists (or it could not be forked)."""
+        assert self._reply is not None and self._confinement is not None
+        try:
+            forked = ForkServer.reply(self._reply)
+        except ForkServerError as error:
+            self._start_failed(f"could not start: {error}")
+            return
+        if forked is None:
+            return  # not yet
+        self.pid, self._pidfd, forked_at = forked
         self._confinement.attach(self.pid)
         stat = proc_stat(self.pid)
         self.pid_start_ticks = stat.start if stat is not None else None
@@ -177,8 +197,28 @@ class ExecutionHandle:
         self._started_at = datetime.now(UTC) - timedelta(seconds=now - self._t0)
         # The first sample after one whole interval, then on the shared grid.
         self._next_sample = _next_tick(self._t0 + self._sample_every, self._sample_every)
-        if spec.limits.wall_time:
-            self._wall_deadline = self._t0 + spec.limits.wall_time
+        if self.spec.limits.wall_time:
+            self._wall_deadline = self._t0 + self.spec.limits.wall_time
+        self.phase = Phase.RUNNING
+        if self._cancelled:  # cancelled while it was being forked
+            self._terminate(now)
+
+    def _start_failed(self, why: str) -> None:
+        """No child came of the request (the fork failed, the zygote died or hung): kill what
+        may have joined the cgroup, and end with the reason."""
+        assert self._confinement is not None
+        if self._reply is not None:
+            self._close(self._reply.fileno())
+        if not self._confinement.kill_all():
+            for pid in self._confinement.members():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._close_fds()
+        self._remove_confinement()
+        record = Execution.unstarted(self.spec.limits, ForkServerError(why.removeprefix("could not start: ")),
+                                     outcome=Outcome.CRASHED)  # fmt: skip
+        self.execution = replace(record, notes=(*record.notes, *self._notes))
+        self.phase = Phase.FINISHED
 
     def _server_or_default(self) -> ForkServer:
         return self._server or default_fork_server()
@@ -202,6 +242,11 @@ class ExecutionHandle:
         return self._started_at
 
     @property
+    def started(self) -> bool:
+        """True once the child exists (its pid is known), or the start has failed."""
+        return self.phase is not Phase.SPAWNING
+
+    @property
     def done(self) -> bool:
         """True once the record is ready in ``execution``."""
         return self.phase is Phase.FINISHED
@@ -215,6 +260,8 @@ class ExecutionHandle:
         exited = self._exit is not None or self._zygote_died
         if self.phase is Phase.FINISHED:
             return None
+        if self.phase is Phase.SPAWNING:
+            return self._spawn_by
         if self.phase in (Phase.KILLING, Phase.RELEASING):
             return self._next_kill_pass
         if self.phase is Phase.TERMINATING:
@@ -232,13 +279,16 @@ class ExecutionHandle:
     def on_readable(self, fd: int) -> None:
         """Consume what ``fd`` has to give."""
         kind = self._fds.get(fd)
-        if kind == "result":
+        if kind == "reply":
+            if self.phase is Phase.SPAWNING:
+                self._take_reply()
+            else:
+                self._read_status()
+        elif kind == "result":
             for frame in self._result.read_from(fd):
                 self._take_message(frame)
             if self._result.eof:
                 self._close(fd)
-        elif kind == "status":
-            self._read_status(fd)
         elif kind in ("stdout", "stderr"):
             self._read_output(fd, kind)
 
@@ -246,6 +296,8 @@ class ExecutionHandle:
         """Advance sampling, limits, throttling and the kill protocol to ``now``."""
         now = time.monotonic() if now is None else now
         exited = self._exit is not None or self._zygote_died
+        if self.phase is Phase.SPAWNING and now >= self._spawn_by:
+            self._start_failed(f"could not start: the fork server did not answer within {SPAWN_GIVE_UP:.0f}s")
         if self.phase is Phase.RUNNING:
             if exited:
                 self._sweep_leftovers(now)
@@ -282,6 +334,9 @@ class ExecutionHandle:
 
     def cancel(self) -> None:
         """Stop the execution: TERM, grace, KILL; its outcome becomes ``cancelled``."""
+        if self.phase is Phase.SPAWNING:
+            self._cancelled = True  # acted on when the child exists
+            return
         if self.phase is not Phase.RUNNING or self._exit is not None:
             return
         self._cancelled = True
@@ -297,16 +352,21 @@ class ExecutionHandle:
         except Exception as error:
             self._message = Unreadable(f"{type(error).__name__}: {error}")
 
-    def _read_status(self, fd: int) -> None:
+    def _read_status(self) -> None:
+        """The child's exit status, which the zygote sends on the reply socket once it has
+        reaped the child; the socket closing without it means the zygote died."""
+        assert self._reply is not None
         try:
-            data = os.read(fd, STATUS.size)
+            data = self._reply.recv(STATUS.size)
         except BlockingIOError:
             return
+        except OSError:
+            data = b""
         if len(data) == STATUS.size:
             self._exit = Exited.unpack(data)
         else:
             self._zygote_died = True
-        self._close(fd)
+        self._close(self._reply.fileno())
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -329,7 +389,11 @@ class ExecutionHandle:
             self._dropped[name] += max(0, len(chunk) - max(room, 0))
 
     def _close(self, fd: int) -> None:
-        if self._fds.pop(fd, None) is not None:
+        kind = self._fds.pop(fd, None)
+        if kind == "reply" and self._reply is not None:
+            self._reply.close()  # a socket object: closed through it, not its descriptor
+            self._reply = None
+        elif kind is not None:
             os.close(fd)
 
     def _close_fds(self) -> None:
@@ -485,8 +549,7 @@ class ExecutionHandle:
 
     def _usage(self, now: float) -> Usage:
         assert self._confinement is not None
-        tree = isinstance(self._confinement, ProcessTree)
-        final = None if tree else self._confinement.read(count_processes=False)
+        final = self._confinement.final_cpu()
         # The kernel's own peak of the cgroup is what its limit counts, spikes included; without
         # one, the larger of wait4's ru_maxrss (the top process's true peak) and the samples.
         exited = self._exit
@@ -502,9 +565,10 @@ class ExecutionHandle:
         user = system = 0.0
         if exited is not None:
             user, system = exited.user, exited.system
-        for reading in (self._last, final):
-            if reading is not None and reading.cpu_seconds > user + system:
-                user, system = reading.cpu_user, reading.cpu_system
+        last = (self._last.cpu_user, self._last.cpu_system) if self._last is not None else None
+        for cpu in (last, final):
+            if cpu is not None and cpu[0] + cpu[1] > user + system:
+                user, system = cpu
         source = max(candidates, key=lambda key: candidates[key])
         # The tree lived from the fork until its last process was gone: the reap of the child,
         # when it ended by itself and left nothing behind; else when the kill protocol saw the
@@ -572,6 +636,30 @@ class ExecutionHandle:
             stderr=stderr,
             notes=tuple(self._notes),
         )
+
+
+_devnull_fd: tuple[int, int] | None = None  # (pid, fd): a forked copy of this process opens its own
+
+
+def _devnull() -> int:
+    """/dev/null, opened once per process: every child's stdin when it is given none (the
+    zygote receives its own copy of the descriptor with each request)."""
+    global _devnull_fd
+    if _devnull_fd is None or _devnull_fd[0] != os.getpid():
+        _devnull_fd = (os.getpid(), os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _devnull_fd[1]
+
+
+_tokens: tuple[int, str] | None = None
+
+
+def _token() -> str:
+    """A random part of execution ids, drawn once per process: with the pid and a serial it
+    names every execution apart, also across pid reuse by a later process."""
+    global _tokens
+    if _tokens is None or _tokens[0] != os.getpid():
+        _tokens = (os.getpid(), secrets.token_hex(3))
+    return _tokens[1]
 
 
 def _next_tick(now: float, interval: float) -> float:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from runner._child import ChildSpec
@@ -31,7 +31,7 @@ runner._zygote.main()
 
 
 class ForkServer:
-    """A running zygote. ``spawn`` is thread-safe; the zygote restarts if it died.
+    """A running zygote. ``submit`` is thread-safe; the zygote restarts if it died.
 
     ``preload`` names modules the zygote imports once so that children start with them loaded
     (the task's own module, numpy, ...): a child pays nothing for what its zygote imported.
@@ -43,36 +43,94 @@ class ForkServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._owner = os.getpid()
+        self._base: dict[bytes, bytes] = {}  # the environment the zygote started with
+        self._changes: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None
 
     @property
     def pid(self) -> int | None:
         """The zygote's pid, or ``None`` before the first spawn and after ``close``."""
         return self._process.pid if self._process is not None else None
 
-    def spawn(
-        self, spec: ChildSpec, result_w: int, status_w: int, stdio: tuple[int, int, int]
-    ) -> tuple[int, int, float]:
-        """Fork a child for ``spec``; return ``(pid, pidfd, forked_at)``, the last the monotonic
-        time the child began. The caller owns the pidfd."""
-        # Plain builtins only: unpickling a runner class would import the whole package into
-        # the zygote (and so into every child).
-        payload = pickle.dumps(spec.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
-        fds = [result_w, status_w, *stdio]
-        with self._lock:
-            control = self._ensure_running()
-            try:
-                socket.send_fds(control, [REQUEST.pack(len(payload), len(fds))], fds)
-                control.sendall(payload)
-                data, received, _flags, _addr = socket.recv_fds(control, REPLY.size, 1)
-                if len(data) < REPLY.size:
-                    raise ConnectionError("the zygote closed its control socket")
-            except OSError as error:
-                self._discard()
-                raise ForkServerError(f"the fork server failed during a spawn: {error}") from error
+    def submit(
+        self,
+        spec: ChildSpec,
+        result_w: int,
+        stdio: tuple[int, int, int],
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> socket.socket:
+        """Ask for a child for ``spec`` without waiting for the fork: returns the (non-blocking)
+        socket its reply arrives on (``reply`` reads it once readable), and then, once the
+        child has been reaped, its exit status (``Exited``). The caller owns the socket
+        (closing it gives up on the child, which then finds its pipes closed).
+
+        The child's environment is ``env`` (``None``: this process's, as it is now) plus
+        ``extra_env``; it travels as its difference from the zygote's own environment, which
+        is usually none at all."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [result_w, *stdio, theirs.fileno()]
+        try:
+            with self._lock:
+                control = self._ensure_running()
+                spec.env = self._environment(env, extra_env or {})
+                # Plain builtins only: unpickling a runner class would import the whole
+                # package into the zygote (and so into every child).
+                payload = pickle.dumps(spec.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
+                try:
+                    header = REQUEST.pack(len(payload), len(fds))
+                    sent = socket.send_fds(control, [header, payload], fds)  # one syscall, mostly
+                    if sent < len(header) + len(payload):
+                        control.sendall((header + payload)[sent:])
+                except OSError as error:
+                    self._discard()
+                    raise ForkServerError(f"the fork server failed during a spawn: {error}") from error
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return ours
+
+    @staticmethod
+    def reply(answer: socket.socket) -> tuple[int, int, float] | None:
+        """``(pid, pidfd, forked_at)`` once the zygote has forked the child (``forked_at``: the
+        monotonic time its life began; the caller owns the pidfd); ``None`` while it has not.
+        ``ForkServerError`` if the fork failed or the zygote died first."""
+        try:
+            data, received, _flags, _addr = socket.recv_fds(answer, REPLY.size, 1)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise ForkServerError(f"the fork server did not answer: {error}") from error
+        if len(data) < REPLY.size:
+            for fd in received:
+                os.close(fd)
+            raise ForkServerError("the fork server died before it forked the child")
         pid, errno, forked_at = REPLY.unpack(data)
         if pid == 0:
             raise ForkServerError(f"fork failed in the fork server: {os.strerror(errno)}")
         return pid, received[0], forked_at
+
+    def _environment(
+        self, env: Mapping[str, str] | None, extra: Mapping[str, str]
+    ) -> dict[bytes, bytes | None]:
+        """What to change in the zygote's environment (``None``: unset) to make ``env``."""
+        if env is None:
+            current = os.environ._data  # type: ignore[attr-defined]  # bytes -> bytes, as environb sees it
+            if current == self._base:
+                changes: dict[bytes, bytes | None] = {}
+            elif self._changes is not None and self._changes[0] == current:
+                changes = dict(self._changes[1])  # changed since the zygote started, as before
+            else:
+                changes = _difference(self._base, current)
+                self._changes = (dict(current), dict(changes))
+        else:
+            changes = _difference(self._base, {os.fsencode(k): os.fsencode(v) for k, v in env.items()})
+        for key, value in extra.items():
+            changes[os.fsencode(key)] = os.fsencode(value)
+        return changes
 
     def close(self) -> None:
         """Stop the zygote (its running children die with it)."""
@@ -91,6 +149,8 @@ class ForkServer:
         self._discard()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         root = str(Path(__file__).resolve().parent.parent)
+        self._base = dict(os.environ._data)  # type: ignore[attr-defined]  # the zygote's, from now on
+        self._changes = None
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(theirs.fileno()), root],
@@ -125,6 +185,14 @@ class ForkServer:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+def _difference(base: Mapping[bytes, bytes], wanted: Mapping[bytes, bytes]) -> dict[bytes, bytes | None]:
+    changes: dict[bytes, bytes | None] = {
+        key: value for key, value in wanted.items() if base.get(key) != value
+    }
+    changes.update(dict.fromkeys(base.keys() - wanted.keys()))
+    return changes
 
 
 _default: ForkServer | None = None

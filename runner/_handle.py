@@ -50,6 +50,12 @@ class Handle(Protocol):
         ...
 
     @property
+    def started(self) -> bool:
+        """True once the child exists (``pid`` and ``started_at`` say which and when), or once
+        the start has failed; a local child is forked asynchronously, after the handle exists."""
+        ...
+
+    @property
     def done(self) -> bool:
         """True once ``execution`` holds the record."""
         ...

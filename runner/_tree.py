@@ -198,6 +198,9 @@ class ProcessTree:
                 continue
         return found
 
+    def final_cpu(self) -> tuple[float, float] | None:
+        return self._cpu_floor  # what every member measured, the vanished included
+
     def peak_memory(self) -> int | None:
         return None
 

@@ -96,3 +96,40 @@ def drain(fd: int) -> None:
             continue
     except BlockingIOError:
         return
+
+
+class Wakeup:
+    """A pipe one thread blocks on (``fileno`` in its poll) and any thread wakes (CPython's
+    ``_ThreadWakeup`` is the model). ``wakeup()`` from anywhere, never blocking; ``clear()``
+    only by the thread that waits on it, after it woke; ``close()`` once nobody waits."""
+
+    __slots__ = ("_read", "_write")
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        """The end to wait on for reading."""
+        return self._read
+
+    def wakeup(self) -> None:
+        """Make the waiter's poll return (harmless if it is awake or gone)."""
+        try:
+            os.write(self._write, b"!")
+        except BlockingIOError:
+            return  # the pipe is full: the waiter is bound to wake
+        except OSError:
+            return  # closed: nobody waits any more
+
+    def clear(self) -> None:
+        """Empty the pipe (its bytes only say "look again")."""
+        drain(self._read)
+
+    def close(self) -> None:
+        """Close both ends; later wake-ups do nothing."""
+        for fd in (self._read, self._write):
+            try:
+                os.close(fd)
+            except OSError:
+                continue
+        self._read = self._write = -1

@@ -8,11 +8,14 @@ the standard library and the modules asked to be preloaded, then loops:
     supervisor ──Request (header + fds via SCM_RIGHTS, then a pickled ChildSpec)──> zygote
     zygote ──imports what the child's payload needs and it lacks (once: later forks inherit it)
     zygote ──fork──> child (runs ``_child.child_main``; talks to the supervisor over its own pipe)
-    zygote ──Reply (pid, errno, when it forked) + a pidfd of the child──> supervisor
-    zygote ──on SIGCHLD: wait4 ──> Exited (status, rusage, when) on that child's status pipe
+    zygote ──Reply (pid, errno, when it forked) + a pidfd, on the request's own reply socket──>
+                                                                                    supervisor
+    zygote ──on SIGCHLD: wait4 ──> Exited (status, rusage, when) on that same reply socket
 
-(the wire formats are in ``_messages``). The fork and reap times bound the child's life, so
-its wall time covers the same span as the CPU time wait4 reports.
+(the wire formats are in ``_messages``). Each request carries its own reply socket, so the
+supervisor never waits for a fork: it may send the next request at once and take each reply
+when it is readable. The fork and reap times bound the child's life, so its wall time covers
+the same span as the CPU time wait4 reports.
 
 The zygote is a child subreaper, so descendants orphaned by a dying child are reparented to it
 and reaped here rather than left as zombies. It exits when the control socket closes (the
@@ -58,7 +61,7 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal ^C is the supervisor's to handle
-    children: dict[int, int] = {}  # pid -> write end of its status pipe
+    children: dict[int, socket.socket] = {}  # pid -> its reply socket, for its exit status
     control.sendall(b"R")  # ready
     while True:
         readable, _, _ = select.select([control.fileno(), wake_r], [], [])
@@ -82,33 +85,40 @@ def _fork(
     control: socket.socket,
     spec: object,
     fds: list[int],
-    children: dict[int, int],
+    children: dict[int, socket.socket],
     wake: tuple[int, int],
 ) -> None:
-    result_w, status_w, stdin, stdout, stderr = fds
+    result_w, stdin, stdout, stderr, reply_fd = fds
+    reply = socket.socket(fileno=reply_fd)
     try:
         _import(spec.imports)  # type: ignore[attr-defined]
         forked_at = time.monotonic()
         pid = os.fork()
     except OSError as error:
-        for fd in fds:
+        for fd in fds[:-1]:
             os.close(fd)
-        control.sendall(REPLY.pack(0, error.errno or 0, 0.0))
+        with contextlib.suppress(OSError), reply:  # a supervisor that gave up reads nothing
+            reply.sendall(REPLY.pack(0, error.errno or 0, 0.0))
         return
     if pid == 0:
         signal.set_wakeup_fd(-1)
         control.close()
-        os.close(status_w)
+        reply.close()
+        for child in children.values():
+            child.close()
         for fd in wake:
             os.close(fd)
         _child.child_main(spec, result_w, (stdin, stdout, stderr), os.getppid())  # type: ignore[arg-type]
         os._exit(0)
     for fd in (result_w, stdin, stdout, stderr):
         os.close(fd)
-    children[pid] = status_w
+    children[pid] = reply  # the child's exit status follows on it, when it is reaped
     pidfd = os.pidfd_open(pid)
     try:
-        socket.send_fds(control, [REPLY.pack(pid, 0, forked_at)], [pidfd])
+        # A supervisor that gave up on this child closed its end: the child finds its own
+        # pipes closed and ends; the zygote lives on.
+        with contextlib.suppress(OSError):
+            socket.send_fds(reply, [REPLY.pack(pid, 0, forked_at)], [pidfd])
     finally:
         os.close(pidfd)
 
@@ -127,7 +137,7 @@ def _import(modules: tuple[str, ...]) -> None:
     gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
 
 
-def _reap(children: dict[int, int]) -> None:
+def _reap(children: dict[int, socket.socket]) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -135,15 +145,14 @@ def _reap(children: dict[int, int]) -> None:
             return
         if pid == 0:
             return
-        status_w = children.pop(pid, None)
-        if status_w is None:  # an orphan adopted as subreaper: reaping it is all we owe it
+        reply = children.pop(pid, None)
+        if reply is None:  # an orphan adopted as subreaper: reaping it is all we owe it
             continue
         record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, time.monotonic())
-        # Far below PIPE_BUF into an empty pipe: never blocks. A broken pipe means the
-        # supervisor gave up on this execution and closed its end; nobody is left to tell.
-        with contextlib.suppress(BrokenPipeError):
-            os.write(status_w, record)
-        os.close(status_w)
+        # One small message into a socket buffer nobody else writes to: it never blocks. An
+        # error means the supervisor gave up on this execution; nobody is left to tell.
+        with contextlib.suppress(OSError), reply:
+            reply.send(record)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

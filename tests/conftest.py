@@ -1,5 +1,6 @@
 """Fixtures shared by the suite. The ``no_leaks`` fixture runs for every test: it fails a test
-that leaves a child process, an execution's process anywhere on the host, or a cgroup behind.
+that leaves a child process, an execution's process anywhere on the host, or a cgroup behind,
+or during which a scheduler's loop caught an error of its own (a bug it carried on from).
 """
 
 from __future__ import annotations
@@ -92,9 +93,16 @@ def _leaked_children() -> list[psutil.Process]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves processes or cgroups behind (and clean them up)."""
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves processes or cgroups behind (and clean them up), or if a
+    scheduler loop caught an error while it ran (``@pytest.mark.loop_errors(n)``: exactly n)."""
+    from governor.scheduling._loop import loop_errors
+
+    marker = request.node.get_closest_marker("loop_errors")
+    expected = marker.args[0] if marker is not None else 0
+    errors_before = loop_errors()
     yield
+    caught = loop_errors() - errors_before
     deadline = time.monotonic() + 5
     while True:
         processes = _leaked_children() + _our_execution_processes()
@@ -116,6 +124,9 @@ def no_leaks() -> Iterator[None]:
         f"processes left behind: {[(p.pid, p.info if hasattr(p, 'info') else p) for p in processes]}"
     )
     assert not cgroups, f"cgroups left behind: {cgroups}"
+    assert caught == expected, (
+        f"a scheduler loop caught {caught} error(s) of its own, {expected} expected (see the log)"
+    )
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ policy = AdmissionPolicy()
 
 
 def queued(key: str, gib: float, duration: float | None = None, cores: float = 0.0) -> QueuedWork:
-    return QueuedWork(key, Need(int(gib * GiB), cores), duration)
+    return QueuedWork(key, Need(int(gib * GiB), cores), duration, name=key)
 
 
 def running(key: str, gib: float, ends_in: float | None, measured_gib: float = 0.0) -> RunningWork:
@@ -59,7 +59,7 @@ def test_a_short_job_backfills_when_it_cannot_delay_the_head() -> None:
         now=100, slots=4, budget=Budget(3 * GiB), running=[busy], queue=[head, short, long]
     )
     assert decision.start == ("short",)  # ends before the shadow time; "long" would not fit beside the head
-    assert "held back for 'head'" in decision.waiting["long"]
+    assert decision.waiting["long"] == "held back for head, which needs the resources first"
 
 
 def test_a_job_that_fits_beside_the_head_backfills_whatever_its_length() -> None:
@@ -98,13 +98,62 @@ def test_a_need_beyond_the_whole_budget_runs_alone() -> None:
     assert alone.start == ("huge",)
 
 
-def test_pressure_tightens_the_budget() -> None:
+def test_pressure_tightens_the_budget_while_something_runs() -> None:
+    busy = [running("r", 0.5, ends_in=10)]
     work = [queued("a", 2)]
-    assert policy.decide(now=0, slots=1, budget=Budget(3 * GiB), running=[], queue=work).start == ("a",)
-    assert (
-        policy.decide(now=0, slots=1, budget=Budget(3 * GiB), running=[], queue=work, pressure=0.8).start
-        == ()
+    assert policy.decide(now=100, slots=2, budget=Budget(3 * GiB), running=busy, queue=work).start == ("a",)
+    tight = policy.decide(now=100, slots=2, budget=Budget(3 * GiB), running=busy, queue=work, pressure=0.8)
+    assert tight.start == ()
+
+
+def test_pressure_and_cpu_never_leave_the_pool_idle() -> None:
+    """CPU is compressible: with nothing of ours running, the head starts however high the
+    pressure and whatever its CPU estimate; pressure narrows concurrency to one, not zero."""
+    work = [queued("a", 2, cores=1.9), queued("b", 0.1, cores=1.9)]
+    decision = policy.decide(
+        now=0, slots=2, budget=Budget(3 * GiB, 2.0), running=[], queue=work, pressure=1.0
     )
+    assert decision.start == ("a",)
+    assert "waits for" in decision.waiting["b"]
+
+
+def test_with_nothing_running_the_head_waits_only_for_memory_the_host_lacks() -> None:
+    work = [queued("big", 2), queued("small", 0.5, duration=1)]
+    short = policy.decide(
+        now=0, slots=2, budget=Budget(3 * GiB), running=[], queue=work, available_memory=GiB
+    )
+    assert short.start == ("small",)  # it ends before the host could free memory for "big"
+    assert short.waiting["big"] == "waits for 2.0 GiB; the host has 1.0 GiB available"
+    roomy = policy.decide(
+        now=0, slots=2, budget=Budget(3 * GiB), running=[], queue=work, available_memory=8 * GiB
+    )
+    assert roomy.start == ("big", "small")
+
+
+def test_the_host_s_available_memory_caps_what_starts_beside_running_work() -> None:
+    grower = running("r", 1.5, ends_in=10, measured_gib=0.5)  # may still grow by 1 GiB
+    decision = policy.decide(
+        now=100,
+        slots=3,
+        budget=Budget(8 * GiB),
+        running=[grower],
+        queue=[queued("a", 1), queued("b", 1)],
+        available_memory=int(2.5 * GiB),
+    )
+    assert decision.start == ("a",)  # 2.5 GiB free on the host, 1 GiB of it promised to "r"
+
+
+def test_a_pass_behind_a_blocked_head_looks_only_at_its_window() -> None:
+    narrow = AdmissionPolicy(window=3)
+    busy = running("r", 2.5, ends_in=None)
+    assessment = narrow.begin(now=100, slots=8, budget=Budget(3 * GiB), running=[busy])
+    assert assessment.offer(queued("head", 1)) is not None  # blocked: 0.5 GiB free
+    offered = 0
+    while not assessment.exhausted:
+        assessment.offer(queued(f"x{offered}", 2))
+        offered += 1
+    assert offered == 3  # the window, then the pass stops
+    assert assessment.why_exhausted == "held back for head, which needs the resources first"
 
 
 def test_cpu_budget_counts_too() -> None:

@@ -45,7 +45,7 @@ def test_a_memory_kill_raises_the_estimate_until_a_success() -> None:
         peak_memory_bytes=100 * MiB,
         cpu_seconds=1,
         wall_seconds=1,
-        memory_exceeded=True,
+        outcome="memory_exceeded",
         memory_limit=100 * MiB,
     )
     raised = estimator.estimate("t", memory_limit=100 * MiB)
@@ -60,7 +60,7 @@ def test_a_memory_kill_raises_the_estimate_until_a_success() -> None:
 def test_an_eviction_makes_its_measured_peak_a_floor() -> None:
     estimator = UsageEstimator()
     estimator.observe("t", peak_memory_bytes=100 * MiB, cpu_seconds=1, wall_seconds=10)
-    estimator.observe("t", peak_memory_bytes=700 * MiB, cpu_seconds=1, wall_seconds=2, evicted=True)
+    estimator.observe("t", peak_memory_bytes=700 * MiB, cpu_seconds=1, wall_seconds=2, outcome="evicted")
     raised = estimator.estimate("t", memory_limit=2048 * MiB)
     assert (raised.memory_bytes, raised.source) == (700 * MiB, "evicted")
     assert raised.duration_seconds == 10  # a stopped run says nothing of how long a run takes
@@ -82,6 +82,44 @@ def test_cpu_rate_is_capped_by_the_quota() -> None:
     estimator = UsageEstimator()
     estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=4, wall_seconds=1)  # 4 cores busy
     assert estimator.estimate("t", cpu_limit=1.5).cpu_cores == 1.5
+
+
+def test_a_rate_is_learned_only_from_runs_long_enough_to_measure_one() -> None:
+    """A 1 ms run with one 4 ms tick of CPU accounting is not four cores busy."""
+    estimator = UsageEstimator(min_rate_seconds=0.3)
+    for _ in range(5):
+        estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=0.004, wall_seconds=0.001)
+    assert estimator.estimate("t").cpu_cores is None
+    assert estimator.estimate("t", cpu_limit=0.5).cpu_cores == 0.5  # the limit stands in
+    estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=0.2, wall_seconds=1.0)
+    assert estimator.estimate("t").cpu_cores == pytest.approx(0.2)
+
+
+def test_a_rate_never_exceeds_the_cores_a_run_may_use() -> None:
+    estimator = UsageEstimator(max_cores=2.0)
+    estimator.observe("wide", peak_memory_bytes=MiB, cpu_seconds=15, wall_seconds=1)
+    assert estimator.estimate("wide").cpu_cores == 2.0
+    estimator.observe("capped", peak_memory_bytes=MiB, cpu_seconds=1.9, wall_seconds=1, cpu_limit=0.5)
+    assert estimator.estimate("capped").cpu_cores == 0.5
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "lost"])
+def test_runs_stopped_from_outside_teach_nothing(outcome: str) -> None:
+    estimator = UsageEstimator()
+    estimator.observe("t", peak_memory_bytes=MiB, cpu_seconds=0.1, wall_seconds=1, outcome=outcome)
+    assert estimator.tasks() == [] and estimator.version_of("t") == 0
+
+
+def test_an_estimate_is_worked_out_once_per_thing_learned() -> None:
+    estimator = UsageEstimator()
+    estimator.observe("t", peak_memory_bytes=10 * MiB, cpu_seconds=0.1, wall_seconds=1)
+    first = estimator.estimate("t", memory_limit=100 * MiB)
+    assert estimator.estimate("t", memory_limit=100 * MiB) is first  # no work until "t" learns
+    estimator.observe("other", peak_memory_bytes=MiB, cpu_seconds=0.1, wall_seconds=1)
+    assert estimator.estimate("t", memory_limit=100 * MiB) is first  # another key learned
+    estimator.observe("t", peak_memory_bytes=20 * MiB, cpu_seconds=0.1, wall_seconds=1)
+    assert estimator.version_of("t") == 2
+    assert estimator.estimate("t", memory_limit=100 * MiB).memory_bytes == 20 * MiB
 
 
 def test_window_forgets_the_oldest() -> None:

@@ -143,20 +143,16 @@ def test_shutdown_waits_for_pending_retries(tmp_path: Path) -> None:
 
 
 def test_every_future_settles_when_a_scheduler_stops_mid_retry(tmp_path: Path) -> None:
-    from governor import Scheduler
-    from runner import ExecutionSpec
-
     counter = str(tmp_path / "calls")
-    scheduler = Scheduler(1)
-    scheduler.start()
-    future = scheduler._submit(
-        ExecutionSpec(target=th.fail_until, args=(counter, 5)), 0, RetryPolicy(max_retries=5, delay=3600)
-    )
+    executor = GovernedExecutor(1, retry_policy=RetryPolicy(max_retries=5, delay=3600))
+    scheduler = executor._scheduler
+    future = executor.submit(th.fail_until, counter, 5)
     assert scheduler.wait(lambda: Path(counter).exists() and scheduler.running_tasks_count() == 0, 30)
     scheduler.sync()
-    scheduler.stop()
+    scheduler.stop()  # not a shutdown that drains: the retry waiting out its hour is dropped
     with pytest.raises(RuntimeError, match="attempt 1 fails"):
         future.result(timeout=5)
+    executor.shutdown()
 
 
 def test_a_memory_budget_serialises_calls_that_would_not_fit_together(tmp_path: Path) -> None:

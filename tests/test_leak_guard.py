@@ -1,5 +1,5 @@
 """The leak guard itself must be able to fail: it sees a stray child, a stray execution
-process and a stray cgroup."""
+process, a stray cgroup, and an error a scheduler loop caught."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ def test_guard_sees_a_stray_cgroup() -> None:
     finally:
         stray.rmdir()
     assert str(stray) not in conftest._our_cgroups()
+
+
+class _BrokenTrigger:
+    """A custom trigger with a bug: it raises when asked when it fires."""
+
+    def next_fire(self, after: object) -> object:
+        raise RuntimeError("bug in a trigger")
+
+
+@pytest.mark.loop_errors(1)
+def test_guard_counts_an_error_the_loop_carried_on_from() -> None:
+    from governor import Scheduler, Task
+    from governor.scheduling._loop import loop_errors
+
+    before = loop_errors()
+    with Scheduler(1) as scheduler:
+        scheduler.add_task(Task("broken", ["true"], triggers=[_BrokenTrigger()]))
+        assert scheduler.wait(lambda: scheduler.loop_errors == 1, 10)
+        assert scheduler.sync() and scheduler.snapshot()["loop_errors"] == 1  # the loop lives on
+    assert loop_errors() == before + 1

@@ -222,3 +222,17 @@ def test_starvation_bound_example() -> None:
         queue.push(Item(f"high{second}"), 5, enqueued_at=float(second))
     order = [item.name for item in queue.ordered()]
     assert order.index("low") == 9  # high1 .. high9 overtake (pushed before t = 10); high10 ties, FIFO
+
+
+def test_taking_items_out_and_back_keeps_their_places() -> None:
+    queue: ReadyQueue[str] = ReadyQueue(aging_per_second=0.0)
+    for n, name in enumerate("abcde"):
+        queue.push(name, priority=0, enqueued_at=float(n))
+    first, second = queue.take(), queue.take()
+    assert first is not None and second is not None and (first[0], second[0]) == ("a", "b")
+    queue.put_back(second[1])
+    queue.put_back(first[1])  # in any order: each returns to its own place
+    assert [queue.pop() for _ in range(5)] == list("abcde")
+    assert queue.take() is None
+    with pytest.raises(TypeError, match="token"):
+        queue.put_back("a")

@@ -444,3 +444,128 @@ def test_estimates_are_learned_from_measured_runs() -> None:
         estimate = scheduler._estimator.estimate("learn", memory_limit=900 * MiB)
     assert estimate.source == "history"
     assert 50 * MiB <= estimate.memory_bytes < 200 * MiB  # type: ignore[operator]
+
+
+# -- the rebuilt core: one owner of state, work-conserving admission, readable reasons ------
+
+
+class _NeverReady:
+    """A polled trigger (the seed's shape) that never fires: the loop asks it at every poll."""
+
+    def is_ready(self) -> bool:
+        return False
+
+    def reset(self) -> None:
+        raise AssertionError("reset without a fire")
+
+
+def test_twenty_thousand_polled_tasks_while_four_threads_add_and_remove_tasks() -> None:
+    """Callers never touch the loop's state: adds and removes from four threads while the loop
+    walks 20,000 polled tasks at every poll raise nothing and lose nothing."""
+    with Scheduler(1, poll_interval=0.01) as scheduler:
+        for n in range(20_000):
+            scheduler.add_task(Task(f"polled-{n}", ["true"], triggers=[_NeverReady()]))
+        errors: list[BaseException] = []
+
+        def churn(worker: int) -> None:
+            try:
+                for n in range(500):
+                    task = scheduler.add_task(Task(f"churn-{worker}-{n}", ["true"], triggers=[_NeverReady()]))
+                    if n % 2:
+                        scheduler.remove_task(task.id)  # type: ignore[arg-type]
+            except BaseException as error:  # reported below: a thread's failure must fail the test
+                errors.append(error)
+
+        threads = [threading.Thread(target=churn, args=(worker,)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(GUARD)
+        assert scheduler.sync(GUARD)
+        assert errors == [] and scheduler.loop_errors == 0
+        assert len(scheduler.tasks()) == 20_000 + 4 * 250
+        assert scheduler.snapshot()["loop_errors"] == 0
+
+
+def test_a_stop_after_every_queued_run_was_withdrawn_does_not_hang(tmp_path: Path) -> None:
+    """Queued calls cancelled while one runs; it ends; nothing is left: shutdown returns."""
+    from governor import GovernedExecutor
+
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    executor = GovernedExecutor(1)
+    holder = executor.submit(th.wait_for_release, gate.path, ready)
+    wait_until(lambda: Path(ready).exists(), GUARD)
+    queued = [executor.submit(th.add, n, n) for n in range(20)]
+    assert all(future.cancel() for future in queued)
+    gate.release()
+    assert holder.result(GUARD) == "released"
+    stopping = threading.Thread(target=executor.shutdown, kwargs={"wait": True})
+    stopping.start()
+    stopping.join(GUARD)
+    assert not stopping.is_alive(), "shutdown(wait=True) hung with nothing left to run"
+    assert executor._scheduler.queued_tasks_count() == 0
+
+
+def test_pressure_and_cpu_estimates_never_leave_the_pool_idle() -> None:
+    """A task estimated at two cores, on a budget of one core that pressure halves: with nothing
+    running it starts all the same (CPU is compressible)."""
+    from policies import Pressure
+
+    estimator = UsageEstimator()
+    estimator.observe("wide", peak_memory_bytes=MiB, cpu_seconds=20.0, wall_seconds=10.0)
+    assert estimator.estimate("wide").cpu_cores == 2.0
+    with Scheduler(
+        2, cpu_budget=1.0, memory_budget=None, estimator=estimator, pressure=lambda: Pressure(1.0, 1.0)
+    ) as scheduler:
+        task = scheduler.add_task(Task("wide", th.add, args=(1, 1)))
+        scheduler.fire(task.id)  # type: ignore[arg-type]
+        assert scheduler.wait(lambda: ran(task, 1), GUARD)
+    assert task.executions[0].outcome is Outcome.SUCCEEDED
+
+
+def test_runs_too_short_to_measure_a_rate_teach_no_cpu_estimate() -> None:
+    with Scheduler(1) as scheduler:  # the defaults: admission on
+        task = scheduler.add_task(Task("quick", th.add, args=(1, 1)))
+        for _ in range(3):
+            scheduler.fire(task.id)  # type: ignore[arg-type]
+        assert scheduler.wait(lambda: ran(task, 3), GUARD)
+    estimate = scheduler.estimator.estimate("quick")
+    assert estimate.source == "history" and estimate.cpu_cores is None  # no 1.9-core trivial call
+
+
+def test_wait_reasons_name_the_task_they_wait_for_and_stay_short(tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    ready = str(tmp_path / "ready")
+    head_name = "nightly-" + "x" * 300  # a reason names it, within bounds
+    with Scheduler(3, memory_budget="300MiB", cpu_budget=None) as scheduler:
+        holder = scheduler.add_task(
+            Task("holder", th.wait_for_release, args=(gate.path, ready), limits=Limits(memory="250MiB"))
+        )
+        head = scheduler.add_task(Task(head_name, th.add, args=(1, 1), limits=Limits(memory="200MiB")))
+        behind = scheduler.add_task(Task("behind", th.add, args=(2, 2), limits=Limits(memory="100MiB")))
+        scheduler.fire(holder.id)  # type: ignore[arg-type]
+        wait_until(lambda: Path(ready).exists(), GUARD)
+        try:
+            scheduler.fire(head.id)  # type: ignore[arg-type]
+            scheduler.fire(behind.id)  # type: ignore[arg-type]
+            assert scheduler.sync()
+            reasons = {entry["task"]: entry["wait_reason"] for entry in scheduler.snapshot()["queued"]}
+        finally:
+            gate.release()
+        assert scheduler.wait(lambda: ran(head, 1) and ran(behind, 1), GUARD)
+    assert reasons[head_name].startswith("waits for 200.0 MiB; 50.0 MiB")
+    assert reasons["behind"].startswith("held back for nightly-xxx")
+    assert all(len(reason) <= 200 and "Request" not in reason for reason in reasons.values())
+    assert behind.executions[0].wait_reason == reasons["behind"]
+
+
+def test_a_task_keeps_its_recent_executions_only() -> None:
+    with Scheduler(1) as scheduler:
+        task = scheduler.add_task(Task("often", th.add, args=(1, 1), keep_executions=3))
+        for _ in range(5):
+            scheduler.fire(task.id)  # type: ignore[arg-type]
+        assert scheduler.wait(lambda: task.runs == 5, GUARD)
+    assert len(task.executions) == 3 and [record.attempt for record in task.executions] == [1, 1, 1]
+    with pytest.raises(ValueError, match="keep_executions"):
+        Task("bad", ["true"], keep_executions=-1)

@@ -254,6 +254,11 @@ class DaskHandle:
         return self._started_at
 
     @property
+    def started(self) -> bool:
+        """True from the start: the task is with the cluster, which says no more until the end."""
+        return True
+
+    @property
     def done(self) -> bool:
         """True once the record is ready in ``execution``."""
         return self.execution is not None

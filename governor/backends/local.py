@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from policies import Need
-from runner import ExecutionHandle, ExecutionSpec, ForkServer
+from runner import ExecutionHandle, ExecutionSpec, ForkServer, default_fork_server
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class LocalBackend:
@@ -17,6 +21,20 @@ class LocalBackend:
 
     def close(self) -> None:
         return None
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the fork server has spent forking so far (0 before it has started)."""
+        server = self.fork_server or default_fork_server()
+        pid = server.pid
+        if pid is None:
+            return 0.0
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return 0.0
+        fields = data[data.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
 
     def __repr__(self) -> str:
         return "LocalBackend()"

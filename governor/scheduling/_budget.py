@@ -4,7 +4,8 @@
 the memory limit of the cgroup the governor itself runs in (v2 ``memory.max`` or v1
 ``memory.limit_in_bytes``); the rest is left for the governor, the kernel and everything else
 on the machine. ``cpu_budget="auto"`` is the CPUs this process may run on, or its cgroup's CPU
-quota if that is smaller.
+quota if that is smaller. ``available_memory`` is what the host has free for new work now,
+and ``HostPressure`` how much of its CPU others keep busy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -20,6 +22,7 @@ from policies import Pressure, PressureGate
 
 AUTO_FRACTION = 0.8
 _UNLIMITED = 1 << 60
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def host_memory() -> int:
@@ -73,66 +76,84 @@ def _own_cgroup_files(*names: str) -> list[Path]:
     return found
 
 
+def available_memory() -> int:
+    """Bytes the host could give a new execution now: its available memory (``MemAvailable``:
+    free, plus what the kernel can reclaim), or less if the governor's own cgroup has a memory
+    limit it is closer to. Execution memory counted here is already our own, in use."""
+    available = psutil.virtual_memory().available
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
+        for path in _own_cgroup_files(limit_file):
+            try:
+                limit = path.read_text().strip()
+                usage = int((path.parent / usage_file).read_text())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < _UNLIMITED:
+                available = min(available, max(0, int(limit) - usage))
+    return available
+
+
 class HostPressure:
-    """A callable for ``Scheduler(pressure=...)``: the host's memory and CPU pressure, each
-    through its own ``PressureGate``, read at most once per ``every`` seconds. PSI "some
-    avg10" from ``/proc/pressure/{memory,cpu}`` where the kernel has it; else the share of
-    memory in use, and the 1-minute load beyond the CPUs (load 2x the CPUs reads 1.0)."""
+    """A callable for ``Scheduler(pressure=...)``: how much of the host's CPU *others* keep busy,
+    through a ``PressureGate``, read at most once per ``every`` seconds.
+
+    Others' share = (the host's busy CPU time, from /proc/stat) minus (what the governor and its
+    executions used over the same interval: ``ours()``, cumulative CPU seconds, else this
+    process's own CPU time), over the interval times the CPUs, in [0, 1]. Pressure our own
+    children cause is therefore never a reason to hold our own work back; PSI could not tell
+    the two apart. Memory needs no pressure reading: admission caps what may start by what the
+    host has available (``available_memory``), which leaves out what others hold already.
+    """
 
     def __init__(
         self,
-        gate: PressureGate | None = None,
+        ours: Callable[[], float] | None = None,
         *,
+        gate: PressureGate | None = None,
         every: float = 1.0,
-        source: str = "/proc/pressure/memory",
-        cpu_source: str = "/proc/pressure/cpu",
-        cpu_gate: PressureGate | None = None,
+        stat: str = "/proc/stat",
     ) -> None:
+        self._ours = ours
         self._gate = gate or PressureGate()
-        self._cpu_gate = cpu_gate or PressureGate()
         self._every = every
-        self._source = Path(source)
-        self._cpu_source = Path(cpu_source)
+        self._stat = Path(stat)
         self._last = -math.inf
+        self._previous: tuple[float, float | None, float] | None = None  # (monotonic, busy s, ours s)
         self._value = Pressure()
 
     def __call__(self) -> Pressure:
         now = time.monotonic()
         if now - self._last >= self._every:
             self._last = now
-            memory = self._gate.update(self.reading())
-            self._value = Pressure(memory, self._cpu_gate.update(self.cpu_reading()))
+            self._value = Pressure(0.0, self._gate.update(self.cpu_reading(now)))
         return self._value
 
-    def reading(self) -> float:
-        """The raw memory reading in [0, 1]."""
-        psi = _psi_some_avg10(self._source)
-        return _memory_in_use() if psi is None else psi
+    def cpu_reading(self, now: float | None = None) -> float:
+        """Others' share of the host's CPUs since the previous reading (0 at the first)."""
+        now = time.monotonic() if now is None else now
+        busy = _host_busy_seconds(self._stat)
+        ours = self._ours() if self._ours is not None else float(sum(os.times()[:2]))
+        previous, self._previous = self._previous, (now, busy, ours)
+        if previous is None or busy is None or previous[1] is None:
+            return 0.0
+        elapsed = now - previous[0]
+        if elapsed <= 0:
+            return 0.0
+        others = (busy - previous[1]) - (ours - previous[2])
+        return min(max(others / (elapsed * host_cpus()), 0.0), 1.0)
 
-    def cpu_reading(self) -> float:
-        """The raw CPU reading in [0, 1]."""
-        psi = _psi_some_avg10(self._cpu_source)
-        return _load_beyond_cpus() if psi is None else psi
 
-
-def _psi_some_avg10(path: Path) -> float | None:
-    """The "some avg10" share of a PSI file, or ``None`` where there is none (older kernels,
-    PSI disabled)."""
+def _host_busy_seconds(stat: Path) -> float | None:
+    """CPU seconds all CPUs have spent busy since boot (not idle, not waiting for I/O)."""
     try:
-        for line in path.read_text().splitlines():
-            if line.startswith("some "):
-                fields = dict(part.split("=", 1) for part in line.split()[1:])
-                return min(max(float(fields["avg10"]) / 100.0, 0.0), 1.0)
-    except (OSError, KeyError, ValueError):
+        with stat.open("rb") as handle:
+            fields = handle.readline().split()
+    except OSError:
         return None
-    return None
-
-
-def _memory_in_use() -> float:
-    memory = psutil.virtual_memory()
-    return 1.0 - memory.available / memory.total
-
-
-def _load_beyond_cpus() -> float:
-    cpus = os.cpu_count() or 1
-    return min(max(os.getloadavg()[0] / cpus - 1.0, 0.0), 1.0)
+    if not fields or fields[0] != b"cpu":
+        return None
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICKS

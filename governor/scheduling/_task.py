@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -14,8 +15,9 @@ from runner import Enforcement, Execution, ExecutionSpec
 
 class Task:
     """A job: what to run, when (triggers), how urgently (priority), under which limits,
-    and what to do when it fails (retry policy). ``executions`` is its history, oldest first,
-    one record per attempt.
+    and what to do when it fails (retry policy). ``executions`` is its recent history, oldest
+    first, one record per attempt: the last ``keep_executions`` (100 by default; the store of
+    ``governor serve`` keeps them all); ``runs`` counts every attempt recorded.
 
     ``function`` is a callable (run with ``args``/``kwargs``) or an argv list. A task with no
     triggers runs only when fired by hand (``Scheduler.fire``). ``max_instances`` bounds how
@@ -42,6 +44,7 @@ class Task:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         payload_kwarg: str | None = None,
+        keep_executions: int = 100,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
@@ -49,6 +52,8 @@ class Task:
             raise ValueError(f"priority: must be a whole number, got {priority!r}")
         if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
             raise ValueError(f"max_instances: must be a whole number >= 1, got {max_instances!r}")
+        if isinstance(keep_executions, bool) or not isinstance(keep_executions, int) or keep_executions < 0:
+            raise ValueError(f"keep_executions: must be a whole number >= 0, got {keep_executions!r}")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise ValueError(f"retry_policy: expected a RetryPolicy, got {retry_policy!r}")
         self.name = name
@@ -72,6 +77,8 @@ class Task:
             validate_trigger(trigger)
         self.id: int | None = None
         self.executions: list[Execution] = []
+        self.keep_executions = keep_executions
+        self.runs = 0
         self.paused = False
         self._lock = threading.Lock()
 
@@ -92,11 +99,61 @@ class Task:
 
     def _record(self, execution: Execution) -> None:
         with self._lock:
+            self.runs += 1
             self.executions.append(execution)
+            if len(self.executions) > self.keep_executions:
+                del self.executions[: len(self.executions) - self.keep_executions]
 
     def __repr__(self) -> str:
         triggers = list(self.triggers)
         return f"Task(id={self.id}, name={self.name!r}, priority={self.priority}, triggers={triggers!r})"
+
+
+class Catalog:
+    """The tasks a scheduler has, as its callers see them (under a lock: any thread may ask).
+
+    The loop keeps its own registry, changed only by the commands it applies; this one is
+    changed by ``add_task``/``remove_task`` at once, so that ``get_task`` answers at once, and
+    by the loop when a one-shot task retires.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[int, Task] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, task: Task) -> None:
+        """Give ``task`` its id and list it; ``ValueError`` if it is listed already."""
+        with self._lock:
+            if task.id is not None and self._tasks.get(task.id) is task:
+                raise ValueError(f"task {task.name!r} is already added (id {task.id})")
+            task.id = next(self._ids)
+            self._tasks[task.id] = task
+
+    def remove(self, task_id: int) -> Task:
+        """Unlist the task; ``KeyError`` if there is none."""
+        with self._lock:
+            task = self._tasks.pop(task_id, None)
+        if task is None:
+            raise KeyError(f"no task with id {task_id}")
+        return task
+
+    def retire(self, task: Task) -> None:
+        """Unlist ``task`` if it is still listed (a one-shot task has run)."""
+        with self._lock:
+            if task.id is not None and self._tasks.get(task.id) is task:
+                del self._tasks[task.id]
+
+    def get(self, task_id: int) -> Task | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def holds(self, task: Task) -> bool:
+        return task.id is not None and self.get(task.id) is task
+
+    def all(self) -> list[Task]:
+        with self._lock:
+            return list(self._tasks.values())
 
 
 def call_name(target: object) -> str:

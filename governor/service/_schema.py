@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from policies import WAIT_REASON_LIMIT, bounded_reason
 from runner import Execution
 
 APPLICATION_ID = 0x47564E52  # "GVNR": tells our files apart from any other SQLite database
-WAIT_REASON_LIMIT = 200  # characters: a wait reason is a sentence a person reads
 
 # The dict form's keys in ``to_dict`` order, each with how its column is encoded:
 # "value" as it is, "seconds" a float (rounded back to the microsecond), "json" a JSON text,
@@ -167,12 +167,7 @@ def readable_wait_reason(reason: str) -> str:
         else:
             who = "an earlier queued run"
         reason = f"held back for {who}, which needs the resources first"
-    return bounded(reason)
-
-
-def bounded(text: str, limit: int = WAIT_REASON_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return bounded_reason(reason)
 
 
 # -- one execution in and out -----------------------------------------------------------------
