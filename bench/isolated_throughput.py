@@ -5,8 +5,11 @@ CPUs) and the default fork server, no preloading. The task is trivial, defined i
 script's ``__main__`` (it travels by value, as a script's or a notebook's functions do) and,
 beside it, the same function imported from a module (``bench_tasks.trivial``).
 
-- raw fork            os.fork() per task from this process, result over a pipe, 2 at a time:
-                      the floor every ratio is taken against, measured in the same run
+- raw fork            os.fork() per task, result over a pipe, 2 at a time, from a fresh
+                      interpreter that has imported what a script using governor imports
+                      (``import governor``): the floor ratios are taken against, measured in
+                      the same run; beside it, the same from a bare interpreter (the host's
+                      limit for any fork-per-task) and from this benchmark's own process
 - GovernedExecutor    N calls submitted at once (N queued), then waited for; N = 100, 1,000,
                       10,000: the rate must not fall as the queue grows
 - governor.run        one call at a time, blocking: the latency of a single isolated call
@@ -76,6 +79,41 @@ def raw_fork(tasks: int) -> float:
             os.close(fd)
             done += 1
     return tasks / (time.perf_counter() - start)
+
+
+# raw_fork and trivial, for an interpreter of their own: nothing imported but what is named.
+_RAW_FORK = """
+import os, pickle, select, sys, time
+for module in sys.argv[2:]:
+    __import__(module)
+def trivial(index):
+    return index * 2
+tasks, running, submitted, done = int(sys.argv[1]), {}, 0, 0
+start = time.perf_counter()
+while done < tasks:
+    while submitted < tasks and len(running) < 2:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            os.write(write_end, pickle.dumps(trivial(submitted)))
+            os._exit(0)
+        os.close(write_end)
+        running[read_end] = pid
+        submitted += 1
+    for fd in select.select(list(running), [], [])[0]:
+        pickle.loads(os.read(fd, 65536))
+        os.waitpid(running.pop(fd), 0)
+        os.close(fd)
+        done += 1
+print(tasks / (time.perf_counter() - start))
+"""
+
+
+def raw_fork_elsewhere(tasks: int, imports: tuple[str, ...]) -> float:
+    """``raw_fork`` in a fresh interpreter that first imports ``imports``, and nothing else."""
+    command = [sys.executable, "-c", _RAW_FORK, str(tasks), *imports]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def executor(function: Callable[[int], int], calls: int) -> float:
@@ -164,21 +202,31 @@ def main() -> None:
     sizes = (100, 1000) if arguments.quick else (100, 1000, 10_000)
     rates: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
+    floor_name = "raw os.fork() loop, `import governor`d (floor)"
     rows: list[tuple[str, int, Callable[[], float], dict[str, list[float]]]] = [
-        ("raw os.fork() loop (floor)", 1000, lambda: raw_fork(1000), rates),
-        *[
+        (floor_name, 1000, partial(raw_fork_elsewhere, 1000, ("governor",)), rates),
+        ("raw os.fork() loop, bare interpreter", 1000, partial(raw_fork_elsewhere, 1000, ()), rates),
+        ("raw os.fork() loop, this benchmark's process", 1000, partial(raw_fork, 1000), rates),
+    ]
+    for n in sizes:
+        rows.append(
             (f"GovernedExecutor(2), __main__ function, {n} queued", n, partial(executor, trivial, n), rates)
-            for n in sizes
-        ],
-        ("GovernedExecutor(2), imported function, 1000 queued", 1000,
-         partial(executor, bench_tasks.trivial, 1000), rates),
-        ("ProcessPoolExecutor(2, max_tasks_per_child=1)", 40, lambda: pool_throughput(process_pool, 40), rates),
-        ("pebble ProcessPool(2, max_tasks=1)", 40, lambda: pool_throughput(_Pebble, 40), rates),
-        ("governor.run, __main__ function", 200, lambda: single_runs(trivial, 200), latencies),
-        ("governor.run, imported function", 200, lambda: single_runs(bench_tasks.trivial, 200), latencies),
-        ("ProcessPoolExecutor(max_tasks_per_child=1)", 20, lambda: pool_single(process_pool, 20), latencies),
-        ("pebble ProcessPool(max_tasks=1)", 20, lambda: pool_single(_Pebble, 20), latencies),
-    ]  # fmt: skip
+        )
+    imported = partial(executor, bench_tasks.trivial, 1000)
+    rows += [
+        ("GovernedExecutor(2), imported function, 1000 queued", 1000, imported, rates),
+        (
+            "ProcessPoolExecutor(2, max_tasks_per_child=1)",
+            40,
+            partial(pool_throughput, process_pool, 40),
+            rates,
+        ),
+        ("pebble ProcessPool(2, max_tasks=1)", 40, partial(pool_throughput, _Pebble, 40), rates),
+        ("governor.run, __main__ function", 200, partial(single_runs, trivial, 200), latencies),
+        ("governor.run, imported function", 200, partial(single_runs, bench_tasks.trivial, 200), latencies),
+        ("ProcessPoolExecutor(max_tasks_per_child=1)", 20, partial(pool_single, process_pool, 20), latencies),
+        ("pebble ProcessPool(max_tasks=1)", 20, partial(pool_single, _Pebble, 20), latencies),
+    ]
     executor(trivial, 50)  # start the zygote, create the cgroup parents
     scope = busy_loops(2) if arguments.busy else contextlib.nullcontext([])
     with scope as loops:
@@ -190,7 +238,7 @@ def main() -> None:
     host = f"{os.cpu_count()} cores, {mode}, Python {python}"
     load = f"; two busy loops of ours running (pids {', '.join(map(str, loops))})" if loops else ""
     print(f"{host}{load}; defaults (admission on, default fork server); median of {arguments.repeat} rounds")
-    floor = statistics.median(rates["raw os.fork() loop (floor)"])
+    floor = statistics.median(rates[floor_name])
     print("\nThroughput, 2 at a time:")
     print(f"| {'contender':<52} | {'calls':>6} | {'calls/s':>8} | {'vs raw fork':>11} | {'range':>11} |")
     print(f"|{'-' * 54}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 13}|")

@@ -185,4 +185,4 @@ def _outcomes(value: Any) -> frozenset[str]:
             allowed = ", ".join(RETRYABLE_OUTCOMES)
             raise ValueError(f"retry_on: unknown outcome {text!r} (retryable: {allowed})")
         chosen.add(text)
-    return frozenset(chosen)
+    return _DEFAULT_RETRY_ON if chosen == _DEFAULT_RETRY_ON else frozenset(chosen)  # shared when default

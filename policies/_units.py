@@ -101,6 +101,9 @@ def parse_size(value: int | float | str, *, field: str = "size") -> int:
     return int(amount)
 
 
+_ZERO = 0.0
+
+
 def parse_duration(value: int | float | str | timedelta, *, field: str = "duration") -> float:
     """Return ``value`` as seconds (a float).
 
@@ -115,7 +118,7 @@ def parse_duration(value: int | float | str | timedelta, *, field: str = "durati
     seconds = _finite(field, seconds, value)
     if seconds < 0:
         raise ValueError(f"{field}: must not be negative, got {value!r}")
-    return seconds
+    return seconds if seconds else _ZERO  # one zero for every unset duration
 
 
 def _duration_from_text(text: str, field: str) -> float:

@@ -162,7 +162,7 @@ class CgroupV1:
     def procs_files(self) -> list[str]:
         return [os.path.join(path, "cgroup.procs") for path in self._dirs]
 
-    def attach(self, pid: int) -> None:
+    def attach(self, pid: int, reaper: int | None = None) -> None:
         return None  # the child joins by itself, before it runs anything
 
     def read(self, count_processes: bool = True) -> Reading | None:
@@ -172,16 +172,13 @@ class CgroupV1:
                 for controller, name in (
                     ("memory", "memory.usage_in_bytes"),
                     ("cpuacct", "cpuacct.usage"),  # exact, in ns
-                    ("cpuacct", "cpuacct.usage_user"),  # these two may count clock ticks
-                    ("cpuacct", "cpuacct.usage_sys"),
                     ("memory", "cgroup.procs"),  # lists no zombies
                 )
             )
-        memory, total, user, system, procs = self._counters
+        memory, total, procs = self._counters
         try:
-            cpu_user, cpu_system = split_cpu(total.number() / 1e9, user.number(), system.number())
             processes = procs.read().count(b"\n") if count_processes else 0
-            return Reading(memory.number(), cpu_user, cpu_system, processes)
+            return Reading(memory.number(), total.number() / 1e9, processes)
         except (OSError, ValueError):
             return None
 

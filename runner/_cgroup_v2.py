@@ -133,7 +133,7 @@ class CgroupV2:
     def procs_files(self) -> list[str]:
         return [self._file("cgroup.procs")]
 
-    def attach(self, pid: int) -> None:
+    def attach(self, pid: int, reaper: int | None = None) -> None:
         return None  # the child joins by itself, before it runs anything
 
     def _keyed(self, name: str) -> dict[str, int]:
@@ -146,13 +146,14 @@ class CgroupV2:
             processes = self._procs.read().count(b"\n") if count_processes else 0
         except (OSError, ValueError):
             return None
-        total = cpu.get("usage_usec", cpu.get("user_usec", 0) + cpu.get("system_usec", 0)) / 1e6
-        user, system = split_cpu(total, cpu.get("user_usec", 0), cpu.get("system_usec", 0))
-        return Reading(memory, user, system, processes)
+        return Reading(memory, _total_cpu(cpu), processes)
 
     def final_cpu(self) -> tuple[float, float] | None:
-        reading = self.read(count_processes=False)
-        return None if reading is None else (reading.cpu_user, reading.cpu_system)
+        try:
+            cpu = _keyed(self._cpu.read())
+        except (OSError, ValueError):
+            return None
+        return split_cpu(_total_cpu(cpu), cpu.get("user_usec", 0), cpu.get("system_usec", 0))
 
     def members(self, thorough: bool = False) -> list[int]:
         try:
@@ -198,3 +199,8 @@ def _keyed(text: bytes) -> dict[str, int]:
         key.decode(): int(value)
         for key, value in (line.split() for line in text.splitlines() if line.strip())
     }
+
+
+def _total_cpu(stat: dict[str, int]) -> float:
+    """CPU seconds from cpu.stat: ``usage_usec``, exact (user + system where it lacks it)."""
+    return stat.get("usage_usec", stat.get("user_usec", 0) + stat.get("system_usec", 0)) / 1e6

@@ -14,16 +14,12 @@ from typing import NamedTuple, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """Usage of a whole process tree at one moment."""
+    """Usage of a whole process tree at one moment: memory in use, CPU seconds used so far
+    (user + system: a sample needs no split, ``final_cpu`` gives it at the end), processes."""
 
     memory_bytes: int
-    cpu_user: float
-    cpu_system: float
+    cpu_seconds: float
     processes: int
-
-    @property
-    def cpu_seconds(self) -> float:
-        return self.cpu_user + self.cpu_system
 
 
 class Confinement(Protocol):
@@ -33,8 +29,9 @@ class Confinement(Protocol):
         """Files the child writes its pid to, to join (empty without cgroups)."""
         ...
 
-    def attach(self, pid: int) -> None:
-        """Note the child's pid once it exists."""
+    def attach(self, pid: int, reaper: int | None = None) -> None:
+        """Note the child's pid once it exists; ``reaper`` is the subreaper its orphans are
+        reparented to (the zygote)."""
         ...
 
     def read(self, count_processes: bool = True) -> Reading | None:

@@ -34,7 +34,7 @@ from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
 from runner._child import ChildSpec
-from runner._confinement import Confinement, Reading, proc_stat
+from runner._confinement import Confinement, Reading, proc_stat, split_cpu
 from runner._errors import ForkServerError
 from runner._forkserver import ForkServer, default_fork_server
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
@@ -186,7 +186,7 @@ class ExecutionHandle:
         if forked is None:
             return  # not yet
         self.pid, self._pidfd, forked_at = forked
-        self._confinement.attach(self.pid)
+        self._confinement.attach(self.pid, reaper=self._server_or_default().pid)
         stat = proc_stat(self.pid)
         self.pid_start_ticks = stat.start if stat is not None else None
         # The clock starts when the child was forked (the zygote says when): zygote start-up
@@ -565,10 +565,10 @@ class ExecutionHandle:
         user = system = 0.0
         if exited is not None:
             user, system = exited.user, exited.system
-        last = (self._last.cpu_user, self._last.cpu_system) if self._last is not None else None
-        for cpu in (last, final):
-            if cpu is not None and cpu[0] + cpu[1] > user + system:
-                user, system = cpu
+        if final is not None and final[0] + final[1] > user + system:
+            user, system = final
+        if self._last is not None and self._last.cpu_seconds > user + system:
+            user, system = split_cpu(self._last.cpu_seconds, user, system)  # the split we have, scaled
         source = max(candidates, key=lambda key: candidates[key])
         # The tree lived from the fork until its last process was gone: the reap of the child,
         # when it ended by itself and left nothing behind; else when the kill protocol saw the

@@ -14,7 +14,7 @@ from runner._records import Enforcement
 DEFAULT_OUTPUT_CAP = 1 << 20
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ExecutionSpec:
     """One execution, fully described. Validated when built.
 

@@ -5,9 +5,13 @@ member's ``/proc/<pid>/task/<tid>/children``, so a sample reads the tree, never 
 process table), every member seen at an earlier sample (its /proc files are held open, which
 binds them to that process: pid reuse cannot fool it), and, in a ``thorough`` pass used when
 killing, every process whose session is the child's or whose environment carries the
-execution's cookie (``GOVERNOR_EXECUTION_ID``). Double-forked and setsid'd descendants of a
-command keep the cookie, so they are found after their parent is gone; a descendant that both
-scrubs its environment and leaves the session escapes, which only a cgroup prevents.
+execution's cookie (``GOVERNOR_EXECUTION_ID``). Those are looked for among the children of the
+zygote, a subreaper: a descendant whose parent died is reparented to it, so the orphans of
+every execution are its children, and the pass costs what runs under the zygote, not what
+runs on the host (without a known subreaper, among every process on the host). Double-forked
+and setsid'd descendants of a command keep the cookie, so they are found after their parent
+is gone; a descendant that both scrubs its environment and leaves the session escapes, which
+only a cgroup prevents.
 
 A kernel without ``children`` files (``CONFIG_PROC_CHILDREN``) is served by psutil's scan of
 the process table instead.
@@ -22,6 +26,7 @@ import psutil
 from runner._confinement import CounterFile, Reading, proc_stat
 
 COOKIE_VARIABLE = "GOVERNOR_EXECUTION_ID"
+THREADS_RECHECK = 10  # samples between looks at which threads a member has (children hang off each)
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -29,12 +34,50 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class _Member:
     """One process of the tree, its /proc files held open (so bound to that very process)."""
 
-    __slots__ = ("pid", "stat", "statm")
+    __slots__ = ("_looks", "_threads", "pid", "stat", "statm")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.stat = CounterFile(f"/proc/{pid}/stat")
         self.statm = CounterFile(f"/proc/{pid}/statm")
+        self._threads: dict[str, CounterFile] = {}  # tid -> its children file
+        self._looks = 0
+
+    def children(self) -> list[int]:
+        """The pids of its children now: read from each of its threads' ``children`` file (a
+        child is listed under the thread that forked it); which threads it has is looked at
+        again every ``THREADS_RECHECK`` calls. ``FileNotFoundError`` if the kernel has no such
+        files (``CONFIG_PROC_CHILDREN``)."""
+        if self._looks % THREADS_RECHECK == 0:
+            self._find_threads()
+        self._looks += 1
+        found: list[int] = []
+        for tid, listed in list(self._threads.items()):
+            try:
+                found.extend(map(int, listed.read().split()))
+            except OSError:  # the thread ended
+                listed.close()
+                del self._threads[tid]
+        return found
+
+    def _find_threads(self) -> None:
+        try:
+            tids = set(os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
+            tids = set()  # it is gone
+        for tid in self._threads.keys() - tids:
+            self._threads.pop(tid).close()
+        for tid in tids - self._threads.keys():
+            listed = CounterFile(f"/proc/{self.pid}/task/{tid}/children")
+            try:
+                listed.read()  # opens it: a kernel without children files says so now
+            except FileNotFoundError:
+                if os.path.exists(f"/proc/{self.pid}/task/{tid}"):
+                    raise
+                continue  # the thread ended meanwhile
+            except OSError:
+                continue
+            self._threads[tid] = listed
 
     def fields(self) -> list[bytes] | None:
         """Its stat fields after the command name (state first), or ``None`` once it is dead."""
@@ -48,6 +91,9 @@ class _Member:
     def close(self) -> None:
         self.stat.close()
         self.statm.close()
+        for listed in self._threads.values():
+            listed.close()
+        self._threads.clear()
 
 
 class ProcessTree:
@@ -59,17 +105,20 @@ class ProcessTree:
         self._members: dict[int, _Member] = {}
         self._cpu_floor = (0.0, 0.0)  # CPU can only grow; members that vanish keep theirs
         self._root_start = 0  # the child's start time in clock ticks since boot
+        self._reaper: _Member | None = None  # where its orphans go
 
     def procs_files(self) -> list[str]:
         return []
 
-    def attach(self, pid: int) -> None:
+    def attach(self, pid: int, reaper: int | None = None) -> None:
         stat = proc_stat(pid)
         if stat is None:
             return
         self._root = pid
         self._root_start = stat.start
         self._members[pid] = _Member(pid)
+        if reaper is not None:
+            self._reaper = _Member(reaper)
 
     def _live(self) -> list[tuple[_Member, list[bytes]]]:
         """The members alive now, with their stat fields: the dead are forgotten, and the
@@ -81,44 +130,32 @@ class ProcessTree:
                 self._forget(member)
             else:
                 live.append((member, fields))
-        for parent, pid in self._children_of([member.pid for member, _ in live]):
-            member = _Member(pid)
-            fields = member.fields()
-            # Still the process that was listed: a child of that parent, born after the root.
-            if fields is not None and int(fields[1]) == parent and int(fields[19]) >= self._root_start:
-                self._members[pid] = member
-                live.append((member, fields))
-            else:
-                member.close()
+        pending = [member for member, _ in live]
+        try:
+            while pending:
+                parent = pending.pop()
+                for pid in parent.children():
+                    joined = self._join(parent.pid, pid, live)
+                    if joined is not None:
+                        pending.append(joined)
+        except FileNotFoundError:  # no children files in this kernel: a scan instead
+            for parent_pid, pid in self._children_by_scan([member.pid for member, _ in live]):
+                self._join(parent_pid, pid, live)
         return live
 
-    def _children_of(self, pids: list[int]) -> list[tuple[int, int]]:
-        """``(parent, child)`` for every descendant of ``pids`` not yet a member."""
-        found: list[tuple[int, int]] = []
-        seen = set(self._members)
-        pending = list(pids)
-        while pending:
-            pid = pending.pop()
-            try:
-                tasks = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue  # gone
-            for tid in tasks:
-                try:
-                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as children:
-                        listed = children.read().split()
-                except FileNotFoundError:
-                    if os.path.exists(f"/proc/{pid}/task/{tid}"):
-                        return self._children_by_scan(pids)  # no children files in this kernel
-                    continue  # the thread ended meanwhile
-                except OSError:
-                    continue
-                for child in map(int, listed):
-                    if child not in seen:
-                        seen.add(child)
-                        found.append((pid, child))
-                        pending.append(child)
-        return found
+    def _join(self, parent: int, pid: int, live: list[tuple[_Member, list[bytes]]]) -> _Member | None:
+        """Make ``pid``, listed as a child of ``parent``, a member if it is still that child
+        (pid reuse: a child of that parent, born after the root); the new member, if any."""
+        if pid in self._members:
+            return None
+        member = _Member(pid)
+        fields = member.fields()
+        if fields is None or int(fields[1]) != parent or int(fields[19]) < self._root_start:
+            member.close()
+            return None
+        self._members[pid] = member
+        live.append((member, fields))
+        return member
 
     def _children_by_scan(self, pids: list[int]) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
@@ -156,16 +193,48 @@ class ProcessTree:
         user = max(ticks_user / _TICKS, self._cpu_floor[0])
         system = max(ticks_system / _TICKS, self._cpu_floor[1])
         self._cpu_floor = (user, system)
-        return Reading((private + shared) * _PAGE, user, system, count)
+        return Reading((private + shared) * _PAGE, user + system, count)
 
     def _forget(self, member: _Member) -> None:
         member.close()
         self._members.pop(member.pid, None)
 
     def members(self, thorough: bool = False) -> list[int]:
-        pids = self._scan_proc() if thorough else {member.pid for member, _ in self._live()}
+        if thorough:
+            pids = self._scan_orphans() if self._reaper is not None else self._scan_proc()
+        else:
+            pids = {member.pid for member, _ in self._live()}
         pids.discard(os.getpid())
         return sorted(pids)
+
+    def _scan_orphans(self) -> set[int]:
+        """The members, and the zygote's children that are this execution's orphans (by their
+        session or their cookie), which join, with their descendants."""
+        assert self._reaper is not None
+        live = self._live()
+        try:
+            orphans = self._reaper.children()
+        except (FileNotFoundError, OSError):
+            return self._scan_proc()
+        joined = False
+        for pid in orphans:
+            if pid in self._members:
+                continue
+            stat = proc_stat(pid)
+            if stat is None or stat.zombie or stat.start < self._root_start:
+                continue
+            if stat.session == self._root or self._has_cookie(pid):
+                joined = self._join(stat.parent, pid, live) is not None or joined
+        if joined:
+            live = self._live()  # and what the orphans have forked
+        return {member.pid for member, _ in live}
+
+    def _has_cookie(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                return self._cookie in environ.read().split(b"\0")
+        except OSError:
+            return False
 
     def _scan_proc(self) -> set[int]:
         """One pass over /proc: descendants (by parent links), the child's session, and the
@@ -189,13 +258,7 @@ class ProcessTree:
                 if pid not in found and parent in found:
                     found.add(pid)
                     changed = True
-        for pid in table.keys() - found:
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as environ:
-                    if self._cookie in environ.read().split(b"\0"):
-                        found.add(pid)
-            except OSError:
-                continue
+        found.update(pid for pid in table.keys() - found if self._has_cookie(pid))
         return found
 
     def final_cpu(self) -> tuple[float, float] | None:
@@ -217,4 +280,7 @@ class ProcessTree:
         for member in self._members.values():
             member.close()
         self._members.clear()
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
         return True

@@ -51,7 +51,8 @@ def test_readings_come_from_the_v2_files(tmp_path: Path) -> None:
     (directory / "cgroup.procs").write_text("")
     reading = group.read()
     assert reading is not None
-    assert (reading.memory_bytes, reading.cpu_user, reading.cpu_system) == (1 << 20, 2.0, 1.0)
+    assert (reading.memory_bytes, reading.cpu_seconds) == (1 << 20, 3.0)
+    assert group.final_cpu() == (2.0, 1.0)
     assert group.peak_memory() == 5 << 20
     assert group.oom_kills() == 1
     assert group.kill_all() is False  # no cgroup.kill file: the caller falls back to a loop

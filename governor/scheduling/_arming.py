@@ -36,7 +36,9 @@ class Arming:
         self._poll_interval = timedelta(seconds=poll_interval)
         self._random = chance
         self._deadlines: Deadlines[Fire | Run] = Deadlines()
-        self._armed: dict[int, dict[int, Entry[Fire | Run]]] = {}  # task id -> trigger index -> fire
+        # task id -> its one pending fire, or trigger index -> fire for a task of several
+        # triggers (most tasks have one: no dict of its own for an idle task to carry)
+        self._armed: dict[int, Entry[Fire | Run] | dict[int, Entry[Fire | Run]]] = {}
         self._fired_once: set[tuple[int, int]] = set()  # one-time triggers that have fired
         self._next_poll: datetime | None = None
 
@@ -55,7 +57,7 @@ class Arming:
 
     def disarm(self, task_id: int) -> None:
         """Discard the task's pending fires."""
-        for entry in self._armed.pop(task_id, {}).values():
+        for entry in _entries(self._armed.pop(task_id, {})):
             self._deadlines.discard(entry)
 
     def armed(self, task_id: int) -> bool:
@@ -97,7 +99,7 @@ class Arming:
         """Forget every fire and the poll, keeping the delayed retries; returns them."""
         self._next_poll = None
         for armed in self._armed.values():
-            for entry in armed.values():
+            for entry in _entries(armed):
                 self._deadlines.discard(entry)
         self._armed.clear()
         return [item for item in self._deadlines.items() if isinstance(item, Run)]
@@ -109,11 +111,17 @@ class Arming:
         return retries
 
     def pending_retries(self) -> int:
-        return len(self._deadlines) - sum(len(armed) for armed in self._armed.values())
+        return len(self._deadlines) - sum(len(_entries(armed)) for armed in self._armed.values())
 
     def _fired(self, fire: Fire, now: datetime) -> None:
         task, index = fire.task, fire.index
-        self._armed.get(task.id or 0, {}).pop(index, None)
+        armed = self._armed.get(task.id or 0)
+        if isinstance(armed, dict):
+            armed.pop(index, None)
+            if not armed:
+                del self._armed[task.id or 0]
+        elif armed is not None and isinstance(armed.item, Fire) and armed.item.index == index:
+            del self._armed[task.id or 0]
         trigger = task.triggers[index]
         if isinstance(trigger, OneTimeTrigger):
             self._fired_once.add((task.id or 0, index))
@@ -130,4 +138,17 @@ class Arming:
         if isinstance(trigger, PeriodicTrigger) and trigger.jitter:
             due = trigger.jittered(fire, self._random.random())
         entry = self._deadlines.add(due, Fire(task, index, fire))
-        self._armed.setdefault(task.id or 0, {})[index] = entry
+        task_id = task.id or 0
+        armed = self._armed.get(task_id)
+        if armed is None and len(task.triggers) == 1:
+            self._armed[task_id] = entry
+        elif isinstance(armed, dict):
+            armed[index] = entry
+        else:
+            pending = {} if armed is None else {armed.item.index: armed}  # type: ignore[union-attr]
+            pending[index] = entry
+            self._armed[task_id] = pending
+
+
+def _entries(armed: Entry[Fire | Run] | dict[int, Entry[Fire | Run]]) -> list[Entry[Fire | Run]]:
+    return list(armed.values()) if isinstance(armed, dict) else [armed]

@@ -57,6 +57,7 @@ class Supervision:
         handle, and return the runs whose child has just come to exist, and those whose handle
         is done."""
         touched, self._touched = self._touched, set()
+        woken: set[Run] = set(touched)  # what may have changed its descriptors
         milliseconds = None if timeout is None else max(0, int(timeout * 1000) + 1)
         if touched:
             milliseconds = 0
@@ -68,6 +69,7 @@ class Supervision:
             assert run.handle is not None
             run.handle.on_readable(fd)
             touched.add(run)
+            woken.add(run)
         now = time.monotonic()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
@@ -88,17 +90,19 @@ class Supervision:
                 self._forget(run)
                 ended.append(run)
             else:
-                self._refresh(run)
+                # A handle that was only due (a sample, a kill pass) keeps its descriptors:
+                # they change when something is read, or when it is done.
+                self._refresh(run, descriptors=run in woken)
         return started, ended
 
     def running(self) -> int:
         return len(self._fds)
 
-    def _refresh(self, run: Run) -> None:
+    def _refresh(self, run: Run, descriptors: bool = True) -> None:
         handle = run.handle
         assert handle is not None
-        wanted = frozenset(handle.fds())
         registered = self._fds[run]
+        wanted = frozenset(handle.fds()) if descriptors else registered
         if wanted != registered:
             for fd in registered - wanted:
                 self._poll.unregister(fd)

@@ -12,6 +12,11 @@ from governor.scheduling._triggers import OneTimeTrigger, validate_trigger
 from policies import Limits, RetryPolicy
 from runner import Enforcement, Execution, ExecutionSpec
 
+# Frozen values every task without its own may share (an idle task costs what it holds).
+_NO_LIMITS = Limits()
+_NO_RETRIES = RetryPolicy()
+_NO_KWARGS: dict[str, Any] = {}  # never changed: a spec's kwargs are read, copied, never written
+
 
 class Task:
     """A job: what to run, when (triggers), how urgently (priority), under which limits,
@@ -26,6 +31,22 @@ class Task:
     named by ``payload_kwarg`` (if set); a command receives it as JSON in the environment
     variable ``GOVERNOR_EVENT_PAYLOAD``.
     """
+
+    __slots__ = (
+        "_executions",
+        "description",
+        "id",
+        "keep_executions",
+        "max_instances",
+        "name",
+        "paused",
+        "payload_kwarg",
+        "priority",
+        "retry_policy",
+        "runs",
+        "spec",
+        "triggers",
+    )
 
     def __init__(
         self,
@@ -60,14 +81,14 @@ class Task:
         self.description = description
         self.priority = priority
         self.max_instances = max_instances
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or _NO_RETRIES
         self.payload_kwarg = payload_kwarg
         # Building the spec validates target, arguments, limits and options now, at definition.
         self.spec = ExecutionSpec(
             target=function,
             args=tuple(args),
-            kwargs=dict(kwargs or {}),
-            limits=limits or Limits(),
+            kwargs=dict(kwargs) if kwargs else _NO_KWARGS,
+            limits=limits or _NO_LIMITS,
             enforcement=enforcement,
             env=env,
             cwd=cwd,
@@ -76,11 +97,15 @@ class Task:
         for trigger in self.triggers:
             validate_trigger(trigger)
         self.id: int | None = None
-        self.executions: list[Execution] = []
+        self._executions: list[Execution] | None = None  # none until the first (idle tasks carry none)
         self.keep_executions = keep_executions
         self.runs = 0
         self.paused = False
-        self._lock = threading.Lock()
+
+    @property
+    def executions(self) -> list[Execution]:
+        """The recent executions, oldest first (a copy while there are none)."""
+        return self._executions if self._executions is not None else []
 
     @property
     def function(self) -> Callable[..., Any] | Sequence[str]:
@@ -98,11 +123,13 @@ class Task:
         return bool(self.triggers) and all(isinstance(t, OneTimeTrigger) for t in self.triggers)
 
     def _record(self, execution: Execution) -> None:
-        with self._lock:
-            self.runs += 1
-            self.executions.append(execution)
-            if len(self.executions) > self.keep_executions:
-                del self.executions[: len(self.executions) - self.keep_executions]
+        # The loop thread is the only writer; a reader sees the list before or after a step.
+        self.runs += 1
+        if self._executions is None:
+            self._executions = []
+        self._executions.append(execution)
+        if len(self._executions) > self.keep_executions:
+            del self._executions[: len(self._executions) - self.keep_executions]
 
     def __repr__(self) -> str:
         triggers = list(self.triggers)
