@@ -26,12 +26,15 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/isolated_throughput.py
+	$(BIN)/python bench/isolated_throughput.py --busy --quick  # two busy loops of ours load the cores
 	$(BIN)/python bench/scheduler_bench.py
+	$(BIN)/python bench/sampling_bench.py
 	$(BIN)/python bench/admission_bench.py --repeat 3  # root: it caps each contender with a cgroup
 	$(BIN)/python bench/dask_bench.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check governor runner policies tests bench examples
+	$(BIN)/ruff format --check governor runner policies tests bench examples
 	$(BIN)/mypy
 
 clean:

@@ -63,7 +63,7 @@ def run_governor(admission: bool) -> dict[str, object]:
 
     start = time.monotonic()
     with GovernedExecutor(WORKERS, retry_policy=retry, **budget) as pool:  # type: ignore[arg-type]
-        pool._scheduler._listeners += (CountOutcomes(),)  # a bench may look inside
+        pool._scheduler._loop._listeners += (CountOutcomes(),)  # a bench may look inside
         futures = [
             pool.options(limits=Limits(memory=int(size * 1.25))).submit(bench_tasks.hold, size, hold, cpu)
             for size, hold, cpu in jobs()

@@ -29,26 +29,23 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
-import pickle
-import select
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tasks
+from host_load import busy_loops
+from raw_fork import IN_FLIGHT, raw_fork
 
 import governor
 from governor import GovernedExecutor
 from runner._enforcement import resolve
-
-IN_FLIGHT = 2
 
 
 def trivial(index: int) -> int:
@@ -56,63 +53,9 @@ def trivial(index: int) -> int:
     return index * 2
 
 
-def raw_fork(tasks: int) -> float:
-    """The floor: fork, compute, write the pickled result to a pipe, exit; 2 at a time."""
-    running: dict[int, int] = {}  # read fd -> pid
-    submitted = done = 0
-    start = time.perf_counter()
-    while done < tasks:
-        while submitted < tasks and len(running) < IN_FLIGHT:
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(read_end)
-                os.write(write_end, pickle.dumps(trivial(submitted)))
-                os._exit(0)
-            os.close(write_end)
-            running[read_end] = pid
-            submitted += 1
-        ready, _, _ = select.select(list(running), [], [])
-        for fd in ready:
-            pickle.loads(os.read(fd, 65536))
-            os.waitpid(running.pop(fd), 0)
-            os.close(fd)
-            done += 1
-    return tasks / (time.perf_counter() - start)
-
-
-# raw_fork and trivial, for an interpreter of their own: nothing imported but what is named.
-_RAW_FORK = """
-import os, pickle, select, sys, time
-for module in sys.argv[2:]:
-    __import__(module)
-def trivial(index):
-    return index * 2
-tasks, running, submitted, done = int(sys.argv[1]), {}, 0, 0
-start = time.perf_counter()
-while done < tasks:
-    while submitted < tasks and len(running) < 2:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            os.write(write_end, pickle.dumps(trivial(submitted)))
-            os._exit(0)
-        os.close(write_end)
-        running[read_end] = pid
-        submitted += 1
-    for fd in select.select(list(running), [], [])[0]:
-        pickle.loads(os.read(fd, 65536))
-        os.waitpid(running.pop(fd), 0)
-        os.close(fd)
-        done += 1
-print(tasks / (time.perf_counter() - start))
-"""
-
-
 def raw_fork_elsewhere(tasks: int, imports: tuple[str, ...]) -> float:
     """``raw_fork`` in a fresh interpreter that first imports ``imports``, and nothing else."""
-    command = [sys.executable, "-c", _RAW_FORK, str(tasks), *imports]
+    command = [sys.executable, str(Path(__file__).with_name("raw_fork.py")), str(tasks), *imports]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
@@ -177,18 +120,6 @@ class _Pebble:
     def __exit__(self, *exc: object) -> None:
         self.pool.close()
         self.pool.join()
-
-
-@contextlib.contextmanager
-def busy_loops(count: int) -> Iterator[list[int]]:
-    """``count`` busy loops of ours, outside the governor, ended by pid on the way out."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-    try:
-        yield [loop.pid for loop in loops]
-    finally:
-        for loop in loops:
-            os.kill(loop.pid, signal.SIGKILL)
-            loop.wait()
 
 
 def main() -> None:

@@ -19,14 +19,17 @@ import contextlib
 import gc
 import os
 import resource
-import signal
-import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from host_load import busy_loops
 
 from governor import PeriodicTrigger, Scheduler, Task
 
@@ -127,18 +130,6 @@ def idle_cpu(tasks: int, seconds: float) -> tuple[float, float]:
     scheduler.stop()
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return added, used / seconds
-
-
-@contextlib.contextmanager
-def busy_loops(count: int) -> Iterator[list[int]]:
-    """``count`` busy loops of ours, outside the governor, ended by pid on the way out."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-    try:
-        yield [loop.pid for loop in loops]
-    finally:
-        for loop in loops:
-            os.kill(loop.pid, signal.SIGKILL)
-            loop.wait()
 
 
 def main() -> None:

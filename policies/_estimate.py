@@ -130,9 +130,16 @@ class UsageEstimator:
         outcome: str = "succeeded",
         memory_limit: int | None = None,
         cpu_limit: float | None = None,
+        memory_exceeded: bool = False,
+        evicted: bool = False,
     ) -> None:
         """Record one finished execution of ``task`` that ended with ``outcome`` (an
-        ``Outcome`` value; see the module docstring for what each one teaches)."""
+        ``Outcome`` value; see the module docstring for what each one teaches).
+        ``memory_exceeded`` and ``evicted`` are the older spellings of those two outcomes."""
+        if memory_exceeded:
+            outcome = "memory_exceeded"
+        elif evicted:
+            outcome = "evicted"
         if outcome in _UNINFORMATIVE:
             return
         peak = whole_number("peak_memory_bytes", peak_memory_bytes)

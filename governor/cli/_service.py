@@ -169,10 +169,14 @@ def _status(arguments: argparse.Namespace) -> int:
         limit = run["limits"].get("memory")
         print(f"  {run['task']:<24} attempt {run['attempt']}  pid {run['pid']}  memory {memory}"
               + (f" of {format_size(limit)}" if limit else ""))  # fmt: skip
-    print(f"queued {len(reply['queued'])}:")
+    total = reply.get("queued_total", len(reply["queued"]))
+    shown = f" (the first {len(reply['queued'])} shown)" if total > len(reply["queued"]) else ""
+    print(f"queued {total}{shown}:")
     for queued in reply["queued"]:
         why = f"  ({queued['wait_reason']})" if queued.get("wait_reason") else ""
         print(f"  {queued['task']:<24} attempt {queued['attempt']}  priority {queued['priority']}{why}")
+    if reply.get("loop_errors"):
+        print(f"scheduler loop errors: {reply['loop_errors']} (a bug the loop carried on from; see the log)")
     print("tasks:")
     for task in reply["tasks"]:
         state = "paused" if task["paused"] else "active"

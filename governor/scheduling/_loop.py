@@ -442,7 +442,6 @@ def _again(run: Run, record: Execution, **changes: Any) -> Run:
     """The next attempt of ``run``, after ``record`` (a retry, or a run queued again)."""
     again = replace(run, attempt=run.attempt + 1, previous=record, **changes)
     again.time_fire, again.scheduled_for, again.need, again.wait_reason = False, None, None, None
-    again.expected_duration = None
     again.handle, again.token, again.started_mono = None, None, None
     again.parked = again.cancelling = again.announced = False
     return again

@@ -117,7 +117,6 @@ class Starter:
             duration = estimate.duration_seconds
             reason = decision.offer(QueuedWork(run, run.need, duration, run.name))
             if reason is None:
-                run.expected_duration = duration
                 chosen.append(run)
             else:
                 run.wait_reason = bounded_reason(reason)
@@ -154,7 +153,9 @@ class Starter:
     def _running_work(self, run: Run, now: float) -> RunningWork:
         assert run.handle is not None
         reading = run.handle.last_reading
-        duration, began = run.expected_duration, run.started_mono
+        # Its expected end by what its task has taught so far (a cached look-up): a run that
+        # started before anything was known gets one as soon as something is.
+        duration, began = self._estimate(run).duration_seconds, run.started_mono
         end = None if duration is None or began is None else began + duration
         memory = reading.memory_bytes if reading is not None else 0
         return RunningWork(run, run.need or self.need(run), memory, 0.0, end)

@@ -68,7 +68,6 @@ class Run:
     scheduled_for: datetime | None = None  # the fire time it answers, for lateness
     time_fire: bool = False  # queued by a time trigger (coalesced per task)
     need: Need | None = None  # its admission estimate when it was last considered
-    expected_duration: float | None = None  # what it was expected to take when it started
     wait_reason: str | None = None  # why it waited, the last time it was held back
     started_mono: float | None = None
     previous: Execution | None = None  # a retry's failed attempt, to settle its owner with

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,29 +173,15 @@ def readable_wait_reason(reason: str) -> str:
 # -- one execution in and out -----------------------------------------------------------------
 
 
-def started_row(
-    *,
-    run_id: str,
-    task: str,
-    attempt: int,
-    queued_at: datetime | None,
-    started_at: datetime,
-    pid: int | None,
-    pid_start_ticks: int | None,
-    cgroups: Sequence[str],
-    limits: dict[str, Any],
-) -> dict[str, Any]:
-    """The row of an execution that has started (what recovery needs if the supervisor dies)."""
+def started_row(**fields: Any) -> dict[str, Any]:
+    """The row of an execution that has started (``Store.started``'s arguments, encoded): what
+    recovery needs if the supervisor dies."""
     return {
-        "run_id": run_id,
-        "task": task,
-        "attempt": attempt,
-        "queued_at": optional_timestamp(queued_at, "queued_at"),
-        "started_at": timestamp(started_at, "started_at"),
-        "pid": pid,
-        "pid_start_ticks": pid_start_ticks,
-        "cgroups": json.dumps(list(cgroups)),
-        "limits": json.dumps(limits),
+        **fields,
+        "queued_at": optional_timestamp(fields["queued_at"], "queued_at"),
+        "started_at": timestamp(fields["started_at"], "started_at"),
+        "cgroups": json.dumps(list(fields["cgroups"])),
+        "limits": json.dumps(fields["limits"]),
     }
 
 

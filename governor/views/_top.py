@@ -138,7 +138,7 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
     header = f"governor top — {now.astimezone().strftime('%H:%M:%S')} — {source}"
     lines.append(header[:width])
     slots = f" of {view['max_running_tasks']}" if "max_running_tasks" in view else ""
-    summary = f"running {len(running)}{slots}, queued {len(queued)}"
+    summary = f"running {len(running)}{slots}, queued {view.get('queued_total', len(queued))}"
     budget = view.get("budget") or {}
     held = sum(run.get("memory_bytes") or 0 for run in running)
     if budget.get("memory_bytes"):
@@ -162,7 +162,7 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
         elapsed = (now - datetime.fromisoformat(run["started_at"])).total_seconds()
         flag = " evicting" if run.get("evicting") else ""
         cells = (
-            _cut(run.get("task") or "-", 24), run.get("attempt", 1), run.get("pid") or "-",
+            _cut(run.get("task") or run.get("name") or "-", 24), run.get("attempt", 1), run.get("pid") or "-",
             format_duration(max(elapsed, 0.0)), _size(memory), _size(limit), share,
             "-" if rate is None else f"{rate:.2f}", "-" if cpu_limit is None else f"{cpu_limit:g}",
         )  # fmt: skip
@@ -174,8 +174,9 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
             waited = (now - datetime.fromisoformat(item["queued_at"])).total_seconds()
             reason = item.get("wait_reason") or "next in line"
             queued_cells = (
-                _cut(item.get("task") or "-", 24), item.get("attempt", 1), item.get("priority", 0),
-                format_duration(max(waited, 0.0)), _size(item.get("estimate_bytes")), reason,
+                _cut(item.get("task") or item.get("name") or "-", 24), item.get("attempt", 1),
+                item.get("priority", 0), format_duration(max(waited, 0.0)), _size(item.get("estimate_bytes")),
+                reason,
             )  # fmt: skip
             lines.append("{:<24} {:>3} {:>5} {:>8} {:>10}  {}".format(*queued_cells)[:width])
     return "\n".join(lines) + "\n"

@@ -1,0 +1,22 @@
+"""Load on the host that is not the governor's: busy loops of ours, ended by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[list[int]]:
+    """``count`` busy loops, outside the governor, killed by pid on the way out."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield [loop.pid for loop in loops]
+    finally:
+        for loop in loops:
+            os.kill(loop.pid, signal.SIGKILL)
+            loop.wait()
