@@ -12,17 +12,22 @@ from pathlib import Path
 
 import psutil
 import pytest
+from guards import guard
 
 from runner import default_fork_server
 from runner._tree import COOKIE_VARIABLE
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` (a deadlock guard, not a delay)."""
-    deadline = time.monotonic() + timeout
+def wait_until(
+    predicate: Callable[[], object], timeout: float | None = None, interval: float = 0.005
+) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds, by default ``guard(10)``
+    (a deadlock guard, not a delay)."""
+    limit = guard(10) if timeout is None else timeout
+    deadline = time.monotonic() + limit
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+            raise AssertionError(f"condition not met within {limit:.0f}s: {predicate}")
         time.sleep(interval)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from guards import guard
 
 GOVERNOR = [sys.executable, "-m", "governor"]
 
@@ -121,7 +122,7 @@ def test_sigterm_to_the_governor_cancels_the_command(tmp_path: os.PathLike[str])
     )
     from conftest import wait_until
 
-    wait_until(lambda: os.path.exists(ready), timeout=30)
+    wait_until(lambda: os.path.exists(ready), timeout=guard(30))
     process.terminate()
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 143

@@ -29,6 +29,7 @@ distributed = pytest.importorskip("distributed")
 
 import task_helpers as th  # noqa: E402
 from conftest import _governor_parents, _our_cgroups, _our_execution_processes, gone, wait_until  # noqa: E402
+from guards import guard  # noqa: E402
 from test_service import GOVERNOR, Server, write  # noqa: E402
 
 import governor  # noqa: E402
@@ -107,13 +108,13 @@ def _start_cluster(workers: int, log: Path) -> Cluster:
         )
     _helpers.add(helper.pid)
     assert helper.stdout is not None
-    ready, _, _ = select.select([helper.stdout], [], [], 60)
+    ready, _, _ = select.select([helper.stdout], [], [], guard(60))
     address = helper.stdout.readline().decode().strip() if ready else ""
     if not address:
         _stop_helper(helper)
         pytest.fail(f"the LocalCluster did not start: {log.read_text()[-2000:]}")
-    client = distributed.Client(address, timeout=30)
-    client.wait_for_workers(workers, timeout=60)
+    client = distributed.Client(address, timeout=guard(30))
+    client.wait_for_workers(workers, timeout=guard(60))
     return Cluster(helper, address, client, log)
 
 
@@ -121,7 +122,7 @@ def _stop_helper(helper: subprocess.Popen[bytes]) -> None:
     assert helper.stdin is not None
     helper.stdin.close()
     try:
-        helper.wait(timeout=60)
+        helper.wait(timeout=guard(60))
     finally:
         _helpers.discard(helper.pid)
         if helper.returncode is None:
@@ -136,7 +137,7 @@ def _stop_cluster(cluster: Cluster) -> None:
     tree = cluster.processes()
     cluster.client.close()
     _stop_helper(cluster.helper)
-    wait_until(lambda: not [p for p in tree if _alive(p)], timeout=30)
+    wait_until(lambda: not [p for p in tree if _alive(p)], timeout=guard(30))
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -253,7 +254,7 @@ def start_a_process() -> int:
 
 
 def _pid_from(path: Path) -> int:
-    wait_until(path.exists, timeout=60)
+    wait_until(path.exists, timeout=guard(60))
     return int(path.read_text())
 
 
@@ -284,10 +285,10 @@ def test_a_claim_no_worker_could_meet_is_capped_or_left_out() -> None:
 
 def test_results_and_exceptions_come_back(client: Any) -> None:
     with GovernedExecutor(2, backend=client) as executor:
-        assert executor.submit(th.add, 2, 3).result(timeout=60) == 5
+        assert executor.submit(th.add, 2, 3).result(timeout=guard(60)) == 5
         failing = executor.submit(th.raise_value_error, "nope")
         with pytest.raises(ValueError, match="nope") as caught:
-            failing.result(timeout=60)
+            failing.result(timeout=guard(60))
     assert isinstance(caught.value.__cause__, RemoteTraceback)
     record = failing.execution  # type: ignore[attr-defined]
     assert record.outcome is Outcome.FAILED and record.pid is not None
@@ -301,7 +302,7 @@ def test_a_memory_hog_is_killed_on_the_worker(client: Any) -> None:
     with GovernedExecutor(1, backend=client, limits=Limits(memory="64MiB")) as executor:
         future = executor.submit(th.memory_hog, 512 * MiB)
         with pytest.raises(ExecutionFailed):
-            future.result(timeout=60)
+            future.result(timeout=guard(60))
     record = future.execution  # type: ignore[attr-defined]
     assert record.outcome is Outcome.MEMORY_EXCEEDED and record.breached_limit == "memory"
     assert record.usage.peak_memory_bytes < 256 * MiB
@@ -372,7 +373,7 @@ def test_cancel_before_a_worker_takes_it_never_starts_it(client: Any, tmp_path: 
 
 
 def test_a_governor_that_goes_away_leaves_nothing_running(cluster: Cluster, tmp_path: Path) -> None:
-    governor_client = distributed.Client(cluster.address, timeout=30)
+    governor_client = distributed.Client(cluster.address, timeout=guard(30))
     backend = DaskBackend(governor_client)
     handle = backend.start(
         ExecutionSpec(target=write_pid_and_sleep, args=(str(tmp_path / "pid"),)), need=None, priority=0
@@ -389,8 +390,8 @@ def test_a_run_dask_starts_again_is_not_run_twice(client: Any) -> None:
     # What a worker's death does with ``allowed-failures`` above 0: Dask runs the task again.
     spec = ExecutionSpec(target=th.add, args=(1, 1))
     run_id = f"{os.getpid()}-rerun-{time.monotonic_ns()}"
-    first = client.submit(execute_on_worker, spec, run_id, pure=False).result(timeout=60)
-    again = client.submit(execute_on_worker, spec, run_id, pure=False).result(timeout=60)
+    first = client.submit(execute_on_worker, spec, run_id, pure=False).result(timeout=guard(60))
+    again = client.submit(execute_on_worker, spec, run_id, pure=False).result(timeout=guard(60))
     assert first.outcome is Outcome.SUCCEEDED
     assert again.outcome is Outcome.LOST and again.pid is None
     assert again.error is not None and again.error.type == "WorkerDied"
@@ -411,7 +412,7 @@ def test_a_worker_killed_mid_run_is_lost_and_retried(cluster: Cluster, tmp_path:
         worker = psutil.Process(pid).parent().parent()  # child <- the worker's zygote <- the worker
         assert worker.pid in cluster.worker_pids()
         worker.kill()
-        assert scheduler.wait(lambda: len(task.executions) == 2, timeout=60), task.executions
+        assert scheduler.wait(lambda: len(task.executions) == 2, timeout=guard(60)), task.executions
     first, second = task.executions
     assert first.outcome is Outcome.LOST and first.error is not None and first.error.type == "WorkerDied"
     assert second.outcome is Outcome.SUCCEEDED and second.result == "second attempt"
@@ -422,7 +423,7 @@ def test_a_worker_killed_mid_run_is_lost_and_retried(cluster: Cluster, tmp_path:
         if parent.is_dir():
             for path in parent.glob(f"{worker.pid}-*"):
                 assert kill_leftovers(path.name, None, None, [str(path)]) == []
-    cluster.client.wait_for_workers(2, timeout=60)  # the nanny starts a new one
+    cluster.client.wait_for_workers(2, timeout=guard(60))  # the nanny starts a new one
 
 
 def test_on_a_cluster_auto_budgets_are_the_workers_own(client: Any) -> None:
@@ -433,7 +434,7 @@ def test_on_a_cluster_auto_budgets_are_the_workers_own(client: Any) -> None:
     with Scheduler(2, backend=client, memory_budget="6GiB", cpu_budget=3) as scheduler:
         assert scheduler.snapshot()["budget"] == {"memory_bytes": 6 * GiB, "cpu_cores": 3}
     with GovernedExecutor(2, backend=client) as executor:
-        assert executor.submit(th.add, 2, 3).result(timeout=60) == 5  # the client is still usable
+        assert executor.submit(th.add, 2, 3).result(timeout=guard(60)) == 5  # the client is still usable
 
 
 def test_stopping_the_scheduler_cancels_what_runs_on_the_workers(client: Any, tmp_path: Path) -> None:
@@ -457,7 +458,7 @@ def test_governor_run_on_the_command_line(cluster: Cluster) -> None:
         [*command, "--json", "--", "sh", "-c", "echo out; echo err >&2"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=guard(120),
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -467,7 +468,7 @@ def test_governor_run_on_the_command_line(cluster: Cluster) -> None:
         [*command, "--memory", "64M", "--", sys.executable, "-c", "b = bytearray(10**9)"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=guard(120),
     )
     assert hog.returncode == 121, hog.stderr
     assert "memory_exceeded" in hog.stderr
@@ -494,14 +495,16 @@ def test_governor_serve_runs_its_schedule_on_the_cluster(cluster: Cluster, tmp_p
     server = Server(task_file, db, "--dask", cluster.address)
     try:
         server.wait_for("serving 2 task(s)")
-        fired = subprocess.run([*GOVERNOR, "fire", "go", "--db", str(db)], capture_output=True, timeout=60)
+        fired = subprocess.run(
+            [*GOVERNOR, "fire", "go", "--db", str(db)], capture_output=True, timeout=guard(60)
+        )
         assert fired.returncode == 0, fired.stderr
-        assert "outcome=succeeded" in server.wait_for("task=hello", timeout=60)
-        assert "outcome=memory_exceeded" in server.wait_for("task=hog", timeout=60)
+        assert "outcome=succeeded" in server.wait_for("task=hello", timeout=guard(60))
+        assert "outcome=memory_exceeded" in server.wait_for("task=hog", timeout=guard(60))
     finally:
         assert server.stop() == 0
     history = subprocess.run(
-        [*GOVERNOR, "history", "--json", "--db", str(db)], capture_output=True, text=True, timeout=60
+        [*GOVERNOR, "history", "--json", "--db", str(db)], capture_output=True, text=True, timeout=guard(60)
     )
     rows = {row["task"]: row for row in map(json.loads, history.stdout.splitlines())}
     assert rows["hog"]["outcome"] == "memory_exceeded" and rows["hello"]["outcome"] == "succeeded"
@@ -519,10 +522,10 @@ def test_closing_the_cluster_mid_run_loses_the_run_and_leaves_nothing(
             pid = _pid_from(tmp_path / "pid")
             _stop_helper(small.helper)  # the whole cluster goes while the child runs
             with pytest.raises(ExecutionFailed):
-                future.result(timeout=60)
+                future.result(timeout=guard(60))
         assert future.execution.outcome is Outcome.LOST  # type: ignore[attr-defined]
         wait_until(lambda: gone(pid))
-        wait_until(lambda: not [p for p in tree if _alive(p)], timeout=30)
+        wait_until(lambda: not [p for p in tree if _alive(p)], timeout=guard(30))
     finally:
         small.client.close()
         if small.helper.returncode is None:

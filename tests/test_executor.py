@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import task_helpers as th
+from guards import guard
 
 from governor import ExecutionFailed, GovernedExecutor, Limits, Outcome, RemoteTraceback, RetryPolicy
 
@@ -82,7 +83,7 @@ def test_pending_calls_can_be_cancelled(tmp_path: Path) -> None:
         assert pending.cancel()
         from conftest import wait_until
 
-        wait_until(lambda: Path(ready).exists(), timeout=30)
+        wait_until(lambda: Path(ready).exists(), timeout=guard(30))
         with open(gate, "wb"):
             pass
         assert blocker.result(timeout=30) == "released"
@@ -98,7 +99,7 @@ def test_shutdown_cancel_futures_drops_what_has_not_started(tmp_path: Path) -> N
     queued = [executor.submit(th.add, n, n) for n in range(3)]
     from conftest import wait_until
 
-    wait_until(lambda: Path(ready).exists(), timeout=30)
+    wait_until(lambda: Path(ready).exists(), timeout=guard(30))
     executor.shutdown(wait=False, cancel_futures=True)
     with open(gate, "wb"):
         pass
@@ -164,7 +165,7 @@ def test_a_memory_budget_serialises_calls_that_would_not_fit_together(tmp_path: 
         second = executor.options(limits=Limits(memory="200MiB")).submit(th.add, 1, 1)
         from conftest import wait_until
 
-        wait_until(lambda: Path(ready).exists(), timeout=30)
+        wait_until(lambda: Path(ready).exists(), timeout=guard(30))
         assert executor._scheduler.sync()
         assert not second.running() and not second.done()  # a worker is free; the budget is not
         with open(gate, "wb"):

@@ -16,8 +16,8 @@ def test_guard_sees_a_stray_child_and_an_execution_process() -> None:
     env = {**os.environ, COOKIE_VARIABLE: f"{os.getpid()}-999-test"}
     stray = subprocess.Popen(["sleep", "60"], env=env)
     try:
-        conftest.wait_until(lambda: stray.pid in {p.pid for p in conftest._leaked_children()}, 10)
-        conftest.wait_until(lambda: stray.pid in {p.pid for p in conftest._our_execution_processes()}, 10)
+        conftest.wait_until(lambda: stray.pid in {p.pid for p in conftest._leaked_children()})
+        conftest.wait_until(lambda: stray.pid in {p.pid for p in conftest._our_execution_processes()})
     finally:
         stray.kill()
         stray.wait()

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import wait_until
+from guards import guard
 
 from governor.cli import main
 from governor.service._estimates import learn_from_history
@@ -359,7 +360,11 @@ def test_table_is_aligned(reports: dict[str, TaskReport]) -> None:
 
 def governor(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "governor", *arguments], capture_output=True, text=True, cwd=cwd, timeout=60
+        [sys.executable, "-m", "governor", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=guard(60),
     )
 
 
@@ -461,22 +466,22 @@ def chromium(tmp_path: Path) -> Iterator[Callable[[str, Path], tuple[str, str]]]
             "--dump-dom", url,
         ]  # fmt: skip
         environment = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-        process = subprocess.Popen(
+        with subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
             start_new_session=True,
-        )  # fmt: skip
-        try:
-            return process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)  # the browser and its helpers: one group
-            process.wait()
+        ) as process:  # fmt: skip
+            try:
+                return process.communicate(timeout=guard(60))
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)  # the browser and its helpers: one group
+                process.wait()
 
     yield render
     # Its crash handler detaches from us; the home directory in its command line names it.
     marker = str(tmp_path)
     try:
-        wait_until(lambda: not _chromium_processes(marker), timeout=10)
+        wait_until(lambda: not _chromium_processes(marker), timeout=guard(10))
     finally:
         for process in _chromium_processes(marker):
             process.kill()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import task_helpers as th
 from conftest import wait_until
+from guards import guard
 
 from governor import (
     EventTrigger,
@@ -33,7 +34,7 @@ from governor import (
 from policies import UsageEstimator
 
 MiB = 1 << 20
-GUARD = 30  # seconds: a deadlock guard, never a delay
+GUARD = guard(30)  # seconds: a deadlock guard, never a delay
 
 
 class Gate:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import gone, wait_until
+from guards import guard
 
 GOVERNOR = [sys.executable, "-m", "governor"]
-GUARD = 60.0  # seconds: deadlock guards only
+GUARD = guard(60)  # seconds: deadlock guards only
 HELPERS = str(Path(__file__).resolve().parent)
 
 
@@ -186,7 +187,7 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
         assert "is lost" in line
         server.wait_for("serving 2 task(s)")
         for pid in map(int, pids.read_text().split()):
-            wait_until(lambda pid=pid: gone(pid), 10)
+            wait_until(lambda pid=pid: gone(pid), guard(10))
         assert server.stop() == 0
     finally:
         server.stop(signal.SIGKILL)

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import wait_until
+from guards import guard
 
 from governor.service import _schema
 from governor.service._store import (
@@ -34,7 +35,7 @@ from policies import Limits
 from runner import Execution, Outcome, Sample, TaskError, Usage
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-GUARD = 30.0  # seconds: a deadlock guard, never a delay
+GUARD = guard(30)  # seconds: a deadlock guard, never a delay
 
 
 def record(**changes: Any) -> Execution:

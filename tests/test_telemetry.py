@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import task_helpers as th
+from guards import guard
 from opentelemetry import trace
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
@@ -39,7 +40,7 @@ from governor import (
 )
 
 MiB = 1 << 20
-GUARD = 30.0  # seconds: deadlock guards only, never delays
+GUARD = guard(30)  # seconds: deadlock guards only, never delays
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = GUARD) -> None:
