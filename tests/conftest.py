@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from guards import guard
+from guards import SLOWNESS, guard
 
 from runner import default_fork_server
 from runner._tree import COOKIE_VARIABLE
@@ -95,6 +95,17 @@ def _leaked_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return leaked
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The per-test deadlock guard (pytest-timeout's ``timeout`` in pyproject) stretches with
+    the host too, unless one was given on the command line or in ``PYTEST_TIMEOUT``."""
+    if SLOWNESS == 1.0 or config.getoption("timeout", None) is not None or "PYTEST_TIMEOUT" in os.environ:
+        return
+    stretched = pytest.mark.timeout(guard(float(config.getini("timeout"))))
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(stretched)
 
 
 @pytest.fixture(autouse=True)
