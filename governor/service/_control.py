@@ -2,11 +2,19 @@
 
 One request per connection, one JSON object per line each way::
 
-    client ──{"op": "status"} / {"op": "fire", "event": ..., "payload": ...}──> server
+    client ──{"op": "status"} / {"op": "fire", "event": ..., "payload": ...,
+              "deadline": <unix time the client stops waiting>}──────────────────> server
     client <──{"ok": true, ...} / {"ok": false, "error": "why"}───────────────── server
 
-``ControlServer`` listens in a daemon thread and hands each request to the service's
-``answer``; ``ask`` is the client side (``governor status``, ``fire``, ``top``).
+Each connection is served on its own thread, so one client that never finishes its request
+jams nobody else; it is cut off at ``REQUEST_DEADLINE`` seconds, or at ``max_request`` bytes.
+Only the server's own user (or root) is answered: the peer's uid comes from the kernel
+(``SO_PEERCRED``), not from anything the peer says.
+
+A reply tells the truth: a request whose client will have stopped waiting before it could be
+answered (its ``deadline`` is near or past) is refused before anything is done, and the client
+waits ``REPLY_GRACE`` seconds past the deadline it sent, so any reply sent in time arrives.
+``governor fire`` therefore never reports a failure for an event that then ran.
 """
 
 from __future__ import annotations
@@ -14,15 +22,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 SOCKET_SUFFIX = ".sock"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+REQUEST_DEADLINE = 5.0  # seconds a client has to send its whole request
+MAX_CONNECTIONS = 32  # served at once; more are told the server is busy
+DEFAULT_MAX_REQUEST = 1 << 20  # bytes of one request line (the service raises it for payloads)
+REPLY_GRACE = 2.0  # seconds a client waits past the deadline it sent
+_TOO_LATE = 0.5  # seconds: a request with less time left than this is refused, not acted on
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+log = logging.getLogger("governor.control")
 
 
 def socket_path(db: Path) -> Path:
@@ -35,15 +54,32 @@ def socket_path(db: Path) -> Path:
     return Path(f"/tmp/governor-{digest}.sock")
 
 
+class RequestRefused(ValueError):
+    """A request the server will not act on; its message is the reply's error."""
+
+
 class ControlServer:
     """Answers requests on the control socket of the server using ``db`` (see the module
     docstring). A request that fails gets its reason back; the server lives on."""
 
-    def __init__(self, db: Path, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        db: Path,
+        answer: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        max_request: int = DEFAULT_MAX_REQUEST,
+        deadline: float = REQUEST_DEADLINE,
+    ) -> None:
         self.db = db
         self.path = socket_path(db)
+        self.max_request = max_request
+        self.deadline = deadline
         self._answer = answer
         self._server: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._serving: set[threading.Thread] = set()
+        self._serving_lock = threading.Lock()
+        self._allowed = {0, os.getuid()}
 
     def open(self) -> Path:
         """Listen (owner-only) in a daemon thread; ``RuntimeError`` if another server answers."""
@@ -52,63 +88,128 @@ class ControlServer:
             if _server_answers(path):
                 raise RuntimeError(f"another governor serve is using {self.db} (socket {path})")
             path.unlink()  # a stale socket from a server that died
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is created owner-only: no window for others
         try:
             server.bind(str(path))
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
-        server.listen(16)
+        server.listen(64)
         self._server = server
-        threading.Thread(target=self._serve, args=(server,), name="governor-control", daemon=True).start()
+        threading.Thread(target=self._accept, args=(server,), name="governor-control", daemon=True).start()
         return path
 
-    def close(self) -> None:
-        """Stop listening and remove the socket file."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop listening, remove the socket file, and give requests being answered
+        ``timeout`` seconds to finish."""
         if self._server is not None:
             path = self._server.getsockname()
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            with contextlib.suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
             self._server = None
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        with self._serving_lock:
+            serving = list(self._serving)
+        end = time.monotonic() + timeout
+        for thread in serving:
+            thread.join(max(0.0, end - time.monotonic()))
 
-    def _serve(self, server: socket.socket) -> None:
+    def _accept(self, server: socket.socket) -> None:
         while True:
             try:
                 connection, _ = server.accept()
             except OSError:
                 return  # closed: the service is stopping
+            if not self._slots.acquire(blocking=False):
+                with connection:
+                    _send(connection, {"ok": False, "error": "the server is busy: too many open requests"})
+                continue
+            thread = threading.Thread(
+                target=self._serve, args=(connection,), name="governor-control-request", daemon=True
+            )
+            with self._serving_lock:
+                self._serving.add(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
             with connection:
-                try:
-                    request = json.loads(_read_line(connection))
-                    reply = self._answer(request)
-                except Exception as error:  # a bad request gets its reason back, the server lives on
-                    reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-                with contextlib.suppress(OSError):
-                    connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+                _send(connection, self._reply(connection))
+        finally:
+            self._slots.release()
+            with self._serving_lock:
+                self._serving.discard(threading.current_thread())
+
+    def _reply(self, connection: socket.socket) -> dict[str, Any]:
+        try:
+            _pid, uid, _gid = _UCRED.unpack(
+                connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            )
+            if uid not in self._allowed:
+                log.warning("refused a control request from uid %d", uid)
+                return {"ok": False, "error": f"uid {uid} may not control this server"}
+            request = json.loads(read_line(connection, self.max_request, time.monotonic() + self.deadline))
+            if not isinstance(request, dict):
+                raise RequestRefused(f"a request is a JSON object, got {type(request).__name__}")
+            deadline = request.get("deadline")
+            if isinstance(deadline, int | float) and deadline - time.time() < _TOO_LATE:
+                raise RequestRefused("the client stopped waiting before it could be answered; nothing was done")
+            return self._answer(request)
+        except RequestRefused as refusal:
+            return {"ok": False, "error": str(refusal)}
+        except TimeoutError:
+            return {"ok": False, "error": f"the request was not complete within {self.deadline:g}s"}
+        except Exception as error:  # a bad request gets its reason back, the server lives on
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
 
 
 def ask(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to a running server's control socket and return its reply."""
+    """Send one request to a running server's control socket and return its reply.
+
+    The server is told when this client stops waiting (``timeout`` from now) and acts only if
+    it can answer before then; this client waits ``REPLY_GRACE`` seconds longer for that reply.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
+        end = time.monotonic() + timeout + REPLY_GRACE
+        client.settimeout(timeout + REPLY_GRACE)
         client.connect(str(path))
-        client.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_read_line(client))
+        client.sendall(json.dumps({**request, "deadline": time.time() + timeout}).encode() + b"\n")
+        reply = json.loads(read_line(client, 1 << 30, end))
     if not isinstance(reply, dict):
         raise OSError(f"unexpected reply from {path}: {reply!r}")
     return reply
 
 
-def _read_line(connection: socket.socket, limit: int = 1 << 20) -> bytes:
+def read_line(connection: socket.socket, limit: int, end: float) -> bytes:
+    """One newline-terminated message of at most ``limit`` bytes, by monotonic time ``end``."""
     data = bytearray()
-    while not data.endswith(b"\n") and len(data) < limit:
-        chunk = connection.recv(65536)
+    while not data.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the message was not complete in time")
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            continue  # the loop's check says why
         if not chunk:
             break
         data += chunk
+        if len(data) > limit:
+            raise RequestRefused(f"the message is larger than {limit} bytes")
     return bytes(data)
+
+
+def _send(connection: socket.socket, reply: dict[str, Any]) -> None:
+    connection.settimeout(REQUEST_DEADLINE)
+    try:
+        connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+    except OSError as error:  # the client went away: it chose not to hear the answer
+        log.info("could not send a control reply: %s", error)
 
 
 def _server_answers(path: Path) -> bool:
