@@ -157,7 +157,7 @@ class ControlServer:
                 raise RequestRefused(f"a request is a JSON object, got {type(request).__name__}")
             deadline = request.get("deadline")
             if isinstance(deadline, int | float) and deadline - time.time() < _TOO_LATE:
-                raise RequestRefused("the client stopped waiting before it could be answered; nothing was done")
+                raise RequestRefused("the client stopped waiting before an answer; nothing was done")
             return self._answer(request)
         except RequestRefused as refusal:
             return {"ok": False, "error": str(refusal)}
