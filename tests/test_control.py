@@ -146,3 +146,4 @@ def test_many_clients_at_once_are_all_answered(control: tuple[ControlServer, Ans
     for thread in threads:
         thread.join(GUARD)
     assert len(replies) == 20 and all(reply["ok"] for reply in replies)
+    assert len(answers.acted) == 20
