@@ -18,8 +18,12 @@ when it is readable. The fork and reap times bound the child's life, so its wall
 the same span as the CPU time wait4 reports.
 
 The zygote is a child subreaper, so descendants orphaned by a dying child are reparented to it
-and reaped here rather than left as zombies. It exits when the control socket closes (the
-supervisor is gone); its children then die too (their parent-death signal is SIGKILL).
+and reaped here rather than left as zombies. When the control socket closes (the supervisor is
+gone, by exit or by ``kill -9``), it kills every execution's whole tree before it exits: each
+execution's cgroups (setsid'd and double-forked members included) and every process reparented
+to it, until none is left, then removes those cgroups. Nothing outlives the supervisor, without
+waiting for a restart to clean up (its direct children would die anyway: their parent-death
+signal is SIGKILL; their descendants would not).
 """
 
 from __future__ import annotations
@@ -62,23 +66,32 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal ^C is the supervisor's to handle
     children: dict[int, socket.socket] = {}  # pid -> its reply socket, for its exit status
+    # pid -> its cgroup directories; once reaped (pid 0), until the supervisor removes them:
+    # its setsid'd descendants may still be in them.
+    cgroups: dict[int, list[str]] = {0: []}
     control.sendall(b"R")  # ready
-    while True:
-        readable, _, _ = select.select([control.fileno(), wake_r], [], [])
-        if wake_r in readable:
-            drain(wake_r)
-            _reap(children)
-        if control.fileno() in readable:
-            header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
-            data, fds = header[0], header[1]
-            if not data:
-                return
-            if len(data) < REQUEST.size:
-                data += _recv_exact(control, REQUEST.size - len(data))
-            size, _count = REQUEST.unpack(data)
-            spec = _child.ChildSpec.__new__(_child.ChildSpec)
-            spec.__setstate__(pickle.loads(_recv_exact(control, size)))
-            _fork(control, spec, fds, children, (wake_r, wake_w))
+    try:
+        while True:
+            readable, _, _ = select.select([control.fileno(), wake_r], [], [])
+            if wake_r in readable:
+                drain(wake_r)
+                _reap(children, cgroups)
+            if control.fileno() in readable:
+                header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
+                data, fds = header[0], header[1]
+                if not data:
+                    return
+                if len(data) < REQUEST.size:
+                    data += _recv_exact(control, REQUEST.size - len(data))
+                size, _count = REQUEST.unpack(data)
+                spec = _child.ChildSpec.__new__(_child.ChildSpec)
+                spec.__setstate__(pickle.loads(_recv_exact(control, size)))
+                pid = _fork(control, spec, fds, children, (wake_r, wake_w))
+                if pid:
+                    cgroups[pid] = [os.path.dirname(procs) for procs in spec.cgroup_procs]
+    finally:
+        signal.set_wakeup_fd(-1)
+        kill_everything([path for paths in cgroups.values() for path in paths])
 
 
 def _fork(
@@ -87,7 +100,8 @@ def _fork(
     fds: list[int],
     children: dict[int, socket.socket],
     wake: tuple[int, int],
-) -> None:
+) -> int:
+    """Fork the child for ``spec``; its pid, or 0 if the fork failed (the reply says why)."""
     result_w, stdin, stdout, stderr, reply_fd = fds
     reply = socket.socket(fileno=reply_fd)
     try:
@@ -99,7 +113,7 @@ def _fork(
             os.close(fd)
         with contextlib.suppress(OSError), reply:  # a supervisor that gave up reads nothing
             reply.sendall(REPLY.pack(0, error.errno or 0, 0.0))
-        return
+        return 0
     if pid == 0:
         signal.set_wakeup_fd(-1)
         control.close()
@@ -121,6 +135,7 @@ def _fork(
             socket.send_fds(reply, [REPLY.pack(pid, 0, forked_at)], [pidfd])
     finally:
         os.close(pidfd)
+    return pid
 
 
 def _import(modules: tuple[str, ...]) -> None:
@@ -137,7 +152,7 @@ def _import(modules: tuple[str, ...]) -> None:
     gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
 
 
-def _reap(children: dict[int, socket.socket]) -> None:
+def _reap(children: dict[int, socket.socket], cgroups: dict[int, list[str]]) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -146,6 +161,9 @@ def _reap(children: dict[int, socket.socket]) -> None:
         if pid == 0:
             return
         reply = children.pop(pid, None)
+        ended = cgroups.pop(pid, None)
+        if ended:
+            cgroups[0] = [path for path in cgroups[0] if os.path.isdir(path)] + ended
         if reply is None:  # an orphan adopted as subreaper: reaping it is all we owe it
             continue
         record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, time.monotonic())
@@ -153,6 +171,74 @@ def _reap(children: dict[int, socket.socket]) -> None:
         # error means the supervisor gave up on this execution; nobody is left to tell.
         with contextlib.suppress(OSError), reply:
             reply.send(record)
+
+
+def kill_everything(cgroups: list[str], give_up: float = 10.0) -> None:
+    """SIGKILL every process in ``cgroups`` and every descendant of this process, until none
+    is left (or ``give_up`` seconds pass: D-state processes), then remove the cgroups.
+
+    A process killed here may leave children; as a subreaper this process adopts them, and the
+    next pass kills them, so a tree that forks while it dies still ends. Standard library only:
+    this runs in the zygote."""
+    me = os.getpid()
+    end = time.monotonic() + give_up
+    while time.monotonic() < end:
+        found = _cgroup_members(cgroups) | _children_of(me)
+        found.discard(me)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        _reap_all()
+        if not found:
+            break
+        time.sleep(0.001)
+    for path in sorted(cgroups, key=len, reverse=True):
+        for _ in range(100):  # an emptied cgroup can stay busy for a moment
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.002)
+                continue
+            break
+
+
+def _cgroup_members(cgroups: list[str]) -> set[int]:
+    found: set[int] = set()
+    for path in cgroups:
+        with contextlib.suppress(OSError):
+            with open(os.path.join(path, "cgroup.kill"), "w") as kill:  # cgroup v2, Linux 5.14+
+                kill.write("1")
+        with contextlib.suppress(OSError):
+            with open(os.path.join(path, "cgroup.procs")) as procs:
+                found.update(int(line) for line in procs if line.strip())
+    return found
+
+
+def _children_of(parent: int) -> set[int]:
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != b"Z":
+            found.add(int(entry))
+    return found
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

@@ -195,6 +195,64 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
     assert [(row["task"], row["outcome"]) for row in rows] == [("quick", "succeeded"), ("long", "lost")]
 
 
+def test_a_killed_server_takes_every_descendant_with_it_before_any_restart(tmp_path: Path, db: Path) -> None:
+    ready = tmp_path / "ready"
+    pids = tmp_path / "pids"
+    # A TERM-ignoring setsid'd grandchild, a double-forked one, and a plain background child.
+    script = write(
+        tmp_path / "escape.sh",
+        f"""
+        setsid sh -c 'trap "" TERM; echo $$ >> {pids}; exec sleep 1000' &
+        sh -c 'setsid sleep 1000 & echo $! >> {pids}' &
+        sleep 1000 & echo $! >> {pids}
+        while [ "$(wc -l < {pids})" -lt 3 ]; do sleep 0.01; done
+        touch {ready}
+        wait
+        """,
+    )
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "escapes"
+        command = ["sh", "{script}"]
+        event = "go"
+        """,
+    )
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 1 task(s)")
+        assert governor("fire", "go", db=db).returncode == 0
+        wait_until(ready.exists, GUARD)
+        descendants = [int(pid) for pid in pids.read_text().split()]
+        assert len(descendants) == 3 and not any(gone(pid) for pid in descendants)
+        cgroups = _execution_cgroups(descendants[0])
+        server.process.kill()
+        server.process.wait(GUARD)
+        # No restart: the zygote, seeing its supervisor gone, kills the trees and their cgroups.
+        for pid in descendants:
+            wait_until(lambda pid=pid: gone(pid), GUARD)
+        wait_until(lambda: not any(os.path.isdir(path) for path in cgroups), GUARD)
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def _execution_cgroups(pid: int) -> list[str]:
+    """The governor cgroup directories ``pid`` is in (none in rlimit mode)."""
+    found = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "/governor/" not in path:
+            continue
+        for controller in controllers.split(",") if controllers else [""]:
+            base = f"/sys/fs/cgroup/{controller}" if controller else "/sys/fs/cgroup"
+            for candidate in (base, "/sys/fs/cgroup/unified"):
+                if os.path.isdir(candidate + path):
+                    found.append(candidate + path)
+                    break
+    return found
+
+
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is no database" * 100)
