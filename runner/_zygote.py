@@ -207,12 +207,11 @@ def kill_everything(cgroups: list[str], give_up: float = 10.0) -> None:
 def _cgroup_members(cgroups: list[str]) -> set[int]:
     found: set[int] = set()
     for path in cgroups:
-        with contextlib.suppress(OSError):
-            with open(os.path.join(path, "cgroup.kill"), "w") as kill:  # cgroup v2, Linux 5.14+
-                kill.write("1")
-        with contextlib.suppress(OSError):
-            with open(os.path.join(path, "cgroup.procs")) as procs:
-                found.update(int(line) for line in procs if line.strip())
+        # cgroup.kill: cgroup v2 on Linux 5.14+ kills every member at once.
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as kill:
+            kill.write("1")
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as procs:
+            found.update(int(line) for line in procs if line.strip())
     return found
 
 
