@@ -23,7 +23,6 @@ import itertools
 import math
 import os
 import pickle
-import secrets
 import signal
 import socket
 import time
@@ -39,6 +38,7 @@ from runner._errors import ForkServerError
 from runner._forkserver import ForkServer, default_fork_server
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
+from runner._owners import owner_token
 from runner._payload import pickle_call
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
 from runner._spec import ExecutionSpec
@@ -69,7 +69,7 @@ class ExecutionHandle:
     def __init__(self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> None:
         self.spec = spec
         self._server = fork_server
-        self.id = f"{os.getpid()}-{next(_serial)}-{_token()}"
+        self.id = f"{os.getpid()}-{next(_serial)}-{owner_token()}"
         self.phase = Phase.SPAWNING
         self.execution: Execution | None = None
         self.pid: int | None = None
@@ -648,18 +648,6 @@ def _devnull() -> int:
     if _devnull_fd is None or _devnull_fd[0] != os.getpid():
         _devnull_fd = (os.getpid(), os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     return _devnull_fd[1]
-
-
-_tokens: tuple[int, str] | None = None
-
-
-def _token() -> str:
-    """A random part of execution ids, drawn once per process: with the pid and a serial it
-    names every execution apart, also across pid reuse by a later process."""
-    global _tokens
-    if _tokens is None or _tokens[0] != os.getpid():
-        _tokens = (os.getpid(), secrets.token_hex(3))
-    return _tokens[1]
 
 
 def _next_tick(now: float, interval: float) -> float:

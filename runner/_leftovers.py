@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 
 from runner._confinement import live_pids, proc_stat, remove_cgroup
+from runner._owners import forget_owner, owner_is_dead, token_of
 from runner._tree import COOKIE_VARIABLE
 
 GIVE_UP = 10.0  # seconds of SIGKILL passes before reporting survivors
@@ -74,12 +75,13 @@ def _members(run_id: str, pid: int | None, start: int | None, cgroups: list[str]
 
 
 def sweep_orphan_cgroups() -> dict[str, list[int]]:
-    """Kill and remove execution cgroups whose supervisor is dead.
+    """Kill and remove execution cgroups whose supervisor is proved dead.
 
-    An execution's cgroup is named ``<supervisor pid>-<serial>-<random>``. One whose supervisor
-    pid no longer exists belonged to a crashed supervisor, whatever its store managed to
-    record; a live pid (the supervisor, or a stranger that reused the number) is left alone.
-    Returns the removed cgroup paths with the pids killed in each.
+    An execution's cgroup is named ``<supervisor pid>-<serial>-<owner token>``. Only a cgroup
+    whose owner registered here and no longer holds its lock is touched (see ``_owners``): not
+    one of a live supervisor in another pid namespace that happens to use a pid dead in ours,
+    nor one of a governor with another registry. Returns the removed cgroup paths with the pids
+    killed in each.
     """
     from runner import _cgroup_v1, _cgroup_v2
 
@@ -92,17 +94,21 @@ def sweep_orphan_cgroups() -> dict[str, list[int]]:
     if mount is not None:
         parents.append(_cgroup_v2.parent_dir(mount, _cgroup_v2.own_path()))
     swept: dict[str, list[int]] = {}
+    dead: set[str] = set()
     for parent in parents:
         try:
             names = os.listdir(parent)
         except OSError:
             continue
         for name in names:
-            owner = name.split("-", 1)[0]
             path = os.path.join(parent, name)
-            if not owner.isdigit() or not os.path.isdir(path) or os.path.exists(f"/proc/{owner}"):
+            token = token_of(name)
+            if not os.path.isdir(path) or not (token in dead or owner_is_dead(token)):
                 continue
+            dead.add(token)
             swept[path] = kill_leftovers(name, None, None, [path])
+    for token in dead:
+        forget_owner(token)
     return swept
 
 

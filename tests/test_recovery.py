@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import secrets
 import subprocess
 
 import pytest
 from conftest import cgroup_mode_or_skip
 
-from runner import kill_leftovers, sweep_orphan_cgroups
+from runner import kill_leftovers, run, sweep_orphan_cgroups
 from runner._cgroup_v1 import parent_dir
+from runner._owners import forget_owner, owner_is_dead, owner_token, registry, token_of
 from runner._tree import COOKIE_VARIABLE
 
 
@@ -41,22 +44,59 @@ def test_a_reused_pid_is_not_killed() -> None:
         bystander.wait()
 
 
-def test_cgroups_of_a_dead_supervisor_are_swept() -> None:
+def _registered_owner(*, alive: bool) -> tuple[str, int | None]:
+    """A token in the owner registry: held by a live owner (its lock fd) or left by a dead one."""
+    token = secrets.token_hex(8)
+    os.makedirs(registry(), exist_ok=True)
+    fd = os.open(os.path.join(registry(), token), os.O_RDWR | os.O_CREAT, 0o600)
+    if alive:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return token, fd
+    os.close(fd)
+    return token, None
+
+
+def test_cgroups_of_a_dead_supervisor_are_swept_and_no_others() -> None:
     if str(cgroup_mode_or_skip()) != "cgroup1":
-        pytest.skip("the sweep test builds a v1 cgroup by hand")
-    path = os.path.join(parent_dir("memory"), f"{_dead_pid()}-1-orphan")
-    os.mkdir(path)
-    stray = subprocess.Popen(["sleep", "60"])
+        pytest.skip("the sweep test builds v1 cgroups by hand")
+    dead, _ = _registered_owner(alive=False)
+    # A live governor in another pid namespace: its pid means nothing here (it is dead in ours).
+    living, lock = _registered_owner(alive=True)
+    unknown = secrets.token_hex(8)  # a governor with another registry: nothing proves it dead
+    paths = {
+        owner: os.path.join(parent_dir("memory"), f"{_dead_pid()}-1-{owner}")
+        for owner in (dead, living, unknown)
+    }
+    strays = {owner: subprocess.Popen(["sleep", "60"]) for owner in paths}
     try:
-        with open(os.path.join(path, "cgroup.procs"), "w") as procs:
-            procs.write(str(stray.pid))
+        for owner, path in paths.items():
+            os.mkdir(path)
+            with open(os.path.join(path, "cgroup.procs"), "w") as procs:
+                procs.write(str(strays[owner].pid))
         swept = sweep_orphan_cgroups()
-        # A governor serve started by a test running in parallel may sweep it first.
-        assert swept.get(path, [stray.pid]) == [stray.pid]
-        assert stray.wait(timeout=10) == -9
-        assert not os.path.exists(path)
+        # A governor serve started by a test running in parallel may sweep the dead one first.
+        assert swept.get(paths[dead], [strays[dead].pid]) == [strays[dead].pid]
+        assert paths[living] not in swept and paths[unknown] not in swept
+        assert strays[dead].wait(timeout=10) == -9
+        assert not os.path.exists(paths[dead])
+        assert not os.path.exists(os.path.join(registry(), dead))  # forgotten once swept
+        assert strays[living].poll() is None and strays[unknown].poll() is None
     finally:
-        stray.kill()
-        stray.wait()
-        if os.path.isdir(path):
-            os.rmdir(path)
+        for stray in strays.values():
+            stray.kill()
+            stray.wait()
+        for path in paths.values():
+            if os.path.isdir(path):
+                os.rmdir(path)
+        if lock is not None:
+            os.close(lock)
+        for owner in (dead, living):
+            forget_owner(owner)
+
+
+def test_every_execution_carries_its_owners_registered_token() -> None:
+    record = run(["sh", "-c", f"printf %s ${COOKIE_VARIABLE}"], capture=True)
+    assert record.ok, record
+    run_id = (record.stdout or b"").decode()
+    assert token_of(run_id) == owner_token() and len(owner_token()) == 16
+    assert not owner_is_dead(owner_token())  # this process holds its lock
