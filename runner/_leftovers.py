@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 
 from runner._confinement import live_pids, proc_stat, remove_cgroup
-from runner._owners import forget_owner, owner_is_dead, token_of
+from runner._owners import forget_owner, owner_is_dead, registered_owners, token_of
 from runner._tree import COOKIE_VARIABLE
 
 GIVE_UP = 10.0  # seconds of SIGKILL passes before reporting survivors
@@ -107,7 +107,8 @@ def sweep_orphan_cgroups() -> dict[str, list[int]]:
                 continue
             dead.add(token)
             swept[path] = kill_leftovers(name, None, None, [path])
-    for token in dead:
+    # Owners whose zygote cleaned up after them leave only their registry file.
+    for token in dead | {token for token in registered_owners() if owner_is_dead(token)}:
         forget_owner(token)
     return swept
 

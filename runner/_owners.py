@@ -89,6 +89,14 @@ def owner_is_dead(token: str) -> bool:
     return True
 
 
+def registered_owners() -> list[str]:
+    """Every token in the registry, live owners' and dead ones'."""
+    try:
+        return os.listdir(registry())
+    except OSError:
+        return []
+
+
 def forget_owner(token: str) -> None:
     """Remove a dead owner's registry file once its leftovers are gone."""
     with contextlib.suppress(FileNotFoundError):
