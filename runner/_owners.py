@@ -51,11 +51,12 @@ def owner_token() -> str:
     fd: int | None = None
     try:
         os.makedirs(registry(), mode=0o700, exist_ok=True)
-        fd = os.open(
-            os.path.join(registry(), token), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
+        # Locked under a hidden name, then renamed: no sweeper ever sees it unlocked.
+        hidden = os.path.join(registry(), f".{token}")
+        fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, f"{os.getpid()}\n".encode())  # for people reading the registry
+        os.rename(hidden, os.path.join(registry(), token))
     except OSError as error:
         _log.warning("could not register owner %s in %s: %s", token, registry(), error)
         if fd is not None:
@@ -92,7 +93,7 @@ def owner_is_dead(token: str) -> bool:
 def registered_owners() -> list[str]:
     """Every token in the registry, live owners' and dead ones'."""
     try:
-        return os.listdir(registry())
+        return [name for name in os.listdir(registry()) if not name.startswith(".")]
     except OSError:
         return []
 
