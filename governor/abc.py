@@ -76,9 +76,12 @@ class Backend(Protocol):
     order, under which limits, whether to retry), the backend only decides where the child
     process lives."""
 
-    def start(self, spec: ExecutionSpec, *, need: Need | None, priority: int) -> Handle:
-        """Start ``spec``; return its handle (already ``done`` if it could not start).
-        ``need`` is its admission estimate (a placement claim), ``priority`` its priority."""
+    def start(
+        self, spec: ExecutionSpec, *, need: Need | None, priority: int, run_id: str | None = None
+    ) -> Handle:
+        """Start ``spec`` as the execution ``run_id`` (a fresh id if None); return its handle
+        (already ``done`` if it could not start). ``need`` is its admission estimate (a
+        placement claim), ``priority`` its priority."""
         ...
 
     def close(self) -> None:
@@ -93,6 +96,9 @@ class ExecutionListener(Protocol):
     a loop error. ``task`` is ``None`` for an executor call; ``run_id`` is the runner's
     execution id, also the name of its cgroups.
     """
+
+    # Optional: ``execution_starting(task, attempt, run_id, queued_at)``, told just before the
+    # child of ``run_id`` is asked for (a store records it, so a crash from then on is on record).
 
     def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         """A child has started."""

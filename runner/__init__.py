@@ -11,7 +11,7 @@ from runner._errors import (
     RemoteTraceback,
     RunnerError,
 )
-from runner._execution import ExecutionHandle
+from runner._execution import ExecutionHandle, new_execution_id
 from runner._forkserver import ForkServer, default_fork_server
 from runner._handle import Handle
 from runner._leftovers import kill_leftovers, sweep_orphan_cgroups
@@ -49,6 +49,7 @@ __all__ = [
     "default_fork_server",
     "drive",
     "kill_leftovers",
+    "new_execution_id",
     "run",
     "run_spec",
     "sweep_orphan_cgroups",

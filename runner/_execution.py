@@ -66,10 +66,12 @@ class Phase(enum.Enum):
 class ExecutionHandle:
     """A started execution. Drive it with ``fds``/``deadline``/``on_readable``/``on_time``."""
 
-    def __init__(self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None) -> None:
+    def __init__(
+        self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None, run_id: str | None = None
+    ) -> None:
         self.spec = spec
         self._server = fork_server
-        self.id = f"{os.getpid()}-{next(_serial)}-{owner_token()}"
+        self.id = run_id or new_execution_id()
         self.phase = Phase.SPAWNING
         self.execution: Execution | None = None
         self.pid: int | None = None
@@ -648,6 +650,12 @@ def _devnull() -> int:
     if _devnull_fd is None or _devnull_fd[0] != os.getpid():
         _devnull_fd = (os.getpid(), os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     return _devnull_fd[1]
+
+
+def new_execution_id() -> str:
+    """A fresh execution id, ``<pid>-<serial>-<owner token>``: unique across processes and pid
+    reuse, and naming the supervisor that made it (``_owners``)."""
+    return f"{os.getpid()}-{next(_serial)}-{owner_token()}"
 
 
 def _next_tick(now: float, interval: float) -> float:

@@ -545,16 +545,20 @@ def test_a_failing_write_is_logged_and_raised_from_flush(
     store.flush(timeout=GUARD)
 
 
-def test_disk_full_is_raised_from_close(db_path: Path) -> None:
+def test_a_write_the_full_database_refuses_waits_in_the_spool_for_the_next_open(db_path: Path) -> None:
     store = Store(db_path)
     # The writer's connection may not grow the file: SQLite's own "disk is full".
     store._writer._connection.execute("PRAGMA max_page_count = 1")
     many = tuple(Sample(n / 10, n, n / 100, 1) for n in range(5000))
     store.finished("r1", "backup", record(usage=replace(record().usage, timeline=many)))
-    with pytest.raises(StoreError, match=r"finished r1.*full"):
-        store.close()
+    wait_until(lambda: store.health()["degraded"] is not None, GUARD)
+    assert "full" in store.health()["degraded"]
+    store.close()  # nothing is lost: it waits on disk
     with Store(db_path) as reopened:
-        assert reopened.history() == []
+        reopened.flush(timeout=GUARD)
+        assert [row["run_id"] for row in reopened.history()] == ["r1"]
+        assert len(reopened.timeline("r1")) == 5000
+        assert reopened.health()["spooled_bytes"] == 0
 
 
 def test_mark_lost_failure_is_raised_at_once(db_path: Path, store: Store) -> None:

@@ -48,12 +48,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import math
 import os
 import pickle
-import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -70,7 +68,7 @@ from governor.backends.dask_worker import (
     without_run,
 )
 from policies import Limits, Need, format_size
-from runner import Execution, ExecutionSpec, Outcome
+from runner import Execution, ExecutionSpec, Outcome, new_execution_id
 from runner._wire import drain
 
 MEMORY = "MEMORY"  # the Dask resource a memory claim is made in (bytes)
@@ -78,7 +76,6 @@ CPU = "CPU"  # the Dask resource a CPU claim is made in (cores)
 CANCEL_CONFIRM = 10.0  # beyond kill_grace: how long a cancelled handle waits for the cluster's word
 HEARTBEAT = 0.5  # seconds between a running handle's deadlines (see DaskHandle.deadline)
 CAPACITY_REFRESH = 10.0  # seconds between refreshes of what the workers declare
-_serial = itertools.count(1)
 _log = logging.getLogger("governor.dask")
 
 
@@ -128,14 +125,18 @@ class DaskBackend:
         self._capacity = worker_capacity(client.scheduler_info())
         self._capacity_due = time.monotonic() + CAPACITY_REFRESH
 
-    def start(self, spec: ExecutionSpec, *, need: Need | None, priority: int) -> DaskHandle:
+    def start(
+        self, spec: ExecutionSpec, *, need: Need | None, priority: int, run_id: str | None = None
+    ) -> DaskHandle:
         """Submit ``spec`` to the cluster; returns its handle (done already if it could not be sent)."""
         now = time.monotonic()
         if now >= self._capacity_due:  # workers come and go: look again, without waiting for it
             self._capacity_due = now + CAPACITY_REFRESH
             self.spawn(self._refresh_capacity)
         resources, notes = resource_claim(need, spec.limits, self._capacity)
-        return DaskHandle(self, spec, resources=resources, priority=priority, notes=notes)
+        return DaskHandle(
+            self, spec, run_id or new_execution_id(), resources=resources, priority=priority, notes=notes
+        )
 
     def close(self) -> None:
         """Clear the events that runs which ended without their body's word may have left set."""
@@ -199,13 +200,14 @@ class DaskHandle:
         self,
         backend: DaskBackend,
         spec: ExecutionSpec,
+        run_id: str,
         *,
         resources: dict[str, float],
         priority: int,
         notes: list[str],
     ) -> None:
         self.spec = spec
-        self.id = f"{os.getpid()}-dask{next(_serial)}-{secrets.token_hex(3)}"
+        self.id = run_id
         self.execution: Execution | None = None
         self.pid: int | None = None
         self.pid_start_ticks: int | None = None

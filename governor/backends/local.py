@@ -16,8 +16,10 @@ class LocalBackend:
     def __init__(self, fork_server: ForkServer | None = None) -> None:
         self.fork_server = fork_server
 
-    def start(self, spec: ExecutionSpec, *, need: Need | None, priority: int) -> ExecutionHandle:
-        return ExecutionHandle(spec, fork_server=self.fork_server)
+    def start(
+        self, spec: ExecutionSpec, *, need: Need | None, priority: int, run_id: str | None = None
+    ) -> ExecutionHandle:
+        return ExecutionHandle(spec, fork_server=self.fork_server, run_id=run_id)
 
     def close(self) -> None:
         return None

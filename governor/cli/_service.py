@@ -163,6 +163,12 @@ def _status(arguments: argparse.Namespace) -> int:
         print(json.dumps(reply))
         return 0
     print(f"server pid {reply['pid']}, task file {reply['task_file']}, store {reply['db']}")
+    store = reply.get("store") or {}
+    if store.get("degraded"):
+        print(
+            f"store DEGRADED: {store['degraded']}; {store['waiting']} record(s) wait "
+            f"({store['spooled_bytes']} bytes in {store['spool']}, {store['memory_only']} in memory only)"
+        )
     print(f"running {len(reply['running'])} of at most {reply['max_running_tasks']}:")
     for run in reply["running"]:
         memory = format_size(run["memory_bytes"]) if run["memory_bytes"] is not None else "-"

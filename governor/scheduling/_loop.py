@@ -43,7 +43,7 @@ from governor.scheduling._task import Catalog, Task
 from governor.scheduling._triggers import EventTrigger
 from governor.scheduling._work import Run, Work, describe_queued, describe_running, describe_task
 from policies import NO_FREE_SLOT, UsageEstimator
-from runner import Execution, ExecutionSpec, Outcome, TaskError
+from runner import Execution, ExecutionSpec, Outcome, TaskError, new_execution_id
 from runner._wire import Wakeup
 
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
@@ -83,6 +83,10 @@ class Loop:
         self._clock = clock
         self.backend = backend
         self._listeners = listeners
+        # Optional: told the run id just before a child is asked for (the store spools it).
+        self._starting_hooks = [
+            hook for listener in listeners if (hook := getattr(listener, "execution_starting", None))
+        ]
         self._estimator = estimator
         self._work = work
         self._starter = starter
@@ -310,11 +314,14 @@ class Loop:
             return
         run.wait_reason = self._starter.why_waited(run)
         run.started_mono = time.monotonic()
+        run_id = new_execution_id()
+        for hook in self._starting_hooks:  # before the child exists: a crash from here on is on record
+            self._tell(hook, run.task, run.attempt, run_id, run.queued_at)
         try:
-            handle = self.backend.start(run.spec, need=run.need, priority=run.priority)
+            handle = self.backend.start(run.spec, need=run.need, priority=run.priority, run_id=run_id)
         except Exception as error:  # a broken task never wedges the loop: record why, go on
             self._work.ended(run)
-            self._complete(run, Execution.unstarted(run.spec.limits, error, outcome=Outcome.CRASHED), None)
+            self._complete(run, Execution.unstarted(run.spec.limits, error, outcome=Outcome.CRASHED), run_id)
             return
         if run.scheduled_for is not None:
             self.start_lateness.append((self._clock.now() - run.scheduled_for).total_seconds())

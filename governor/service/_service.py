@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +45,9 @@ class StoreRecorder:
     def __init__(self, store: Store, log: TextIO) -> None:
         self._store = store
         self._log = log
+
+    def execution_starting(self, task: Task | None, attempt: int, run_id: str, queued_at: datetime) -> None:
+        self._store.starting(run_id, task.name if task else "", attempt, queued_at, datetime.now(UTC))
 
     def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         self._store.started(
@@ -233,6 +236,7 @@ class Service:
                 "pid": os.getpid(),
                 "db": str(self.db),
                 "task_file": str(self.task_file),
+                "store": self.store.health(),
                 **self.scheduler.snapshot(),
             }
         if operation == "fire":

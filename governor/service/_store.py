@@ -13,9 +13,14 @@ Only the supervisor uses it, never a child. Data flow::
     history() / timeline() / in_flight() / tasks()
         read connection, under a lock; sees committed data only
 
-A write that fails is logged (``governor.store``) and re-raised as ``StoreError`` from the next
-``flush()`` or ``close()``; each write runs under its own savepoint, so one bad write does not
-sink the others in its batch.
+Every write goes to the spool beside the database (``_spool``) before it is queued, so a crash
+loses none. A batch the database refuses as a whole (locked past the busy timeout, disk full,
+read-only) is not dropped: the store is *degraded* (``health()`` says why and how many writes
+wait), and the writer retries, with backoff, until it takes them; what is still waiting at
+``close()`` stays in the spool and the next open replays it first. A single write the database
+refuses on its own (a constraint) is logged (``governor.store``) and re-raised as
+``StoreError`` from the next ``flush()`` or ``close()``; each write runs under its own
+savepoint, so it does not sink the others in its batch.
 
 Errors::
 
@@ -57,7 +62,8 @@ from governor.service._schema import (
     started_row,
     timestamp,
 )
-from runner import Execution, Sample
+from governor.service._spool import DEFAULT_MAX_BYTES, Spool
+from runner import Execution
 
 __all__ = ["Store", "StoreCorrupt", "StoreError", "StoreLocked", "StoreTooNew", "default_db_path"]
 
@@ -153,14 +159,31 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, batch_interval: float = 0.2
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        batch_interval: float = 0.2,
+        max_spool_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if not (isinstance(busy_timeout, int | float) and busy_timeout >= 0):
             raise ValueError(f"busy_timeout: must be seconds >= 0, got {busy_timeout!r}")
         if not (isinstance(batch_interval, int | float) and batch_interval >= 0):
             raise ValueError(f"batch_interval: must be seconds >= 0, got {batch_interval!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(self.path, f"could not create {self.path.parent}: {error.strerror}") from None
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            # SQLite would say only "unable to open database file"; the WAL and the spool
+            # live beside the database, so the directory itself must take writes.
+            why = (
+                "is on a read-only file system"
+                if _read_only(self.path.parent)
+                else "is not writable by this user"
+            )
+            raise StoreError(self.path, f"could not open {self.path}: its directory {self.path.parent} {why}")
         writer = _open(self.path, busy_timeout)
         try:
             reader = _connect(self.path, busy_timeout)
@@ -171,7 +194,7 @@ class Store:
         reader.row_factory = sqlite3.Row
         self._reader: sqlite3.Connection | None = reader
         self._read_lock = threading.Lock()
-        self._writer = _Writer(writer, self.path, batch_interval)
+        self._writer = _Writer(writer, self.path, batch_interval, Spool(self.path, max_spool_bytes))
         # The writer thread holds no reference to the Store, so a forgotten store is collected
         # (or the interpreter exits) and this still commits its queue and closes both connections.
         self._finalizer = weakref.finalize(self, _forget, self._writer, reader)
@@ -188,6 +211,25 @@ class Store:
         self.close()
 
     # -- writes (queued) ------------------------------------------------------------------------
+
+    def starting(
+        self, run_id: str, task: str, attempt: int, queued_at: datetime | None, started_at: datetime
+    ) -> None:
+        """Record an execution about to start, before its child can do anything: a crash from
+        here on leaves it in history (``lost``, if nothing more is learned). Spooled on disk
+        before this returns."""
+        row = started_row(
+            run_id=run_id,
+            task=task,
+            attempt=attempt,
+            queued_at=queued_at,
+            started_at=started_at,
+            pid=None,
+            pid_start_ticks=None,
+            cgroups=[],
+            limits={},
+        )
+        self._writer.submit(_Request(f"starting {run_id}", "starting", row))
 
     def started(
         self,
@@ -216,14 +258,16 @@ class Store:
             cgroups=cgroups,
             limits=limits,
         )
-        self._writer.submit(_Request(f"started {run_id}", lambda db: _insert_started(db, row)))
+        self._writer.submit(_Request(f"started {run_id}", "started", row))
 
     def finished(self, run_id: str, task: str, record: Execution) -> None:
         """Record how an execution ended, with its timeline; inserts the row if ``started``
         was never called (an execution that could not start)."""
         row = finished_row(run_id, task, record)
-        timeline = record.usage.timeline  # a tuple of frozen samples: safe to read later
-        self._writer.submit(_Request(f"finished {run_id}", lambda db: _upsert_finished(db, row, timeline)))
+        timeline = [[s.seconds, s.memory_bytes, s.cpu_seconds, s.processes] for s in record.usage.timeline]
+        request = _Request(f"finished {run_id}", "finished", {"row": row, "timeline": timeline})
+        request.lean = {"row": row, "timeline": []}
+        self._writer.submit(request)
 
     def save_tasks(self, definitions: Iterable[tuple[str, dict[str, Any], str]]) -> None:
         """Insert or update task definitions: (name, JSON-able definition, fingerprint).
@@ -236,7 +280,7 @@ class Store:
             for name, definition, fingerprint in definitions
         ]
         if rows:
-            self._writer.submit(_Request(f"{len(rows)} task definitions", lambda db: _upsert_tasks(db, rows)))
+            self._writer.submit(_Request(f"{len(rows)} task definitions", "tasks", {"rows": rows}))
 
     def mark_lost(self, run_ids: Sequence[str], reason: str) -> None:
         """Mark in-flight executions as ``lost`` (at recovery, after a supervisor crash).
@@ -250,8 +294,14 @@ class Store:
         now = timestamp(datetime.now(UTC), "now")
         rows = [{"run_id": run_id, "ended_at": now, "reason": reason} for run_id in run_ids]
         reply: Future[None] = Future()
-        self._writer.submit(_Request(f"lost {', '.join(run_ids)}", lambda db: _mark_lost(db, rows), reply))
+        self._writer.submit(_Request(f"lost {', '.join(run_ids)}", "lost", {"rows": rows}, reply))
         reply.result()
+
+    def health(self) -> dict[str, Any]:
+        """How the store is doing: ``degraded`` (why writes wait, or None), ``waiting``
+        (writes not yet committed), ``spooled_bytes`` and ``memory_only`` (waiting writes that
+        could not be spooled: lost if this process dies)."""
+        return self._writer.health()
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every write queued before this call is committed.
@@ -264,7 +314,9 @@ class Store:
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the connections; idempotent.
 
-        Raises ``StoreError`` if a write failed since the last ``flush()``.
+        Raises ``StoreError`` if a write failed since the last ``flush()``, or if writes the
+        database would not take could not be spooled either (they are lost). Writes that wait
+        in the spool are not an error: the next open replays them.
         """
         with self._read_lock:
             if self._reader is not None:
@@ -375,6 +427,13 @@ class Store:
 # ------------------------------------------------------------------------------- opening the file
 
 
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _forget(writer: _Writer, reader: sqlite3.Connection) -> None:
     """What a store collected without ``close()`` still does: commit its queue, close up."""
     writer.stop()
@@ -458,26 +517,42 @@ def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
 
 @dataclass(eq=False)
 class _Request:
-    """One queued write: what it is (for logs), how to apply it, and who waits for it."""
+    """One queued write: what it is (for logs), which statement applies it (``_APPLY``) to
+    what data (JSON-able: it is spooled), and who waits for it."""
 
     what: str
-    apply: Callable[[sqlite3.Connection], None]
+    op: str
+    data: dict[str, Any]
     reply: Future[None] | None = field(default=None)
+    lean: dict[str, Any] | None = field(default=None)  # a smaller form, if the spool is short of room
+    line: bytes | None = field(default=None)  # its line in the spool, once spooled
+
+
+RETRY_FIRST = 0.2  # seconds before a refused batch is tried again, doubling to RETRY_MOST
+RETRY_MOST = 5.0
 
 
 class _Writer:
     """The writer thread and its queue: all state under one condition, nothing of the Store."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, interval: float) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, interval: float, spool: Spool) -> None:
         self._connection = connection
         self._path = path
         self._interval = interval
+        self._spool = spool
         self._condition = threading.Condition()
-        self._pending: list[_Request] = []
+        # What an earlier process left in the spool goes first, in its order.
+        self._pending: list[_Request] = [
+            _Request(f"spooled {op}", op, data, line=line) for op, data, line in spool.read()
+        ]
+        if self._pending:
+            log.warning("%s: replaying %d write(s) left in %s", path, len(self._pending), spool.path)
         self._flushes: list[threading.Event] = []
         self._urgent = False  # a caller is blocked on a queued write: commit without waiting
         self._closing = False
         self._failures: list[tuple[_Request, BaseException]] = []
+        self._degraded: str | None = None
+        self._lost_at_close = 0
         self.batches = 0  # committed transactions, for tests
         self._thread = threading.Thread(target=self._run, name=f"governor-store {path.name}", daemon=True)
         self._thread.start()
@@ -486,9 +561,21 @@ class _Writer:
         with self._condition:
             if self._closing:
                 raise StoreError(self._path, f"store {self._path} is closed; {request.what} not recorded")
+            if request.reply is None:  # a caller that waits for its write needs no spool
+                request.line = self._spool.write(request.op, request.data, request.lean)
             self._pending.append(request)
             self._urgent = self._urgent or request.reply is not None
             self._condition.notify()
+
+    def health(self) -> dict[str, Any]:
+        with self._condition:
+            return {
+                "degraded": self._degraded,
+                "waiting": len(self._pending),
+                "spooled_bytes": self._spool.size,
+                "memory_only": sum(1 for r in self._pending if r.line is None and r.reply is None),
+                "spool": str(self._spool.path),
+            }
 
     def flush(self, timeout: float | None) -> None:
         done = threading.Event()
@@ -503,19 +590,28 @@ class _Writer:
         else:
             committed = done.wait(timeout)
         if not committed:
-            raise TimeoutError(f"store {self._path}: queued writes not committed within {timeout}s")
+            waiting = f" (the store is degraded: {self._degraded})" if self._degraded else ""
+            raise TimeoutError(f"store {self._path}: queued writes not committed within {timeout}s{waiting}")
         self._raise_failures()
 
     def stop(self) -> None:
-        """Commit the queue and end the thread; failures are already logged."""
+        """Commit the queue (one last try if degraded: what is left waits in the spool) and end
+        the thread; failures are already logged."""
         with self._condition:
             self._closing = True
             self._condition.notify()
         self._thread.join()
         self._connection.close()
+        self._spool.close()
 
     def close(self) -> None:
         self.stop()
+        if self._lost_at_close:
+            raise StoreError(
+                self._path,
+                f"{self._lost_at_close} write(s) to {self._path} could be neither committed nor spooled "
+                f"({self._degraded}; {self._spool.problem})",
+            )
         self._raise_failures()
 
     def _raise_failures(self) -> None:
@@ -530,13 +626,15 @@ class _Writer:
 
     def _run(self) -> None:
         last_commit = -math.inf
+        retry = RETRY_FIRST
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._pending or self._flushes or self._closing)
                 # At most one commit per interval, so bursts share a transaction; but nobody
-                # blocked in flush(), mark_lost() or close() waits for the interval.
-                due = last_commit + self._interval
-                while not (self._flushes or self._urgent or self._closing):
+                # blocked in flush(), mark_lost() or close() waits for the interval. A degraded
+                # store waits out its backoff whoever waits (close() excepted: one last try).
+                due = last_commit + (retry if self._degraded else self._interval)
+                while not (self._closing or ((self._flushes or self._urgent) and not self._degraded)):
                     left = due - time.monotonic()
                     if left <= 0:
                         break
@@ -545,15 +643,58 @@ class _Writer:
                 flushes, self._flushes = self._flushes, []
                 self._urgent = False
                 closing = self._closing
-            if batch:
-                self._commit(batch)
-                last_commit = time.monotonic()
+            refused = self._commit(batch) if batch else None
+            last_commit = time.monotonic()
+            with self._condition:
+                if refused is None:
+                    if self._degraded is not None:
+                        log.warning(
+                            "%s takes writes again: %d waiting write(s) committed", self._path, len(batch)
+                        )
+                    self._degraded = None
+                    retry = RETRY_FIRST
+                    # Nothing committed stays spooled; writes queued meanwhile keep their lines.
+                    self._spool.keep_only([r.line for r in self._pending if r.line is not None])
+                else:
+                    self._pending[:0] = batch  # first again, in order
+                    self._flushes[:0] = flushes
+                    flushes = []
+                    if self._degraded is None:
+                        log.error(
+                            "%s is degraded: %s; %d write(s) wait in %s and are retried",
+                            self._path,
+                            refused,
+                            len(self._pending),
+                            self._spool.path,
+                        )
+                    else:
+                        retry = min(retry * 2, RETRY_MOST)
+                    self._degraded = refused
+                    if closing:
+                        self._give_up_at_close()
             for done in flushes:
                 done.set()
             if closing:
                 return
 
-    def _commit(self, batch: list[_Request]) -> None:
+    def _give_up_at_close(self) -> None:
+        """Closing while degraded: spooled writes wait for the next open; the others are lost."""
+        lost = [r for r in self._pending if r.line is None]
+        for request in lost:
+            if request.reply is not None:
+                request.reply.set_exception(
+                    StoreError(self._path, f"could not record {request.what}: {self._degraded}")
+                )
+        self._lost_at_close = sum(1 for r in lost if r.reply is None)
+        kept = len(self._pending) - len(lost)
+        if kept:
+            log.warning("%s: %d write(s) wait in %s for the next open", self._path, kept, self._spool.path)
+        if self._lost_at_close:
+            log.error("%s: %d write(s) could not be spooled and are lost", self._path, self._lost_at_close)
+
+    def _commit(self, batch: list[_Request]) -> str | None:
+        """Apply ``batch`` in one transaction; ``None`` if committed (single refused writes
+        are failures of their own), else why the database refused the whole batch."""
         db = self._connection
         failed: list[_Request] = []
         try:
@@ -561,7 +702,7 @@ class _Writer:
             for request in batch:
                 db.execute("SAVEPOINT request")
                 try:
-                    request.apply(db)
+                    _APPLY[request.op](db, request.data)
                 except Exception as error:  # a bad write must not sink its batch-mates
                     if not db.in_transaction:
                         raise  # SQLite rolled back the whole transaction (disk full, I/O error)
@@ -570,16 +711,16 @@ class _Writer:
                     self._fail(request, error)
                 db.execute("RELEASE request")
             db.execute("COMMIT")
-        except Exception as error:  # the transaction itself failed: every write in it is lost
+        except Exception as error:  # the transaction itself failed: every write in it waits
             self._rollback()
-            for request in batch:
-                if request not in failed:
-                    self._fail(request, error)
-            return
+            for request in failed:  # already reported: not retried
+                batch.remove(request)
+            return f"{type(error).__name__}: {error}"
         self.batches += 1
         for request in batch:
             if request.reply is not None and request not in failed:
                 request.reply.set_result(None)
+        return None
 
     def _rollback(self) -> None:
         try:
@@ -602,11 +743,24 @@ class _Writer:
 # ------------------------------------------------------------------------------------- statements
 
 
+_INSERT_STARTED = (
+    "INSERT INTO executions (run_id, task, attempt, queued_at, started_at, pid, pid_start_ticks,"
+    " cgroups, limits) VALUES (:run_id, :task, :attempt, :queued_at, :started_at, :pid,"
+    " :pid_start_ticks, :cgroups, :limits)"
+)
+
+
+def _insert_starting(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    db.execute(_INSERT_STARTED + " ON CONFLICT (run_id) DO NOTHING", row)
+
+
 def _insert_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    # Fills in what the start learned (pid, cgroups, limits) on the row ``starting`` made; an
+    # ended row (a replay after a crash) keeps its end.
     db.execute(
-        "INSERT INTO executions (run_id, task, attempt, queued_at, started_at, pid, pid_start_ticks,"
-        " cgroups, limits) VALUES (:run_id, :task, :attempt, :queued_at, :started_at, :pid,"
-        " :pid_start_ticks, :cgroups, :limits)",
+        _INSERT_STARTED + " ON CONFLICT (run_id) DO UPDATE SET started_at = excluded.started_at,"
+        " pid = excluded.pid, pid_start_ticks = excluded.pid_start_ticks, cgroups = excluded.cgroups,"
+        " limits = excluded.limits WHERE ended_at IS NULL",
         row,
     )
 
@@ -624,18 +778,20 @@ _UPSERT_FINISHED = (
 )
 
 
-def _upsert_finished(db: sqlite3.Connection, row: dict[str, Any], timeline: Sequence[Sample]) -> None:
+def _upsert_finished(db: sqlite3.Connection, data: dict[str, Any]) -> None:
+    row, timeline = data["row"], data["timeline"]
     db.execute(_UPSERT_FINISHED, row)
     (execution_id,) = db.execute("SELECT id FROM executions WHERE run_id = ?", (row["run_id"],)).fetchone()
     db.execute("DELETE FROM samples WHERE execution_id = ?", (execution_id,))
     db.executemany(
         "INSERT INTO samples (execution_id, seconds, memory_bytes, cpu_seconds, processes)"
         " VALUES (?, ?, ?, ?, ?)",
-        [(execution_id, s.seconds, s.memory_bytes, s.cpu_seconds, s.processes) for s in timeline],
+        [(execution_id, *sample) for sample in timeline],
     )
 
 
-def _upsert_tasks(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+def _upsert_tasks(db: sqlite3.Connection, data: dict[str, Any]) -> None:
+    rows = data["rows"]
     db.executemany(
         "INSERT INTO tasks (name, definition, fingerprint, updated_at)"
         " VALUES (:name, :definition, :fingerprint, :now)"
@@ -646,13 +802,23 @@ def _upsert_tasks(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def _mark_lost(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+def _mark_lost(db: sqlite3.Connection, data: dict[str, Any]) -> None:
     # Usage stays NULL: nothing was measured, and the store records no estimates.
+    rows = data["rows"]
     db.executemany(
         "UPDATE executions SET outcome = 'lost', ended_at = :ended_at, error_type = 'Lost',"
         " error_message = :reason WHERE run_id = :run_id AND ended_at IS NULL",
         rows,
     )
+
+
+_APPLY: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], None]] = {
+    "starting": _insert_starting,
+    "started": _insert_started,
+    "finished": _upsert_finished,
+    "tasks": _upsert_tasks,
+    "lost": _mark_lost,
+}
 
 
 # ------------------------------------------------------------------------------------------ reads
