@@ -253,6 +253,40 @@ def _execution_cgroups(pid: int) -> list[str]:
     return found
 
 
+def test_every_execution_that_ran_is_in_history_once_through_repeated_sigkills(
+    tmp_path: Path, db: Path
+) -> None:
+    ran = tmp_path / "ran"
+    ran.touch()
+    # Each execution writes its own run id first thing: proof that it really ran.
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "often"
+        command = ["sh", "-c", "echo $GOVERNOR_EXECUTION_ID >> {ran}; sleep 0.02"]
+        interval = "0.03s"
+        """,
+    )
+    for round in range(6):
+        server = Server(task_file, db)
+        try:
+            server.wait_for("serving 1 task(s)")
+            seen = len(ran.read_text().split())
+            wait_until(lambda seen=seen: len(ran.read_text().split()) >= seen + 2 + round, GUARD)
+        finally:
+            server.stop(signal.SIGKILL)  # at whatever moment the schedule has reached
+    server = Server(task_file, db)
+    server.wait_for("serving 1 task(s)")
+    assert server.stop(signal.SIGTERM) == 0
+    rows = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
+    ids = [row["run_id"] for row in rows]
+    assert len(ids) == len(set(ids)), "an execution appears twice"
+    missing = set(ran.read_text().split()) - set(ids)
+    assert not missing, f"ran but not in history: {sorted(missing)}"
+    assert not [row for row in rows if row["outcome"] is None], (rows, server.seen)
+
+
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is no database" * 100)

@@ -198,6 +198,13 @@ class Store:
         # The writer thread holds no reference to the Store, so a forgotten store is collected
         # (or the interpreter exits) and this still commits its queue and closes both connections.
         self._finalizer = weakref.finalize(self, _forget, self._writer, reader)
+        if self._writer.replaying:
+            # Before anyone reads: recovery must see the executions a crash left in the spool.
+            try:
+                self._writer.flush(max(REPLAY_GIVE_UP, 2 * busy_timeout))
+            except (TimeoutError, StoreError) as error:
+                self.close()
+                raise StoreError(self.path, f"could not replay {self._writer.spool_path}: {error}") from error
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', closed' if self._reader is None else ''})"
@@ -528,6 +535,7 @@ class _Request:
     line: bytes | None = field(default=None)  # its line in the spool, once spooled
 
 
+REPLAY_GIVE_UP = 30.0  # seconds an open waits for the spool's replay before it gives up
 RETRY_FIRST = 0.2  # seconds before a refused batch is tried again, doubling to RETRY_MOST
 RETRY_MOST = 5.0
 
@@ -545,6 +553,8 @@ class _Writer:
         self._pending: list[_Request] = [
             _Request(f"spooled {op}", op, data, line=line) for op, data, line in spool.read()
         ]
+        self.replaying = bool(self._pending)
+        self.spool_path = spool.path
         if self._pending:
             log.warning("%s: replaying %d write(s) left in %s", path, len(self._pending), spool.path)
         self._flushes: list[threading.Event] = []
