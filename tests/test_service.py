@@ -268,12 +268,13 @@ def test_every_execution_that_ran_is_in_history_once_through_repeated_sigkills(
         interval = "0.03s"
         """,
     )
-    for round in range(6):
+    for kill in range(6):
         server = Server(task_file, db)
         try:
             server.wait_for("serving 1 task(s)")
-            seen = len(ran.read_text().split())
-            wait_until(lambda seen=seen: len(ran.read_text().split()) >= seen + 2 + round, GUARD)
+            # A later kill each round, so the kills land at different points of the schedule.
+            enough = len(ran.read_text().split()) + 2 + kill
+            wait_until(lambda enough=enough: len(ran.read_text().split()) >= enough, GUARD)
         finally:
             server.stop(signal.SIGKILL)  # at whatever moment the schedule has reached
     server = Server(task_file, db)
