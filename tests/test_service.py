@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import sqlite3
 import subprocess
@@ -183,8 +184,8 @@ def test_sigkill_then_restart_records_lost_and_leaves_no_orphans(tmp_path: Path,
         wait_until(lambda: '"long"' in governor("history", "--json", db=db).stdout, GUARD)
         server.stop(signal.SIGKILL)
         server = Server(task_file, db)
-        line = server.wait_for("recovered: task=long")
-        assert "is lost" in line
+        line = server.wait_for("recovered: lost task=long")
+        assert "WARNING" in line
         server.wait_for("serving 2 task(s)")
         for pid in map(int, pids.read_text().split()):
             wait_until(lambda pid=pid: gone(pid), guard(10))
@@ -286,6 +287,64 @@ def test_every_execution_that_ran_is_in_history_once_through_repeated_sigkills(
     missing = set(ran.read_text().split()) - set(ids)
     assert not missing, f"ran but not in history: {sorted(missing)}"
     assert not [row for row in rows if row["outcome"] is None], (rows, server.seen)
+
+
+def test_a_hostile_task_name_cannot_forge_a_log_line(tmp_path: Path, db: Path) -> None:
+    task_file = write(
+        tmp_path / "tasks.toml",
+        r"""
+        [[task]]
+        name = "a\nb task=evil outcome=succeeded"
+        command = ["false"]
+        event = "go"
+        """,
+    )
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 1 task(s)")
+        assert governor("fire", "go", db=db).returncode == 0
+        line = server.wait_for(" ended ")
+        assert 'task="a\\nb task=evil outcome=succeeded"' in line and " outcome=failed " in line
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    lines = server.seen + list(server.lines.queue)
+    assert not any(line.startswith("b task=evil") for line in lines)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) "
+    assert all(re.match(stamp, line) for line in lines), lines
+
+
+def test_json_logs_for_log_shippers_one_object_per_line(tmp_path: Path, db: Path) -> None:
+    task_file = write(
+        tmp_path / "tasks.toml",
+        """
+        [[task]]
+        name = "quick"
+        command = ["true"]
+        event = "go"
+        """,
+    )
+    server = Server(task_file, db, "--log-format", "json", "--log-level", "warning")
+    try:
+        wait_until(lambda: governor("fire", "go", db=db).returncode == 0, GUARD)  # once it listens
+        wait_until(lambda: '"quick"' in governor("history", "--json", db=db).stdout, GUARD)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(GUARD)
+    finally:
+        server.stop(signal.SIGKILL)
+    lines = server.seen + list(server.lines.queue)
+    # Warning and above only: a clean start, a success and a clean stop say nothing.
+    assert lines == [], lines
+    server = Server(task_file, db, "--log-format", "json")
+    try:
+        entry = json.loads(server.wait_for('"serving 1 task(s)'))
+        assert entry["level"] == "info" and entry["logger"] == "governor.serve"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+        assert governor("fire", "go", db=db).returncode == 0
+        ended = json.loads(server.wait_for('"ended"'))
+        assert (ended["task"], ended["outcome"], ended["attempt"]) == ("quick", "succeeded", 1)
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:

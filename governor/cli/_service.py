@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from governor.service._control import ask, socket_path
+from governor.service._log import FORMATS, LEVELS
 from governor.service._service import serve
 from governor.service._store import Store, StoreError, default_db_path
 from governor.service._taskfile import TaskFileError
@@ -57,6 +58,15 @@ def add_commands(commands: Any) -> None:
         "--dask",
         metavar="ADDRESS",
         help="run the executions on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)",
+    )
+    serve_parser.add_argument(
+        "--log-level", choices=LEVELS, default="info", help="the least severe records logged (default: info)"
+    )
+    serve_parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (one escaped line per record) or json (one object per line, for log shippers)",
     )
     serve_parser.set_defaults(handler=_serve)
 
@@ -120,6 +130,8 @@ def _serve(arguments: argparse.Namespace) -> int:
             memory_budget=memory_budget,
             cpu_budget=cpu_budget,
             dask=arguments.dask,
+            log_level=arguments.log_level,
+            log_format=arguments.log_format,
         )
     except (TaskFileError, ValueError) as error:  # a bad file, or a bad budget
         print(f"governor: {error}", file=sys.stderr)

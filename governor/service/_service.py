@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import logging
 import os
 import select
 import signal
@@ -33,18 +33,20 @@ from governor.scheduling._task import Task
 from governor.scheduling._triggers import EventTrigger
 from governor.service._control import ControlServer
 from governor.service._estimates import learn_from_history
+from governor.service._log import configure, unconfigure
 from governor.service._store import Store
 from governor.service._taskfile import TaskDefinition, load_task_file
 from policies import format_duration, format_size
 from runner import Execution, Handle, kill_leftovers, sweep_orphan_cgroups
 
+log = logging.getLogger("governor.serve")
+
 
 class StoreRecorder:
     """The scheduler's listener: every start and end to the store, one log line per end."""
 
-    def __init__(self, store: Store, log: TextIO) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._log = log
 
     def execution_starting(self, task: Task | None, attempt: int, run_id: str, queued_at: datetime) -> None:
         self._store.starting(run_id, task.name if task else "", attempt, queued_at, datetime.now(UTC))
@@ -65,29 +67,25 @@ class StoreRecorder:
     def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
         name = task.name if task else ""
         self._store.finished(run_id or _unstarted_id(), name, record)
-        self._log.write(log_line(name, record) + "\n")
-        self._log.flush()
+        level = logging.INFO if record.ok else logging.WARNING
+        log.log(level, "ended", extra={"fields": execution_fields(name, run_id, record)})
 
 
-def log_line(task: str, record: Execution) -> str:
-    """One line per execution: time, task, attempt, outcome, why, and what it used."""
+def execution_fields(task: str, run_id: str | None, record: Execution) -> dict[str, Any]:
+    """One log record per execution: task, attempt, outcome, why, and what it used."""
     usage = record.usage
-    parts = [
-        record.ended_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-        f"task={task}",
-        f"attempt={record.attempt}",
-        f"outcome={record.outcome}",
-        f"wall={format_duration(usage.wall_seconds)}",
-        f"peak={format_size(usage.peak_memory_bytes)}",
-        f"cpu={usage.cpu_seconds:.2f}s",
-    ]
-    if record.exit_code not in (None, 0):
-        parts.append(f"exit={record.exit_code}")
-    if record.signal is not None:
-        parts.append(f"signal={record.signal}")
-    if record.error is not None and not record.ok:
-        parts.append(f"error={json.dumps(record.error.message)}")
-    return " ".join(parts)
+    return {
+        "task": task,
+        "attempt": record.attempt,
+        "outcome": str(record.outcome),
+        "wall": format_duration(usage.wall_seconds),
+        "peak": format_size(usage.peak_memory_bytes),
+        "cpu": f"{usage.cpu_seconds:.2f}s",
+        "exit": record.exit_code if record.exit_code not in (None, 0) else None,
+        "signal": record.signal,
+        "error": record.error.message if record.error is not None and not record.ok else None,
+        "run": run_id,
+    }
 
 
 _unstarted = iter(range(1, 1 << 62))
@@ -97,7 +95,7 @@ def _unstarted_id() -> str:
     return f"{os.getpid()}-unstarted-{next(_unstarted)}"
 
 
-def recover(store: Store, log: TextIO) -> list[str]:
+def recover(store: Store) -> list[str]:
     """Executions the last server left in flight: kill what remains of them, record them
     ``lost``. Runs before the schedule starts; returns their run ids."""
     lost = store.in_flight()
@@ -105,19 +103,17 @@ def recover(store: Store, log: TextIO) -> list[str]:
         killed = kill_leftovers(
             row["run_id"], row.get("pid"), row.get("pid_start_ticks"), row.get("cgroups") or []
         )
-        note = f", killed {len(killed)} leftover process(es)" if killed else ""
-        log.write(
-            f"recovered: task={row['task']} attempt={row['attempt']} run={row['run_id']} is lost{note}\n"
-        )
+        fields = {"task": row["task"], "attempt": row["attempt"], "run": row["run_id"], "killed": len(killed)}
+        log.warning("recovered: lost", extra={"fields": fields})
     if lost:
         store.mark_lost([row["run_id"] for row in lost], "the supervisor died while it ran")
     # Executions that started in the last moments before a crash may not have reached the
     # store; their cgroups still name them (and their dead supervisor): clean those up too.
     for path, killed in sweep_orphan_cgroups().items():
-        log.write(
-            f"recovered: removed the cgroup {path} of a dead supervisor, killed {len(killed)} process(es)\n"
+        log.warning(
+            "recovered: removed the cgroup of a dead supervisor",
+            extra={"fields": {"cgroup": path, "killed": len(killed)}},
         )
-    log.flush()
     return [row["run_id"] for row in lost]
 
 
@@ -138,7 +134,6 @@ class Service:
         *,
         max_running: int,
         grace: float,
-        log: TextIO,
         db: Path,
         memory_budget: int | str | None = "auto",
         cpu_budget: float | str | None = "auto",
@@ -148,9 +143,8 @@ class Service:
         self.task_file = task_file
         self.store = store
         self.grace = grace
-        self.log = log
         self.db = db
-        recorder = StoreRecorder(store, log)
+        recorder = StoreRecorder(store)
         self.scheduler = Scheduler(
             max_running,
             listener=[recorder, telemetry] if telemetry is not None else recorder,
@@ -207,15 +201,13 @@ class Service:
         try:
             definitions = load_task_file(self.task_file)
         except ValueError as error:
-            self.log.write(f"reload refused, the running schedule is unchanged: {error}\n")
-            self.log.flush()
+            log.error("reload refused, the running schedule is unchanged: %s", error)
             return
         changes = self.apply(definitions)
         summary = ", ".join(
             f"{kind} {', '.join(names)}" for kind, names in changes.items() if names and kind != "unchanged"
         )
-        self.log.write(f"reloaded {self.task_file}: {summary or 'no changes'}\n")
-        self.log.flush()
+        log.info("reloaded %s: %s", self.task_file, summary or "no changes")
 
     def fire(self, event: str, payload: Any = None) -> int:
         """Fire every task listening to ``event``; returns how many."""
@@ -268,8 +260,7 @@ class Service:
         path = self.control.open()
         self.scheduler.start()
         where = f"store {self.db}; control {path}; pid {os.getpid()}"
-        self.log.write(f"serving {len(self._loaded)} task(s) from {self.task_file}; {where}\n")
-        self.log.flush()
+        log.info("serving %d task(s) from %s; %s", len(self._loaded), self.task_file, where)
         try:
             while True:
                 select.select([wake_r], [], [])
@@ -289,13 +280,11 @@ class Service:
             os.close(wake_w)
 
     def _shutdown(self, why: str) -> int:
-        self.log.write(f"{why}: stopping; running executions get {self.grace:g}s before they are cancelled\n")
-        self.log.flush()
+        log.info("%s: stopping; running executions get %gs before they are cancelled", why, self.grace)
         self.control.close()
         self.scheduler.stop(timeout=self.grace)
         self.store.close()
-        self.log.write("stopped; the store is flushed\n")
-        self.log.flush()
+        log.info("stopped; the store is flushed")
         return 0
 
 
@@ -318,7 +307,9 @@ def serve(
     *,
     max_running: int,
     grace: float,
-    log: TextIO = sys.stderr,
+    log_stream: TextIO = sys.stderr,
+    log_level: str = "info",
+    log_format: str = "text",
     memory_budget: int | str | None = "auto",
     cpu_budget: float | str | None = "auto",
     dask: str | None = None,
@@ -327,6 +318,22 @@ def serve(
     variables) propagate to the CLI. Telemetry, when the environment asks for it, is flushed
     and shut down on the way out. With ``dask`` (a scheduler address) executions run on that
     Dask cluster, connected before the store is touched."""
+    handler = configure(log_stream, log_level, log_format)
+    try:
+        return _serve(task_file, db, max_running, grace, memory_budget, cpu_budget, dask)
+    finally:
+        unconfigure(handler)
+
+
+def _serve(
+    task_file: Path,
+    db: Path,
+    max_running: int,
+    grace: float,
+    memory_budget: int | str | None,
+    cpu_budget: float | str | None,
+    dask: str | None,
+) -> int:
     definitions = load_task_file(task_file)
     telemetry = Telemetry.from_environment()  # before the store: a typo must not touch it
     telemetry_scope = telemetry if telemetry is not None else contextlib.nullcontext()
@@ -338,15 +345,14 @@ def serve(
             os.close(lock)
             raise
         try:
-            recover(store, log)
+            recover(store)
             if telemetry is not None:
-                log.write(f"telemetry: {telemetry!r}\n")
+                log.info("telemetry: %r", telemetry)
             service = Service(
                 task_file,
                 store,
                 max_running=max_running,
                 grace=grace,
-                log=log,
                 db=db,
                 memory_budget=memory_budget,
                 cpu_budget=cpu_budget,
