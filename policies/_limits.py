@@ -59,8 +59,12 @@ class Limits:
         setattr_(self, "cpu_time", _opt(cpu_time, lambda v: parse_duration(v, field="cpu_time")))
         setattr_(self, "cpu_rate", _opt(cpu_rate, _cpu_rate))
         setattr_(self, "wall_time", _opt(wall_time, lambda v: parse_duration(v, field="wall_time")))
-        setattr_(self, "pids", _opt(pids, lambda v: whole_number("pids", v)))
-        setattr_(self, "open_files", _opt(open_files, lambda v: whole_number("open_files", v)))
+        setattr_(self, "pids", _opt(pids, lambda v: _at_most("pids", whole_number("pids", v), PID_MAX_LIMIT)))
+        setattr_(
+            self,
+            "open_files",
+            _opt(open_files, lambda v: _at_most("open_files", whole_number("open_files", v), _nr_open())),
+        )
         setattr_(self, "file_size", _opt(file_size, lambda v: parse_size(v, field="file_size")))
         for name in _POSITIVE:
             if getattr(self, name) == 0:
@@ -72,16 +76,21 @@ class Limits:
         aliases of ``cpu_rate`` and ``wall_time``. Unknown keys raise ``ValueError``."""
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {}
+        written: dict[str, str] = {}  # field -> the key the caller wrote, for error messages
         for key, value in values.items():
             name = _ALIASES.get(key, key)
             if name not in known:
                 allowed = ", ".join(sorted(known | set(_ALIASES)))
                 raise ValueError(f"{where}: unknown limit {key!r} (known: {allowed})")
+            if name in kwargs:
+                raise ValueError(f"{where}.{key}: the same limit as {written[name]!r}; give one of them")
             kwargs[name] = value
+            written[name] = key
         try:
             return cls(**kwargs)
         except ValueError as error:
-            raise ValueError(f"{where}.{error}") from None
+            name, _, message = str(error).partition(": ")
+            raise ValueError(f"{where}.{written.get(name, name)}: {message}") from None
 
     def as_dict(self) -> dict[str, int | float]:
         """The limits that are set, as plain numbers (bytes, seconds, cores, counts)."""
@@ -102,6 +111,25 @@ class Limits:
         return f"Limits({', '.join(shown)})"
 
 
+PID_MAX_LIMIT = 1 << 22  # the most pids a 64-bit kernel will ever hand out
+CPU_RATE_MAX = 4096.0  # cores: more than Linux runs on one machine (and than cgroup quotas take)
+
+
+def _at_most(name: str, value: int, bound: int) -> int:
+    if value > bound:
+        raise ValueError(f"{name}: at most {bound} (what the kernel accepts here), got {value!r}")
+    return value
+
+
+def _nr_open() -> int:
+    """The kernel's bound on open files per process (``fs.nr_open``)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default
+
+
 def _opt(value: Any, convert: Any) -> Any:
     return None if value is None else convert(value)
 
@@ -115,4 +143,6 @@ def _cpu_rate(value: Any) -> float:
         raise ValueError(f"cpu_rate: expected a number of cores, got {value!r}") from None
     if math.isnan(rate) or math.isinf(rate) or rate < 0:
         raise ValueError(f"cpu_rate: must be a finite, positive number of cores, got {value!r}")
+    if rate > CPU_RATE_MAX:
+        raise ValueError(f"cpu_rate: at most {CPU_RATE_MAX:.0f} cores, got {value!r}")
     return rate

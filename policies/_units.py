@@ -98,10 +98,16 @@ def parse_size(value: int | float | str, *, field: str = "size") -> int:
     amount = _finite(field, amount, value)
     if amount < 0:
         raise ValueError(f"{field}: must not be negative, got {value!r}")
+    if amount > MAX_BYTES:
+        raise ValueError(f"{field}: at most 1 EiB, got {value!r}")
     return int(amount)
 
 
 _ZERO = 0.0
+# Bounds of what a limit or a schedule can mean: beyond any machine's memory or disk, and a
+# span that a datetime and a monotonic deadline can still hold (ten thousand years would not).
+MAX_BYTES = 1 << 60
+MAX_SECONDS = 100 * 365.25 * 86400
 
 
 def parse_duration(value: int | float | str | timedelta, *, field: str = "duration") -> float:
@@ -118,6 +124,8 @@ def parse_duration(value: int | float | str | timedelta, *, field: str = "durati
     seconds = _finite(field, seconds, value)
     if seconds < 0:
         raise ValueError(f"{field}: must not be negative, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{field}: at most 100 years ({MAX_SECONDS:.0f}s), got {value!r}")
     return seconds if seconds else _ZERO  # one zero for every unset duration
 
 

@@ -77,10 +77,12 @@ class ChildSpec:
 
 def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
     """Confine this freshly forked process and run the task; never returns."""
+    where = [result_fd]  # the result pipe's number: RESULT_FD once the descriptors are arranged
     try:
-        _confine(spec, result_fd, stdio, zygote)
+        _confine(spec, where, stdio, zygote)
     except BaseException as error:  # the task has not started: report why, as text
-        _report(SetupFailed(f"{type(error).__name__}: {error}"), fd=result_fd)
+        text = str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"
+        _report(SetupFailed(text), fd=where[0])
         os._exit(EXIT_SETUP_FAILED)
     _change_environment(spec.env)
     if spec.argv is not None:
@@ -90,7 +92,7 @@ def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zyg
     os._exit(0)
 
 
-def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
+def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zygote: int) -> None:
     os.setsid()
     prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != zygote:  # the zygote died before the signal was armed
@@ -106,11 +108,22 @@ def _confine(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygot
     # subprocess does, so that a file_size limit ends a task the way it would any program.
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _SIG_DFL)
-    _arrange_fds([*stdio, result_fd])
+    _arrange_fds([*stdio, result[0]])
+    result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
-        resource.setrlimit(which, (soft, hard))
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (OSError, ValueError) as error:
+            raise SetupError(f"the kernel refused rlimit {which} = ({soft}, {hard}): {error}") from None
     if spec.cwd is not None:
-        os.chdir(spec.cwd)
+        try:
+            os.chdir(spec.cwd)
+        except OSError as error:
+            raise SetupError(f"cannot enter the working directory {spec.cwd!r}: {error.strerror}") from None
+
+
+class SetupError(Exception):
+    """Why the child could not be set up, in words for the execution record."""
 
 
 def _arrange_fds(sources: list[int]) -> None:
@@ -130,7 +143,7 @@ def _exec(spec: ChildSpec) -> None:
     try:
         os.execvp(spec.argv[0], spec.argv)
     except OSError as error:
-        _report(ExecFailed(error.errno or 0, error.strerror or str(error)))
+        _report(ExecFailed(error.errno or 0, f"{spec.argv[0]!r}: {error.strerror or error}"))
         not_found = isinstance(error, FileNotFoundError)
         os._exit(EXIT_EXEC_NOT_FOUND if not_found else EXIT_EXEC_FAILED)
 

@@ -168,7 +168,7 @@ def error_from(message: Message | None) -> TaskError | None:
         text = f"cannot execute: {message.text} (errno {message.errno}; exit {code})"
         return TaskError(type="ExecFailed", message=text)
     if isinstance(message, SetupFailed):
-        return TaskError(type="SetupFailed", message=f"the child could not be confined: {message.text}")
+        return TaskError(type="SetupFailed", message=f"the child could not be set up: {message.text}")
     if isinstance(message, Unreadable):
         return TaskError(
             type="UnpicklingError", message=f"the child's result could not be unpickled: {message.text}"

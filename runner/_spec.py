@@ -55,7 +55,11 @@ class ExecutionSpec:
                 raise ValueError(f"target: every argv item must be a string, got {argv!r}")
             if self.args or self.kwargs:
                 raise ValueError("args/kwargs: only a callable target takes arguments; put them in argv")
-            object.__setattr__(self, "target", [os.fspath(part) for part in argv])
+            argv = [os.fspath(part) for part in argv]
+            for index, part in enumerate(argv):
+                if "\0" in part:  # execve could not pass it: refuse now, not in the child
+                    raise ValueError(f"target: argv[{index}] contains a NUL byte: {part!r}")
+            object.__setattr__(self, "target", argv)
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits: expected a Limits, got {self.limits!r}")
         try:
@@ -73,6 +77,10 @@ class ExecutionSpec:
             for key, value in self.env.items():
                 if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
                     raise ValueError(f"env: invalid variable {key!r}={value!r}")
+                if "\0" in key or "\0" in value:
+                    raise ValueError(f"env: {key!r} contains a NUL byte")
+        if self.cwd is not None and "\0" in os.fspath(self.cwd):
+            raise ValueError(f"cwd: contains a NUL byte: {self.cwd!r}")
 
     @property
     def is_command(self) -> bool:

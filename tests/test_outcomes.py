@@ -232,3 +232,37 @@ def test_keyboard_interrupt_cancels_then_propagates(ready_file: str) -> None:
     finally:
         helper.join()
     assert record.outcome is Outcome.CANCELLED
+
+
+def test_a_missing_working_directory_is_the_records_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "not-there"
+    for target in (["true"], th.add):
+        execution = governor.run(target, *(() if isinstance(target, list) else (1, 2)), cwd=str(missing))
+        assert execution.outcome is Outcome.CRASHED
+        assert execution.error is not None and execution.error.type == "SetupFailed"
+        assert f"cannot enter the working directory {str(missing)!r}: No such file or directory" in (
+            execution.error.message
+        )
+
+
+@pytest.mark.parametrize(
+    ("program", "why"),
+    [("/nonexistent/program", "No such file or directory"), ("plain", "Permission denied")],
+)
+def test_a_command_that_cannot_be_executed_says_why(tmp_path: Path, program: str, why: str) -> None:
+    if program == "plain":  # a file without any execute bit: refused even to root
+        program = str(tmp_path / "plain")
+        Path(program).write_text("echo hi\n")
+        os.chmod(program, 0o644)
+    argv = [program]
+    execution = governor.run(argv)
+    assert execution.outcome is Outcome.FAILED
+    assert execution.error is not None and execution.error.type == "ExecFailed"
+    assert f"cannot execute: {argv[0]!r}: {why}" in execution.error.message
+
+
+def test_nul_bytes_are_refused_where_the_call_is_defined() -> None:
+    with pytest.raises(ValueError, match=r"target: argv\[1\] contains a NUL byte"):
+        governor.run(["echo", "a\0b"])
+    with pytest.raises(ValueError, match="env: 'X' contains a NUL byte"):
+        governor.run(["true"], env={"X": "a\0b"})

@@ -148,6 +148,92 @@ def test_each_mistake_names_the_file_the_task_and_the_field(tmp_path: Path, text
     assert message in str(caught.value)
 
 
+HOSTILE = r"""
+[[task]]
+name = "limits"
+command = ["true"]
+[task.limits]
+pids = 99999999999999999
+cpu = 1e9
+cpu_time = 1e300
+open_files = 99999999999999
+memory = 1e30
+timeout = -1
+
+[[task]]
+name = "schedule"
+command = ["true"]
+delay = 1e300
+
+[[task]]
+name = "interval"
+command = ["true"]
+interval = 1e12
+
+[[task]]
+name = "nul-argv"
+command = ["echo", "a\u0000b"]
+
+[[task]]
+name = "nul-env"
+command = ["true"]
+env = { X = "a\u0000b" }
+
+[[task]]
+name = "fine"
+command = ["true"]
+"""
+
+
+def test_every_problem_of_a_file_at_once_each_under_the_key_written(tmp_path: Path) -> None:
+    path = write(tmp_path, HOSTILE)
+    with pytest.raises(TaskFileError) as caught:
+        load_task_file(path)
+    problems = [str(problem) for problem in caught.value.problems]
+    assert problems == [
+        f"{path}: task limits: limits.pids: at most 4194304 (what the kernel accepts here), got 99999999999999999",
+        f"{path}: task limits: limits.cpu: at most 4096 cores, got 1000000000.0",
+        f"{path}: task limits: limits.cpu_time: at most 100 years (3155760000s), got 1e+300",
+        f"{path}: task limits: limits.open_files: at most 1048576 (what the kernel accepts here), got 99999999999999",
+        f"{path}: task limits: limits.memory: at most 1 EiB, got 1e+30",
+        f"{path}: task limits: limits.timeout: must not be negative, got -1",
+        f"{path}: task schedule: delay: at most 100 years (3155760000s), got 1e+300",
+        f"{path}: task interval: interval: at most 100 years (3155760000s), got 1000000000000.0",
+        f"{path}: task nul-argv: command: argv[1] contains a NUL byte: 'a\\x00b'",
+        f"{path}: task nul-env: env.X: a variable name must be non-empty without '=', and neither may hold a NUL byte",
+    ]
+    assert str(caught.value).startswith(f"{path}: 10 problems:\n  {path}: task limits:")
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert str(copy) == str(caught.value) and len(copy.problems) == 10
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ("cpu = 1e9", "limits.cpu: at most 4096 cores"),
+        ("cpu_time = 1e300", "limits.cpu_time: at most 100 years"),
+        ("open_files = 99999999999999", "limits.open_files: at most"),
+        ("memory = 1e30", "limits.memory: at most 1 EiB"),
+        ("timeout = -1", "limits.timeout: must not be negative"),
+        ("processes = 0", "limits.processes: must be greater than zero"),
+        ("timeout = 5\nwall_time = 6", "limits.wall_time: the same limit as 'timeout'"),
+    ],
+)
+def test_limits_are_bounded_by_what_the_kernel_accepts(tmp_path: Path, limit: str, message: str) -> None:
+    path = write(tmp_path, f'[[task]]\nname = "t"\ncommand = ["a"]\n[task.limits]\n{limit}\n')
+    with pytest.raises(TaskFileError) as caught:
+        load_task_file(path)
+    assert f"{path}: task t: {message}" in str(caught.value)
+
+
+def test_a_binary_file_is_named_in_its_error(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")
+    with pytest.raises(TaskFileError) as caught:
+        load_task_file(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 8): is it a TOML task file?"
+
+
 def test_missing_file_and_pickling(tmp_path: Path) -> None:
     with pytest.raises(TaskFileError, match="no such file") as caught:
         load_task_file(tmp_path / "absent.toml")

@@ -11,8 +11,10 @@
     max_retries = 2
 
 Everything is checked when the file is read, every task built once, so an invalid file fails
-fast (naming the file, the task and the field) and starts nothing. The file's directory is
-put on ``sys.path`` so that ``function = "jobs:nightly"`` finds a ``jobs.py`` beside it.
+fast and starts nothing; the error lists every problem of the file at once, each naming the
+file, the task and the key as written there (``limits.timeout``, not an internal field). The
+file's directory is put on ``sys.path`` so that ``function = "jobs:nightly"`` finds a
+``jobs.py`` beside it.
 """
 
 from __future__ import annotations
@@ -40,18 +42,39 @@ _TRIGGER_KEYS = ("cron", "interval", "delay", "event")
 
 
 class TaskFileError(ValueError):
-    """A task file that cannot be served; the message names the file, the task and the field."""
+    """A task file that cannot be served; the message names the file, the task and the field.
 
-    def __init__(self, path: str, message: str, task: str | None = None, field: str | None = None) -> None:
+    One error may hold several problems (``problems``, each a ``TaskFileError`` of its own):
+    its message then lists them all, one per line."""
+
+    def __init__(
+        self,
+        path: str,
+        message: str,
+        task: str | None = None,
+        field: str | None = None,
+        problems: tuple[TaskFileError, ...] = (),
+    ) -> None:
         where = f"{path}: " + (f"task {task}: " if task is not None else "") + (f"{field}: " if field else "")
         super().__init__(where + message)
         self.path = path
         self.task = task
         self.field = field
         self.message = message
+        self.problems = problems or (self,)
+
+    @classmethod
+    def of(cls, path: str, problems: list[TaskFileError]) -> TaskFileError:
+        """One error for every problem found (itself, if there is one)."""
+        flat = tuple(problem for error in problems for problem in error.problems)
+        if len(flat) == 1:
+            return flat[0]
+        listed = "".join(f"\n  {problem}" for problem in flat)
+        return cls(path, f"{len(flat)} problems:{listed}", problems=flat)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.path, self.message, self.task, self.field))
+        problems = () if self.problems == (self,) else self.problems
+        return (type(self), (self.path, self.message, self.task, self.field, problems))
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,8 @@ def load_task_file(path: str | os.PathLike[str]) -> list[TaskDefinition]:
         raise TaskFileError(shown, f"cannot read it: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise TaskFileError(shown, f"not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise TaskFileError(shown, f"not UTF-8 text (byte {error.start}): is it a TOML task file?") from None
     unknown = set(document) - {"task"}
     if unknown:
         raise TaskFileError(
@@ -99,20 +124,30 @@ def load_task_file(path: str | os.PathLike[str]) -> list[TaskDefinition]:
     if directory not in sys.path:
         sys.path.insert(0, directory)  # so that function = "jobs:nightly" finds jobs.py here
     definitions: list[TaskDefinition] = []
+    problems: list[TaskFileError] = []
     seen: set[str] = set()
     for index, table in enumerate(tables, start=1):
         label = f"#{index}"
         if not isinstance(table, dict):
-            raise TaskFileError(shown, "expected a table", label)
+            problems.append(TaskFileError(shown, "expected a table", label))
+            continue
         name = table.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise TaskFileError(shown, f"must be a non-empty string, got {name!r}", label, "name")
+        if not isinstance(name, str) or not name.strip() or "\0" in name:
+            problems.append(TaskFileError(shown, f"must be a non-empty string, got {name!r}", label, "name"))
+            continue
         if name in seen:
-            raise TaskFileError(shown, "a task of this name is defined twice", name, "name")
+            problems.append(TaskFileError(shown, "a task of this name is defined twice", name, "name"))
+            continue
         seen.add(name)
-        _build(shown, name, table)  # checks everything, now
+        try:
+            _build(shown, name, table)  # checks everything, now
+        except TaskFileError as error:
+            problems.append(error)
+            continue
         events = (table["event"],) if isinstance(table.get("event"), str) else ()
         definitions.append(TaskDefinition(name, dict(table), events, shown))
+    if problems:
+        raise TaskFileError.of(shown, problems)
     return definitions
 
 
@@ -120,24 +155,32 @@ def _build(path: str, name: str, table: dict[str, Any]) -> Task:
     def fail(field: str, message: str) -> TaskFileError:
         return TaskFileError(path, message, name, field)
 
-    unknown = sorted(set(table) - _KNOWN)
-    if unknown:
-        raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN))})")
-    target = _target(table, fail)
-    triggers = _triggers(table, fail)
-    limits = _section(table, "limits", Limits.from_mapping, fail)
-    retry = _section(table, "retry", RetryPolicy.from_mapping, fail)
-    env = table.get("env")
-    if env is not None:
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise fail("env", f"expected a table of strings, got {env!r}")
-        env = {**os.environ, **env}  # added to the server's environment, not replacing PATH & co
+    problems: list[TaskFileError] = []
+
+    def check(step: Callable[[], Any]) -> Any:
+        """Run one independent check; keep its problem and go on to the next."""
+        try:
+            return step()
+        except TaskFileError as problem:
+            problems.append(problem)
+            return None
+
+    problems += [
+        fail(key, f"unknown key (known: {', '.join(sorted(_KNOWN))})") for key in sorted(set(table) - _KNOWN)
+    ]
+    target = check(lambda: _target(table, fail))
+    triggers = check(lambda: _triggers(table, fail))
+    limits = check(lambda: _limits(table, fail, problems))
+    retry = check(lambda: _section(table, "retry", RetryPolicy.from_mapping, fail))
+    env = check(lambda: _env(table, fail))
     kwargs = table.get("kwargs", {})
     if not isinstance(kwargs, dict):
-        raise fail("kwargs", f"expected a table, got {kwargs!r}")
+        problems.append(fail("kwargs", f"expected a table, got {kwargs!r}"))
     args = table.get("args", [])
     if not isinstance(args, list):
-        raise fail("args", f"expected a list, got {args!r}")
+        problems.append(fail("args", f"expected a list, got {args!r}"))
+    if problems:
+        raise TaskFileError.of(path, problems)
     options = {
         key: table[key]
         for key in ("description", "priority", "max_instances", "cwd", "enforcement")
@@ -151,9 +194,30 @@ def _build(path: str, name: str, table: dict[str, Any]) -> Task:
     except (ValueError, TypeError) as error:
         text = str(error)
         field, _, message = text.partition(": ")
-        if field in options or field in ("max_instances", "priority", "enforcement", "env", "cwd"):
-            raise fail(field, message) from None
+        key = _KEY_OF.get(field, field)
+        if key == "command" and "function" in table:
+            key = "function"
+        if key in _KNOWN:
+            raise fail(key, message) from None
         raise fail("task", text) from None
+
+
+# Internal field names in errors from Task and ExecutionSpec -> the task-file key they come from.
+_KEY_OF = {"target": "command", "retry_policy": "retry", "args/kwargs": "args"}
+
+
+def _env(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> dict[str, str] | None:
+    env = table.get("env")
+    if env is None:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise fail("env", f"expected a table of strings, got {env!r}")
+    for key, value in env.items():
+        if "\0" in key or "\0" in value or "=" in key or not key:
+            raise fail(
+                f"env.{key}", "a variable name must be non-empty without '=', and neither may hold a NUL byte"
+            )
+    return {**os.environ, **env}  # added to the server's environment, not replacing PATH & co
 
 
 def _target(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> Any:
@@ -211,6 +275,24 @@ def _triggers(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) 
     except (ValueError, TypeError) as error:
         field, _, message = str(error).partition(": ")
         raise fail(field if field in _KNOWN else key, message or str(error)) from None
+
+
+def _limits(
+    table: dict[str, Any], fail: Callable[[str, str], TaskFileError], problems: list[TaskFileError]
+) -> Limits | None:
+    """The ``[task.limits]`` table; each limit is checked on its own, so all their problems show."""
+    section = table.get("limits")
+    if isinstance(section, dict) and len(section) > 1:
+        found = len(problems)
+        for key, value in section.items():
+            try:
+                Limits.from_mapping({key: value}, where="limits")
+            except ValueError as error:
+                field, _, message = str(error).partition(": ")
+                problems.append(fail(field, message))
+        if len(problems) > found:
+            return None
+    return _section(table, "limits", Limits.from_mapping, fail)
 
 
 def _section(
