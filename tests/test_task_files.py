@@ -189,18 +189,19 @@ def test_every_problem_of_a_file_at_once_each_under_the_key_written(tmp_path: Pa
     path = write(tmp_path, HOSTILE)
     with pytest.raises(TaskFileError) as caught:
         load_task_file(path)
-    problems = [str(problem) for problem in caught.value.problems]
+    problems = [str(problem).removeprefix(f"{path}: ") for problem in caught.value.problems]
+    kernel = "(what the kernel accepts here)"
     assert problems == [
-        f"{path}: task limits: limits.pids: at most 4194304 (what the kernel accepts here), got 99999999999999999",
-        f"{path}: task limits: limits.cpu: at most 4096 cores, got 1000000000.0",
-        f"{path}: task limits: limits.cpu_time: at most 100 years (3155760000s), got 1e+300",
-        f"{path}: task limits: limits.open_files: at most 1048576 (what the kernel accepts here), got 99999999999999",
-        f"{path}: task limits: limits.memory: at most 1 EiB, got 1e+30",
-        f"{path}: task limits: limits.timeout: must not be negative, got -1",
-        f"{path}: task schedule: delay: at most 100 years (3155760000s), got 1e+300",
-        f"{path}: task interval: interval: at most 100 years (3155760000s), got 1000000000000.0",
-        f"{path}: task nul-argv: command: argv[1] contains a NUL byte: 'a\\x00b'",
-        f"{path}: task nul-env: env.X: a variable name must be non-empty without '=', and neither may hold a NUL byte",
+        f"task limits: limits.pids: at most 4194304 {kernel}, got 99999999999999999",
+        "task limits: limits.cpu: at most 4096 cores, got 1000000000.0",
+        "task limits: limits.cpu_time: at most 100 years (3155760000s), got 1e+300",
+        f"task limits: limits.open_files: at most 1048576 {kernel}, got 99999999999999",
+        "task limits: limits.memory: at most 1 EiB, got 1e+30",
+        "task limits: limits.timeout: must not be negative, got -1",
+        "task schedule: delay: at most 100 years (3155760000s), got 1e+300",
+        "task interval: interval: at most 100 years (3155760000s), got 1000000000000.0",
+        "task nul-argv: command: argv[1] contains a NUL byte: 'a\\x00b'",
+        "task nul-env: env.X: a variable name must be non-empty without '=', and neither may hold a NUL byte",
     ]
     assert str(caught.value).startswith(f"{path}: 10 problems:\n  {path}: task limits:")
     copy = pickle.loads(pickle.dumps(caught.value))
