@@ -347,6 +347,38 @@ def test_json_logs_for_log_shippers_one_object_per_line(tmp_path: Path, db: Path
         server.stop(signal.SIGKILL)
 
 
+def test_event_payloads_of_any_size_reach_commands_up_to_the_maximum(tmp_path: Path, db: Path) -> None:
+    copy, where = tmp_path / "copy.json", tmp_path / "where"
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "big"
+        command = ["sh", "-c", "cp $GOVERNOR_EVENT_PAYLOAD_FILE {copy}; echo $GOVERNOR_EVENT_PAYLOAD_FILE >{where}"]
+        event = "big"
+        """,
+    )
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"blob": "x" * (1 << 20)}))  # 1 MiB: 8x what the environment takes
+    server = Server(task_file, db, "--max-payload", "2MiB")
+    try:
+        server.wait_for("serving 1 task(s)")
+        fired = governor("fire", "big", "--payload-file", str(payload), db=db)
+        assert fired.returncode == 0, fired.stderr
+        assert "outcome=succeeded" in server.wait_for("task=big")
+        assert json.loads(copy.read_text()) == json.loads(payload.read_text())
+        wait_until(lambda: not Path(where.read_text().strip()).exists(), GUARD)  # removed as the run ended
+        payload.write_text(json.dumps({"blob": "x" * (3 << 20)}))
+        refused = governor("fire", "big", "--payload-file", str(payload), db=db)
+        assert refused.returncode != 0
+        assert "payloads may be at most 2.0 MiB (governor serve --max-payload)" in refused.stderr
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    rows = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
+    assert [row["outcome"] for row in rows] == ["succeeded"]
+
+
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is no database" * 100)

@@ -68,6 +68,12 @@ def add_commands(commands: Any) -> None:
         default="text",
         help="text (one escaped line per record) or json (one object per line, for log shippers)",
     )
+    serve_parser.add_argument(
+        "--max-payload",
+        default="16MiB",
+        metavar="SIZE",
+        help="the largest event payload fire accepts, as JSON (default: 16MiB)",
+    )
     serve_parser.set_defaults(handler=_serve)
 
     status = commands.add_parser("status", help="what a running server is running and queuing")
@@ -105,7 +111,13 @@ def add_commands(commands: Any) -> None:
 
     fire = commands.add_parser("fire", help="fire an event on a running server")
     fire.add_argument("event", metavar="EVENT")
-    fire.add_argument("--payload", metavar="JSON", help="a JSON value handed to the task")
+    given = fire.add_mutually_exclusive_group()
+    given.add_argument("--payload", metavar="JSON", help="a JSON value handed to the task")
+    given.add_argument(
+        "--payload-file",
+        metavar="FILE",
+        help="read the JSON payload from FILE ('-': standard input), any size",
+    )
     fire.add_argument("--db", type=Path, help=db_help)
     fire.set_defaults(handler=_fire)
 
@@ -122,6 +134,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         # Budgets are checked before anything is opened: a typo must not touch the store.
         memory_budget = _budget_option(arguments.memory_budget, "memory_budget", parse_size)
         cpu_budget = _budget_option(arguments.cpu_budget, "cpu_budget", _cores)
+        max_payload = parse_size(arguments.max_payload, field="max_payload")
         return serve(
             arguments.task_file,
             _db(arguments),
@@ -132,6 +145,7 @@ def _serve(arguments: argparse.Namespace) -> int:
             dask=arguments.dask,
             log_level=arguments.log_level,
             log_format=arguments.log_format,
+            max_payload=max_payload,
         )
     except (TaskFileError, ValueError) as error:  # a bad file, or a bad budget
         print(f"governor: {error}", file=sys.stderr)
@@ -206,11 +220,22 @@ def _status(arguments: argparse.Namespace) -> int:
 
 def _fire(arguments: argparse.Namespace) -> int:
     payload = None
-    if arguments.payload is not None:
+    option, text = "--payload", arguments.payload
+    if arguments.payload_file is not None:
+        option = "--payload-file"
         try:
-            payload = json.loads(arguments.payload)
+            if arguments.payload_file == "-":
+                text = sys.stdin.read()
+            else:
+                text = Path(arguments.payload_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"governor: --payload-file: cannot read {arguments.payload_file}: {error}", file=sys.stderr)
+            return EXIT_BAD_TASK_FILE
+    if text is not None:
+        try:
+            payload = json.loads(text)
         except json.JSONDecodeError as error:
-            print(f"governor: --payload: not valid JSON: {error}", file=sys.stderr)
+            print(f"governor: {option}: not valid JSON: {error}", file=sys.stderr)
             return EXIT_BAD_TASK_FILE
     reply = _request(arguments, {"op": "fire", "event": arguments.event, "payload": payload})
     if reply is None:

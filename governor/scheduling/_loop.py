@@ -37,16 +37,16 @@ from typing import Any
 from governor.abc import Backend, Clock, ExecutionListener
 from governor.backends import LocalBackend
 from governor.scheduling._arming import Arming, Fire
+from governor.scheduling._payloads import PayloadFiles
 from governor.scheduling._starts import Starter
 from governor.scheduling._supervision import Supervision
 from governor.scheduling._task import Catalog, Task
 from governor.scheduling._triggers import EventTrigger
 from governor.scheduling._work import Run, Work, describe_queued, describe_running, describe_task
 from policies import NO_FREE_SLOT, UsageEstimator
-from runner import Execution, ExecutionSpec, Outcome, TaskError, new_execution_id
+from runner import Execution, Outcome, TaskError, new_execution_id
 from runner._wire import Wakeup
 
-PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
 STATUS_QUEUED_LIMIT = 1000  # queued runs a status lists (it counts them all)
 _log = logging.getLogger("governor.scheduler")
 _errors = itertools.count(1)
@@ -104,6 +104,7 @@ class Loop:
         self.fire_lateness: deque[float] = deque(maxlen=100_000)
         self.start_lateness: deque[float] = deque(maxlen=100_000)
         self._barriers: list[threading.Event] = []
+        self._payloads = PayloadFiles()
 
     # -- the thread -----------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class Loop:
             for run in [*self._work.drain_queue(), *self._arming.clear()]:
                 _abandon(run)
             self._publish()
+            self._payloads.close()
             try:
                 self.backend.close()
             except Exception:
@@ -249,8 +251,14 @@ class Loop:
     ) -> None:
         if self._stopping or self._tasks.get(task.id or 0) is not task:
             return
-        spec = task.spec if payload is None else _with_payload(task, task.spec, payload)
+        spec = task.spec
+        text = None
+        if payload is not None and spec.is_command:
+            text = json.dumps(payload, default=str)
+        elif payload is not None and task.payload_kwarg is not None:
+            spec = replace(spec, kwargs={**spec.kwargs, task.payload_kwarg: payload})
         run = Run(spec, task.priority, 1, self._clock.now(), task.retry_policy, task.name, task=task)
+        run.payload_text = text
         run.scheduled_for, run.time_fire = scheduled_for, time_fire
         self.queue(run)
 
@@ -318,8 +326,13 @@ class Loop:
         for hook in self._starting_hooks:  # before the child exists: a crash from here on is on record
             self._tell(hook, run.task, run.attempt, run_id, run.queued_at)
         try:
-            handle = self.backend.start(run.spec, need=run.need, priority=run.priority, run_id=run_id)
+            spec = run.spec
+            if run.payload_text is not None:
+                variables = self._payloads.environment(run_id, run.payload_text)
+                spec = replace(spec, env={**(os.environ if spec.env is None else spec.env), **variables})
+            handle = self.backend.start(spec, need=run.need, priority=run.priority, run_id=run_id)
         except Exception as error:  # a broken task never wedges the loop: record why, go on
+            self._payloads.remove(run_id)
             self._work.ended(run)
             self._complete(run, Execution.unstarted(run.spec.limits, error, outcome=Outcome.CRASHED), run_id)
             return
@@ -360,6 +373,7 @@ class Loop:
         if reason is not None and record.outcome is Outcome.CANCELLED and not self._cancel_running:
             record = replace(record, outcome=Outcome.EVICTED, error=TaskError(type="Evicted", message=reason))
         self._ended_cpu += record.usage.cpu_seconds
+        self._payloads.remove(handle.id)
         self._complete(run, record, handle.id)
 
     def _complete(self, run: Run, record: Execution, run_id: str | None) -> None:
@@ -458,13 +472,3 @@ def _abandon(run: Run) -> None:
     """Tell whoever waits for a call that it will not run (again)."""
     if run.owner is not None:
         run.owner.abandon(run.previous)
-
-
-def _with_payload(task: Task, spec: ExecutionSpec, payload: Any) -> ExecutionSpec:
-    if spec.is_command:
-        env = dict(os.environ if spec.env is None else spec.env)
-        env[PAYLOAD_VARIABLE] = json.dumps(payload, default=str)
-        return replace(spec, env=env)
-    if task.payload_kwarg is not None:
-        return replace(spec, kwargs={**spec.kwargs, task.payload_kwarg: payload})
-    return spec

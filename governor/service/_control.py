@@ -69,10 +69,12 @@ class ControlServer:
         *,
         max_request: int = DEFAULT_MAX_REQUEST,
         deadline: float = REQUEST_DEADLINE,
+        too_large: str = "",
     ) -> None:
         self.db = db
         self.path = socket_path(db)
         self.max_request = max_request
+        self.too_large = too_large  # what to add when a request is refused for its size
         self.deadline = deadline
         self._answer = answer
         self._server: socket.socket | None = None
@@ -152,7 +154,12 @@ class ControlServer:
             if uid not in self._allowed:
                 log.warning("refused a control request from uid %d", uid)
                 return {"ok": False, "error": f"uid {uid} may not control this server"}
-            request = json.loads(read_line(connection, self.max_request, time.monotonic() + self.deadline))
+            try:
+                line = read_line(connection, self.max_request, time.monotonic() + self.deadline)
+            except RequestRefused as refusal:
+                _drain(connection, time.monotonic() + self.deadline)  # so the client reads the reply
+                raise RequestRefused(f"{refusal}{self.too_large}") from None
+            request = json.loads(line)
             if not isinstance(request, dict):
                 raise RequestRefused(f"a request is a JSON object, got {type(request).__name__}")
             deadline = request.get("deadline")
@@ -177,7 +184,9 @@ def ask(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str,
         end = time.monotonic() + timeout + REPLY_GRACE
         client.settimeout(timeout + REPLY_GRACE)
         client.connect(str(path))
-        client.sendall(json.dumps({**request, "deadline": time.time() + timeout}).encode() + b"\n")
+        # Refused before it was all sent (too large), the request's reply still says why.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sendall(json.dumps({**request, "deadline": time.time() + timeout}).encode() + b"\n")
         reply = json.loads(read_line(client, 1 << 30, end))
     if not isinstance(reply, dict):
         raise OSError(f"unexpected reply from {path}: {reply!r}")
@@ -202,6 +211,18 @@ def read_line(connection: socket.socket, limit: int, end: float) -> bytes:
         if len(data) > limit:
             raise RequestRefused(f"the message is larger than {limit} bytes")
     return bytes(data)
+
+
+def _drain(connection: socket.socket, end: float) -> None:
+    """Read and drop the rest of the client's request line (until its newline, its EOF or
+    ``end``): a client refused unread still gets to read why (closing on unread data resets
+    the connection)."""
+    with contextlib.suppress(OSError):
+        while (left := end - time.monotonic()) > 0:
+            connection.settimeout(left)
+            chunk = connection.recv(1 << 16)
+            if not chunk or chunk.endswith(b"\n"):
+                return
 
 
 def _send(connection: socket.socket, reply: dict[str, Any]) -> None:

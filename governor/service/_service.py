@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import select
@@ -40,6 +41,7 @@ from policies import format_duration, format_size
 from runner import Execution, Handle, kill_leftovers, sweep_orphan_cgroups
 
 log = logging.getLogger("governor.serve")
+DEFAULT_MAX_PAYLOAD = 16 << 20  # bytes of one event payload, as JSON
 
 
 class StoreRecorder:
@@ -139,8 +141,10 @@ class Service:
         cpu_budget: float | str | None = "auto",
         telemetry: Telemetry | None = None,
         backend: object = "local",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.task_file = task_file
+        self.max_payload = max_payload
         self.store = store
         self.grace = grace
         self.db = db
@@ -157,7 +161,13 @@ class Service:
         self._learn_from_history()
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
-        self.control = ControlServer(db, self.answer)
+        # Room for the largest payload allowed, and the rest of its request.
+        self.control = ControlServer(
+            db,
+            self.answer,
+            max_request=max_payload + (64 << 10),
+            too_large=f"; payloads may be at most {format_size(max_payload)} (governor serve --max-payload)",
+        )
 
     def _learn_from_history(self) -> None:
         """Seed the estimator with what past runs measured, so estimates survive restarts."""
@@ -235,7 +245,15 @@ class Service:
             event = request.get("event")
             if not isinstance(event, str):
                 return {"ok": False, "error": "fire: give an event name"}
-            fired = self.fire(event, request.get("payload"))
+            payload = request.get("payload")
+            size = len(json.dumps(payload))
+            if size > self.max_payload:
+                return {
+                    "ok": False,
+                    "error": f"payload: {format_size(size)}, more than the {format_size(self.max_payload)} "
+                    "this server accepts (governor serve --max-payload); nothing was fired",
+                }
+            fired = self.fire(event, payload)
             if not fired:
                 known = sorted({name for loaded in self._loaded.values() for name in loaded.events})
                 return {
@@ -310,6 +328,7 @@ def serve(
     log_stream: TextIO = sys.stderr,
     log_level: str = "info",
     log_format: str = "text",
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
     memory_budget: int | str | None = "auto",
     cpu_budget: float | str | None = "auto",
     dask: str | None = None,
@@ -320,7 +339,7 @@ def serve(
     Dask cluster, connected before the store is touched."""
     handler = configure(log_stream, log_level, log_format)
     try:
-        return _serve(task_file, db, max_running, grace, memory_budget, cpu_budget, dask)
+        return _serve(task_file, db, max_running, grace, memory_budget, cpu_budget, dask, max_payload)
     finally:
         unconfigure(handler)
 
@@ -333,6 +352,7 @@ def _serve(
     memory_budget: int | str | None,
     cpu_budget: float | str | None,
     dask: str | None,
+    max_payload: int,
 ) -> int:
     definitions = load_task_file(task_file)
     telemetry = Telemetry.from_environment()  # before the store: a typo must not touch it
@@ -358,6 +378,7 @@ def _serve(
                 cpu_budget=cpu_budget,
                 telemetry=telemetry,
                 backend=backend,
+                max_payload=max_payload,
             )
             service.apply(definitions)
             return service.run()
