@@ -354,7 +354,7 @@ def test_event_payloads_of_any_size_reach_commands_up_to_the_maximum(tmp_path: P
         f"""
         [[task]]
         name = "big"
-        command = ["sh", "-c", "cp $GOVERNOR_EVENT_PAYLOAD_FILE {copy}; echo $GOVERNOR_EVENT_PAYLOAD_FILE >{where}"]
+        command = ["sh", "-c", 'f=$GOVERNOR_EVENT_PAYLOAD_FILE; cp $f {copy}; echo $f > {where}']
         event = "big"
         """,
     )
