@@ -379,6 +379,33 @@ def test_event_payloads_of_any_size_reach_commands_up_to_the_maximum(tmp_path: P
     assert [row["outcome"] for row in rows] == ["succeeded"]
 
 
+def test_what_executions_print_is_in_the_store_not_in_the_servers_memory(tmp_path: Path, db: Path) -> None:
+    task_file = write(
+        tmp_path / "tasks.toml",
+        """
+        [[task]]
+        name = "loud"
+        command = ["sh", "-c", "echo hello; echo oops >&2; head -c 50000000 /dev/zero"]
+        event = "go"
+        """,
+    )
+    server = Server(task_file, db)
+    try:
+        server.wait_for("serving 1 task(s)")
+        assert governor("fire", "go", db=db).returncode == 0
+        assert "outcome=succeeded" in server.wait_for("task=loud")
+        status = json.loads(governor("status", "--json", db=db).stdout)
+        assert status["store"]["degraded"] is None
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    (row,) = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
+    shown = governor("output", row["run_id"], db=db)
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("hello\n") and len(shown.stdout) <= (64 << 10) + 100
+    assert shown.stderr == "oops\n"
+
+
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is no database" * 100)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,35 @@ def test_a_writer_killed_before_any_commit_loses_nothing(tmp_path: Path) -> None
         assert {rows[f"s{n}"]["outcome"] for n in range(1, 50, 2)} == {"succeeded"}
         assert len(reopened.in_flight()) == 25  # recovery marks these lost
     assert not os.path.exists(str(db) + ".spool")  # replayed, then emptied and removed at close
+
+
+def test_a_second_store_on_the_database_leaves_the_owners_spool_alone(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    with Store(db, busy_timeout=0.05, batch_interval=0.01) as owner:
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            owner.finished("waiting", "backup", record())
+            wait_until(lambda: owner.health()["degraded"] is not None, GUARD)
+            spooled = Path(str(db) + ".spool").read_bytes()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        with Store(db) as reader:  # governor history, while the server runs
+            assert reader.health()["spooled_bytes"] == 0
+        assert Path(str(db) + ".spool").read_bytes() in (spooled, b"")  # the owner's, or committed
+        owner.flush(timeout=GUARD)
+        assert [row["run_id"] for row in owner.history()] == ["waiting"]
+
+
+def test_what_an_execution_printed_is_kept_in_the_store_bounded(tmp_path: Path) -> None:
+    with Store(tmp_path / "g.db", max_output=10) as store:
+        store.finished("r1", "backup", replace(record(), stdout=b"0123456789abcdef", stderr=b"oops\n"))
+        store.finished("r2", "backup", record())
+        store.flush(timeout=GUARD)
+        assert store.output("r1") == {
+            "stdout": "0123456789\n[... 6 more bytes not kept]\n",
+            "stderr": "oops\n",
+        }
+        assert store.output("r2") == {"stdout": "", "stderr": ""}
+        assert store.output("nobody") is None

@@ -1,4 +1,5 @@
-"""The service's commands: ``governor serve``, ``status``, ``history``, ``report`` and ``fire``.
+"""The service's commands: ``governor serve``, ``status``, ``history``, ``output``, ``report``
+and ``fire``.
 
 ``serve`` runs in the foreground; ``status`` and ``fire`` talk to it over its control socket
 (a unix socket beside the database, owner-only); ``history`` and ``report`` read the database
@@ -87,6 +88,12 @@ def add_commands(commands: Any) -> None:
     history.add_argument("--json", action="store_true", help="JSON Lines, one execution per line")
     history.add_argument("--limit", type=int, metavar="N", help="only the last N executions")
     history.set_defaults(handler=_history)
+
+    output = commands.add_parser("output", help="what one execution printed, as the store kept it")
+    output.add_argument("run_id", metavar="RUN_ID", help="its run id (governor history --json shows them)")
+    output.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")
+    output.add_argument("--db", type=Path, help=db_help)
+    output.set_defaults(handler=_output)
 
     report = commands.add_parser("report", help="per-task figures from the database (table, JSON, CSV, HTML)")
     report.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks (default: every task)")
@@ -281,6 +288,27 @@ def _history(arguments: argparse.Namespace) -> int:
         print(
             f"{ended:<20} {row['task']:<20} {row['attempt']:>3} {outcome:<18} {wall:>8} {peak:>12} {cpu:>8}"
         )
+    return 0
+
+
+def _output(arguments: argparse.Namespace) -> int:
+    db = _existing_db(arguments)
+    if db is None:
+        return EXIT_STORE
+    try:
+        with Store(db) as store:
+            kept = store.output(arguments.run_id)
+    except StoreError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_STORE
+    if kept is None:
+        print(f"governor: no execution {arguments.run_id!r} in {db}", file=sys.stderr)
+        return EXIT_STORE
+    for stream in ("stdout", "stderr"):
+        if arguments.stream in (stream, "both") and kept[stream]:
+            target = sys.stdout if stream == "stdout" else sys.stderr
+            target.write(kept[stream])
+            target.flush()
     return 0
 
 

@@ -6,11 +6,13 @@ import functools
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from governor.scheduling._triggers import OneTimeTrigger, validate_trigger
 from policies import Limits, RetryPolicy
 from runner import Enforcement, Execution, ExecutionSpec
+from runner._spec import DEFAULT_OUTPUT_CAP
 
 # Frozen values every task without its own may share (an idle task costs what it holds).
 _NO_LIMITS = Limits()
@@ -28,8 +30,13 @@ class Task:
     triggers runs only when fired by hand (``Scheduler.fire``). ``max_instances`` bounds how
     many of its executions may run at once (1: never overlaps itself). When an
     ``EventTrigger`` fires with a payload, a callable receives it as the keyword argument
-    named by ``payload_kwarg`` (if set); a command receives it as JSON in the environment
-    variable ``GOVERNOR_EVENT_PAYLOAD``.
+    named by ``payload_kwarg`` (if set); a command receives it as JSON in the file named by
+    ``GOVERNOR_EVENT_PAYLOAD_FILE`` (and inline in ``GOVERNOR_EVENT_PAYLOAD`` while small).
+
+    ``output_cap`` bounds the stdout and stderr captured per execution (bytes each; the
+    runner's default if None); with ``keep_output=False`` the records in ``executions`` drop
+    their captured output (a service whose store keeps it: memory stays flat whatever the
+    task prints).
     """
 
     __slots__ = (
@@ -37,6 +44,7 @@ class Task:
         "description",
         "id",
         "keep_executions",
+        "keep_output",
         "max_instances",
         "name",
         "paused",
@@ -66,6 +74,8 @@ class Task:
         cwd: str | None = None,
         payload_kwarg: str | None = None,
         keep_executions: int = 100,
+        keep_output: bool = True,
+        output_cap: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
@@ -92,7 +102,9 @@ class Task:
             enforcement=enforcement,
             env=env,
             cwd=cwd,
+            output_cap=DEFAULT_OUTPUT_CAP if output_cap is None else output_cap,
         )
+        self.keep_output = bool(keep_output)
         self.triggers = tuple(triggers)
         for trigger in self.triggers:
             validate_trigger(trigger)
@@ -127,6 +139,8 @@ class Task:
         self.runs += 1
         if self._executions is None:
             self._executions = []
+        if not self.keep_output and (execution.stdout is not None or execution.stderr is not None):
+            execution = replace(execution, stdout=None, stderr=None)
         self._executions.append(execution)
         if len(self._executions) > self.keep_executions:
             del self._executions[: len(self._executions) - self.keep_executions]

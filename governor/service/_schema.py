@@ -145,8 +145,19 @@ def _v3(connection: sqlite3.Connection) -> None:
         )
 
 
+def _v4(connection: sqlite3.Connection) -> None:
+    # What executions printed (bounded per stream), kept here rather than in the server's memory.
+    connection.execute(
+        """CREATE TABLE outputs (
+            execution_id INTEGER PRIMARY KEY REFERENCES executions (id) ON DELETE CASCADE,
+            stdout TEXT,
+            stderr TEXT
+        )"""
+    )
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 
 _HELD_BACK = re.compile(r"held back for _Request\(")
 _TASK_NAME = re.compile(r"task=Task\(id=\d+, name=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")

@@ -194,7 +194,10 @@ class Service:
                     changes["changed"].append(name)
                 else:
                     changes["added"].append(name)
-                task = definition.build()
+                # The store keeps what executions print (bounded): the records in memory need not.
+                task = definition.build(
+                    keep_output=False, output_cap=self.store.max_output, keep_executions=10
+                )
                 events = {t.name: t for t in task.triggers if isinstance(t, EventTrigger) and t.name}
                 self.scheduler.add_task(task)
                 self._loaded[name] = _Loaded(definition, task, events)

@@ -9,6 +9,11 @@ open the database replays them, in order, before anything else. Replaying is ide
 writes are upserts keyed by the run id, so a write that was both committed and still spooled
 (a crash between the two) lands once.
 
+One store owns a spool at a time (an exclusive ``flock`` on ``<db>.spool.lock``, held while the
+store is open):
+a second store opened on the same database while the server runs (``governor history``) neither
+replays nor truncates the server's spool, and spools nothing of its own.
+
 Bounded: past ``max_bytes`` a finished execution is spooled without its usage timeline, and
 beyond that a write is kept in memory only (and said so). A line cut short by a crash is
 skipped when read back.
@@ -17,6 +22,7 @@ skipped when read back.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -38,9 +44,28 @@ class Spool:
         self.size = 0
         self.problem: str | None = None  # why the last write could not be spooled
         self._fd: int | None = None
+        self._lock: int | None = None
+        self.owned = self._claim()
+
+    def _claim(self) -> bool:
+        try:
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            self._trouble(f"the spool {self.path} cannot be locked: {error}")
+            return False
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            self.problem = "another store on this database owns the spool"
+            return False
+        self._lock = lock
+        return True
 
     def read(self) -> list[tuple[str, dict[str, Any], bytes]]:
         """What an earlier process left: (op, data, line) of each whole line, in order."""
+        if not self.owned:
+            return []
         try:
             content = self.path.read_bytes()
         except FileNotFoundError:
@@ -60,6 +85,8 @@ class Spool:
         """Append one write; its line, or ``None`` if it could not be spooled (full, or the
         file cannot be written). ``lean``: a smaller form to spool when the full one would
         pass ``max_bytes``."""
+        if not self.owned:
+            return None
         line = _line(op, data)
         if self.size + len(line) > self.max_bytes and lean is not None:
             line = _line(op, lean)
@@ -81,6 +108,8 @@ class Spool:
 
     def keep_only(self, lines: list[bytes]) -> None:
         """Everything else is committed: the spool becomes just ``lines`` (usually none)."""
+        if not self.owned:
+            return
         if not lines:
             if self.size:
                 try:
@@ -93,7 +122,7 @@ class Spool:
         temporary = self.path.with_name(self.path.name + ".new")
         try:
             temporary.write_bytes(b"".join(lines))
-            os.replace(temporary, self.path)
+            os.replace(temporary, self.path)  # atomic: the old file, or just the waiting lines
         except OSError as error:  # the old file still holds these lines, and more: harmless
             log.warning("%s: could not rewrite the spool: %s", self.path, error)
             with contextlib.suppress(OSError):
@@ -104,10 +133,13 @@ class Spool:
 
     def close(self) -> None:
         """Close the file; an empty spool is removed."""
-        if self.size == 0:
+        if self.owned and self.size == 0:
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self._close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _open(self) -> int:
         if self._fd is None:

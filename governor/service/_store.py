@@ -70,6 +70,7 @@ __all__ = ["Store", "StoreCorrupt", "StoreError", "StoreLocked", "StoreTooNew", 
 log = logging.getLogger("governor.store")
 
 _T = TypeVar("_T")
+DEFAULT_MAX_OUTPUT = 64 << 10  # bytes of each stream an execution's row keeps
 
 
 def default_db_path() -> Path:
@@ -165,12 +166,14 @@ class Store:
         busy_timeout: float = 5.0,
         batch_interval: float = 0.2,
         max_spool_bytes: int = DEFAULT_MAX_BYTES,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         if not (isinstance(busy_timeout, int | float) and busy_timeout >= 0):
             raise ValueError(f"busy_timeout: must be seconds >= 0, got {busy_timeout!r}")
         if not (isinstance(batch_interval, int | float) and batch_interval >= 0):
             raise ValueError(f"batch_interval: must be seconds >= 0, got {batch_interval!r}")
         self.path = Path(path)
+        self.max_output = max_output
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -272,8 +275,14 @@ class Store:
         was never called (an execution that could not start)."""
         row = finished_row(run_id, task, record)
         timeline = [[s.seconds, s.memory_bytes, s.cpu_seconds, s.processes] for s in record.usage.timeline]
-        request = _Request(f"finished {run_id}", "finished", {"row": row, "timeline": timeline})
-        request.lean = {"row": row, "timeline": []}
+        output = {
+            stream: _text(captured, self.max_output)
+            for stream, captured in (("stdout", record.stdout), ("stderr", record.stderr))
+            if captured
+        }
+        data = {"row": row, "timeline": timeline, "output": output}
+        request = _Request(f"finished {run_id}", "finished", data)
+        request.lean = {"row": row, "timeline": [], "output": {}}
         self._writer.submit(request)
 
     def save_tasks(self, definitions: Iterable[tuple[str, dict[str, Any], str]]) -> None:
@@ -379,6 +388,20 @@ class Store:
 
         return self._read(query)
 
+    def output(self, run_id: str) -> dict[str, str] | None:
+        """What an execution printed, as far as it was kept: ``stdout`` and ``stderr`` (text,
+        at most ``max_output`` bytes each); ``None`` for an unknown run."""
+
+        def query(db: sqlite3.Connection) -> dict[str, str] | None:
+            sql = (
+                "SELECT o.stdout, o.stderr FROM executions e LEFT JOIN outputs o ON o.execution_id = e.id"
+                " WHERE e.run_id = ?"
+            )
+            found = db.execute(sql, (run_id,)).fetchone()
+            return None if found is None else {"stdout": found[0] or "", "stderr": found[1] or ""}
+
+        return self._read(query)
+
     def timeline(self, run_id: str) -> list[dict[str, Any]]:
         """The usage samples of one execution, in order (empty if unknown or none)."""
 
@@ -432,6 +455,13 @@ class Store:
 
 
 # ------------------------------------------------------------------------------- opening the file
+
+
+def _text(captured: bytes, limit: int) -> str:
+    """Captured output as text for the store: its first ``limit`` bytes, and what was cut."""
+    kept = captured[:limit].decode("utf-8", "replace")
+    cut = len(captured) - limit
+    return kept + (f"\n[... {cut} more bytes not kept]\n" if cut > 0 else "")
 
 
 def _read_only(directory: Path) -> bool:
@@ -798,6 +828,13 @@ def _upsert_finished(db: sqlite3.Connection, data: dict[str, Any]) -> None:
         " VALUES (?, ?, ?, ?, ?)",
         [(execution_id, *sample) for sample in timeline],
     )
+    output = data.get("output") or {}
+    db.execute("DELETE FROM outputs WHERE execution_id = ?", (execution_id,))
+    if output:
+        db.execute(
+            "INSERT INTO outputs (execution_id, stdout, stderr) VALUES (?, ?, ?)",
+            (execution_id, output.get("stdout"), output.get("stderr")),
+        )
 
 
 def _upsert_tasks(db: sqlite3.Connection, data: dict[str, Any]) -> None:

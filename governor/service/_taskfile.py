@@ -92,9 +92,10 @@ class TaskDefinition:
         canonical = json.dumps(self.source, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def build(self) -> Task:
-        """A new ``Task`` for this definition."""
-        return _build(self.path, self.name, self.source)
+    def build(self, **settings: Any) -> Task:
+        """A new ``Task`` for this definition; ``settings`` are ``Task`` options the file does
+        not set (``keep_output``, ``output_cap``, ``keep_executions``)."""
+        return _build(self.path, self.name, self.source, settings)
 
 
 def load_task_file(path: str | os.PathLike[str]) -> list[TaskDefinition]:
@@ -151,7 +152,7 @@ def load_task_file(path: str | os.PathLike[str]) -> list[TaskDefinition]:
     return definitions
 
 
-def _build(path: str, name: str, table: dict[str, Any]) -> Task:
+def _build(path: str, name: str, table: dict[str, Any], settings: dict[str, Any] | None = None) -> Task:
     def fail(field: str, message: str) -> TaskFileError:
         return TaskFileError(path, message, name, field)
 
@@ -190,6 +191,7 @@ def _build(path: str, name: str, table: dict[str, Any]) -> Task:
         return Task(
             name, target, args=args, kwargs=kwargs, triggers=triggers, retry_policy=retry, limits=limits,
             env=env, payload_kwarg="payload" if "function" in table and "event" in table else None, **options,
+            **(settings or {}),
         )  # fmt: skip
     except (ValueError, TypeError) as error:
         text = str(error)
