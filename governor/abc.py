@@ -97,8 +97,9 @@ class ExecutionListener(Protocol):
     execution id, also the name of its cgroups.
     """
 
-    # Optional: ``execution_starting(task, attempt, run_id, queued_at)``, told just before the
-    # child of ``run_id`` is asked for (a store records it, so a crash from then on is on record).
+    # Optional: ``execution_starting(task, attempt, run_id, queued_at, cause)``, told just before
+    # the child of ``run_id`` is asked for (a store records it, so a crash from then on is on
+    # record); ``cause`` is the name its event was fired with (``EventTrigger.fire(cause=)``).
 
     def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         """A child has started."""

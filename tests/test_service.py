@@ -406,6 +406,47 @@ def test_what_executions_print_is_in_the_store_not_in_the_servers_memory(tmp_pat
     assert shown.stderr == "oops\n"
 
 
+def test_fires_accepted_but_not_started_run_after_a_crash(tmp_path: Path, db: Path) -> None:
+    notes, ready = tmp_path / "notes", tmp_path / "ready"
+    task_file = write(
+        tmp_path / "tasks.toml",
+        f"""
+        [[task]]
+        name = "hold"
+        command = ["sh", "-c", "touch {ready}; exec sleep 1000"]
+        event = "hold"
+
+        [[task]]
+        name = "note"
+        command = ["sh", "-c", 'cat "$GOVERNOR_EVENT_PAYLOAD_FILE" >> {notes}; echo >> {notes}']
+        event = "note"
+        """,
+    )
+    server = Server(task_file, db, "--max-running", "1")
+    try:
+        server.wait_for("serving 2 task(s)")
+        assert governor("fire", "hold", db=db).returncode == 0
+        wait_until(ready.exists, GUARD)  # the one slot is taken: the notes wait in the queue
+        for n in (1, 2, 3):
+            assert governor("fire", "note", "--payload", str(n), db=db).returncode == 0
+        server.stop(signal.SIGKILL)
+        assert not notes.exists()
+        server = Server(task_file, db, "--max-running", "1")
+        for _ in range(3):
+            assert "task=note" in server.wait_for("fired again")
+        wait_until(lambda: notes.exists() and notes.read_text().split() == ["1", "2", "3"], GUARD)
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    rows = [json.loads(line) for line in governor("history", "--json", db=db).stdout.splitlines()]
+    assert sorted((row["task"], row["outcome"]) for row in rows) == [
+        ("hold", "lost"),
+        ("note", "succeeded"),
+        ("note", "succeeded"),
+        ("note", "succeeded"),
+    ]
+
+
 def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is no database" * 100)

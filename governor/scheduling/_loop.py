@@ -238,14 +238,15 @@ class Loop:
             return
         for trigger in task.triggers:
             if isinstance(trigger, EventTrigger):
-                for payload in trigger.drain():
-                    self.enqueue_task_run(task, payload=payload)
+                for payload, cause in trigger.take():
+                    self.enqueue_task_run(task, payload=payload, cause=cause)
 
     def enqueue_task_run(
         self,
         task: Task,
         *,
         payload: Any = None,
+        cause: str | None = None,
         scheduled_for: datetime | None = None,
         time_fire: bool = False,
     ) -> None:
@@ -258,7 +259,7 @@ class Loop:
         elif payload is not None and task.payload_kwarg is not None:
             spec = replace(spec, kwargs={**spec.kwargs, task.payload_kwarg: payload})
         run = Run(spec, task.priority, 1, self._clock.now(), task.retry_policy, task.name, task=task)
-        run.payload_text = text
+        run.payload_text, run.cause = text, cause
         run.scheduled_for, run.time_fire = scheduled_for, time_fire
         self.queue(run)
 
@@ -324,7 +325,7 @@ class Loop:
         run.started_mono = time.monotonic()
         run_id = new_execution_id()
         for hook in self._starting_hooks:  # before the child exists: a crash from here on is on record
-            self._tell(hook, run.task, run.attempt, run_id, run.queued_at)
+            self._tell(hook, run.task, run.attempt, run_id, run.queued_at, run.cause)
         try:
             spec = run.spec
             if run.payload_text is not None:

@@ -244,10 +244,11 @@ class EventTrigger:
         self._pending: deque[Any] = deque()
         self._listener: Callable[[], None] | None = None
 
-    def fire(self, payload: Any = None) -> None:
-        """Queue one event carrying ``payload`` and tell the listener, if one is attached."""
+    def fire(self, payload: Any = None, *, cause: str | None = None) -> None:
+        """Queue one event carrying ``payload`` and tell the listener, if one is attached.
+        ``cause`` names the fire for the runs it queues (a service's durable fire id)."""
         with self._lock:
-            self._pending.append(payload)
+            self._pending.append((payload, cause))
             listener = self._listener
         # Outside the lock: the listener may take the scheduler's own locks.
         if listener is not None:
@@ -255,10 +256,14 @@ class EventTrigger:
 
     def drain(self) -> list[Any]:
         """Take all pending payloads, oldest first."""
+        return [payload for payload, _cause in self.take()]
+
+    def take(self) -> list[tuple[Any, str | None]]:
+        """Take all pending (payload, cause) pairs, oldest first."""
         with self._lock:
-            payloads = list(self._pending)
+            pending = list(self._pending)
             self._pending.clear()
-        return payloads
+        return pending
 
     def pending(self) -> int:
         """How many events wait to be drained."""

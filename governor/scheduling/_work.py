@@ -72,6 +72,7 @@ class Run:
     started_mono: float | None = None
     previous: Execution | None = None  # a retry's failed attempt, to settle its owner with
     payload_text: str | None = None  # a command's event payload, as JSON (written as it starts)
+    cause: str | None = None  # the fire that queued it, if it was named (a service's fire id)
     evictions: int = 0  # times the governor stopped this run to keep within the memory budget
     queued_mono: float = field(default_factory=time.monotonic)
     handle: Handle | None = None  # while running

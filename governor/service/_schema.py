@@ -156,8 +156,22 @@ def _v4(connection: sqlite3.Connection) -> None:
     )
 
 
+def _v5(connection: sqlite3.Connection) -> None:
+    # Fires accepted but not yet started: a server that dies before it starts them fires them
+    # again when it comes back, so an accepted fire is never silently lost.
+    connection.execute(
+        """CREATE TABLE fires (
+            fire_id TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,       -- JSON
+            fired_at TEXT NOT NULL
+        )"""
+    )
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 
 _HELD_BACK = re.compile(r"held back for _Request\(")
 _TASK_NAME = re.compile(r"task=Task\(id=\d+, name=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")

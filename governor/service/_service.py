@@ -38,7 +38,7 @@ from governor.service._log import configure, unconfigure
 from governor.service._store import Store
 from governor.service._taskfile import TaskDefinition, load_task_file
 from policies import format_duration, format_size
-from runner import Execution, Handle, kill_leftovers, sweep_orphan_cgroups
+from runner import Execution, Handle, kill_leftovers, new_execution_id, sweep_orphan_cgroups
 
 log = logging.getLogger("governor.serve")
 DEFAULT_MAX_PAYLOAD = 16 << 20  # bytes of one event payload, as JSON
@@ -50,8 +50,10 @@ class StoreRecorder:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def execution_starting(self, task: Task | None, attempt: int, run_id: str, queued_at: datetime) -> None:
-        self._store.starting(run_id, task.name if task else "", attempt, queued_at, datetime.now(UTC))
+    def execution_starting(
+        self, task: Task | None, attempt: int, run_id: str, queued_at: datetime, cause: str | None
+    ) -> None:
+        self._store.starting(run_id, task.name if task else "", attempt, queued_at, datetime.now(UTC), cause)
 
     def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         self._store.started(
@@ -223,12 +225,35 @@ class Service:
         log.info("reloaded %s: %s", self.task_file, summary or "no changes")
 
     def fire(self, event: str, payload: Any = None) -> int:
-        """Fire every task listening to ``event``; returns how many."""
+        """Fire every task listening to ``event``; returns how many. Each fire is on record
+        (spooled) before it is queued: if this server dies before the run starts, the next
+        one fires it again (``refire_pending``)."""
         with self._lock:
-            triggers = [loaded.events[event] for loaded in self._loaded.values() if event in loaded.events]
-        for trigger in triggers:
-            trigger.fire(payload)
-        return len(triggers)
+            listening = [
+                (name, loaded.events[event])
+                for name, loaded in self._loaded.items()
+                if event in loaded.events
+            ]
+        for name, trigger in listening:
+            cause = f"fire-{new_execution_id()}"
+            self.store.fired(cause, name, event, payload)
+            trigger.fire(payload, cause=cause)
+        return len(listening)
+
+    def refire_pending(self) -> None:
+        """Fires an earlier server accepted and never started: fired again, once each."""
+        for fire in self.store.pending_fires():
+            loaded = self._loaded.get(fire["task"])
+            trigger = loaded.events.get(fire["event"]) if loaded is not None else None
+            fields = {"task": fire["task"], "event": fire["event"], "fired_at": fire["fired_at"]}
+            if trigger is None:
+                log.warning("dropped a fire its task no longer listens to", extra={"fields": fields})
+                self.store.forget_fire(fire["fire_id"])
+                continue
+            log.warning(
+                "fired again: accepted before the last server died, never started", extra={"fields": fields}
+            )
+            trigger.fire(fire["payload"], cause=fire["fire_id"])
 
     # -- control requests -----------------------------------------------------------------
 
@@ -384,6 +409,7 @@ def _serve(
                 max_payload=max_payload,
             )
             service.apply(definitions)
+            service.refire_pending()
             return service.run()
         finally:
             store.close()

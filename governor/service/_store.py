@@ -222,12 +222,45 @@ class Store:
 
     # -- writes (queued) ------------------------------------------------------------------------
 
+    def fired(self, fire_id: str, task: str, event: str, payload: Any) -> None:
+        """Record a fire accepted for ``task`` (spooled before this returns): until an execution
+        starts for it (``starting(cause=fire_id)``), ``pending_fires()`` lists it."""
+        row = {
+            "fire_id": fire_id,
+            "task": task,
+            "event": event,
+            "payload": json.dumps(payload),
+            "fired_at": timestamp(datetime.now(UTC), "now"),
+        }
+        self._writer.submit(_Request(f"fire {fire_id}", "fired", row))
+
+    def forget_fire(self, fire_id: str) -> None:
+        """A pending fire that will never start (its task is gone)."""
+        self._writer.submit(_Request(f"forget fire {fire_id}", "unfired", {"fire_id": fire_id}))
+
+    def pending_fires(self) -> list[dict[str, Any]]:
+        """Fires accepted and never started, oldest first: ``fire_id``, ``task``, ``event``,
+        ``payload`` (decoded), ``fired_at``."""
+        sql = "SELECT fire_id, task, event, payload, fired_at FROM fires ORDER BY fired_at, rowid"
+        return self._read(
+            lambda db: [
+                {**dict(row), "payload": json.loads(row["payload"]), "fired_at": iso(row["fired_at"])}
+                for row in db.execute(sql)
+            ]
+        )
+
     def starting(
-        self, run_id: str, task: str, attempt: int, queued_at: datetime | None, started_at: datetime
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        queued_at: datetime | None,
+        started_at: datetime,
+        cause: str | None = None,
     ) -> None:
         """Record an execution about to start, before its child can do anything: a crash from
         here on leaves it in history (``lost``, if nothing more is learned). Spooled on disk
-        before this returns."""
+        before this returns. ``cause``: the fire it answers, no longer pending."""
         row = started_row(
             run_id=run_id,
             task=task,
@@ -239,6 +272,7 @@ class Store:
             cgroups=[],
             limits={},
         )
+        row["cause"] = cause
         self._writer.submit(_Request(f"starting {run_id}", "starting", row))
 
     def started(
@@ -792,6 +826,20 @@ _INSERT_STARTED = (
 
 def _insert_starting(db: sqlite3.Connection, row: dict[str, Any]) -> None:
     db.execute(_INSERT_STARTED + " ON CONFLICT (run_id) DO NOTHING", row)
+    if row.get("cause"):
+        db.execute("DELETE FROM fires WHERE fire_id = ?", (row["cause"],))
+
+
+def _insert_fired(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO fires (fire_id, task, event, payload, fired_at)"
+        " VALUES (:fire_id, :task, :event, :payload, :fired_at) ON CONFLICT (fire_id) DO NOTHING",
+        row,
+    )
+
+
+def _delete_fired(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    db.execute("DELETE FROM fires WHERE fire_id = :fire_id", row)
 
 
 def _insert_started(db: sqlite3.Connection, row: dict[str, Any]) -> None:
@@ -860,6 +908,8 @@ def _mark_lost(db: sqlite3.Connection, data: dict[str, Any]) -> None:
 
 
 _APPLY: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], None]] = {
+    "fired": _insert_fired,
+    "unfired": _delete_fired,
     "starting": _insert_starting,
     "started": _insert_started,
     "finished": _upsert_finished,
