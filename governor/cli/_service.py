@@ -12,9 +12,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from governor.service._control import ask, socket_path
 from governor.service._log import FORMATS, LEVELS
@@ -29,6 +30,9 @@ EXIT_NO_SERVER = 3
 EXIT_MISSING_DEPENDENCY = 4  # an optional extra (e.g. plotly for ``report --format html``) is not installed
 
 REPORT_HTML_DEFAULT = "governor-report.html"
+
+
+T = TypeVar("T")
 
 
 def add_commands(commands: Any) -> None:
@@ -263,16 +267,24 @@ def _existing_db(arguments: argparse.Namespace) -> Path | None:
     return None
 
 
-def _history(arguments: argparse.Namespace) -> int:
+def _read_store(arguments: argparse.Namespace, read: Callable[[Store], T]) -> tuple[Path, T] | None:
+    """What ``read`` finds in the database (it must exist); None, and why on stderr, if not."""
     db = _existing_db(arguments)
     if db is None:
-        return EXIT_STORE
+        return None
     try:
         with Store(db) as store:
-            rows = store.history(arguments.task, limit=arguments.limit)
+            return db, read(store)
     except StoreError as error:
         print(f"governor: {error}", file=sys.stderr)
+        return None
+
+
+def _history(arguments: argparse.Namespace) -> int:
+    found = _read_store(arguments, lambda store: store.history(arguments.task, limit=arguments.limit))
+    if found is None:
         return EXIT_STORE
+    _, rows = found
     if arguments.json:
         for row in rows:
             print(json.dumps(row, default=str))
@@ -292,15 +304,10 @@ def _history(arguments: argparse.Namespace) -> int:
 
 
 def _output(arguments: argparse.Namespace) -> int:
-    db = _existing_db(arguments)
-    if db is None:
+    found = _read_store(arguments, lambda store: store.output(arguments.run_id))
+    if found is None:
         return EXIT_STORE
-    try:
-        with Store(db) as store:
-            kept = store.output(arguments.run_id)
-    except StoreError as error:
-        print(f"governor: {error}", file=sys.stderr)
-        return EXIT_STORE
+    db, kept = found
     if kept is None:
         print(f"governor: no execution {arguments.run_id!r} in {db}", file=sys.stderr)
         return EXIT_STORE
