@@ -35,7 +35,7 @@ from governor.scheduling._triggers import EventTrigger
 from governor.service._control import ControlServer
 from governor.service._estimates import learn_from_history
 from governor.service._log import configure, unconfigure
-from governor.service._store import Store
+from governor.service._store import Store, StoreError
 from governor.service._taskfile import TaskDefinition, load_task_file
 from policies import format_duration, format_size
 from runner import Execution, Handle, kill_leftovers, new_execution_id, sweep_orphan_cgroups
@@ -337,8 +337,11 @@ class Service:
 def _claim(db: Path) -> int:
     """Hold an exclusive lock beside the database for the server's lifetime: recovery marks
     whatever is in flight as lost, which is right only if no other server is running it."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:  # a read-only or foreign directory: say so, not a traceback
+        raise StoreError(db, f"could not open {db}: {error.strerror} ({error.filename})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
