@@ -76,8 +76,9 @@ def test_timeline_is_sampled_at_the_interval() -> None:
 @pytest.mark.parametrize("mode", [m for m in pytest.importorskip("conftest").MODES if m.id != "rlimit"])
 def test_busy_loops_capped_at_half_a_core(mode: Enforcement) -> None:
     """Two busy processes want two cores; the cap holds them to half of one. Proven by what the
-    mechanism itself reports (the cgroup's throttled time, the duty cycle's stops) and by an
-    upper bound: a busy host may give them less than their cap, never more."""
+    mechanism itself reports (the cgroup's throttled time, the duty cycle's stops: it acted)
+    and by an upper bound: a busy host may give them less than their cap, never more. How much
+    it throttled depends on how much CPU the host had to give, so it bounds nothing."""
     spin = "import os, time\nos.fork()\nend = time.monotonic() + 2\nwhile time.monotonic() < end: pass"
     record = governor.run(
         [sys.executable, "-c", spin], limits=Limits(cpu_rate=0.5), enforcement=mode, sample_interval=0.1
@@ -86,7 +87,7 @@ def test_busy_loops_capped_at_half_a_core(mode: Enforcement) -> None:
     usage = record.usage
     rate = usage.cpu_seconds / usage.wall_seconds
     assert rate <= 0.6, f"measured {rate:.3f} cores"
-    assert usage.cpu_throttled_seconds >= 0.25 * usage.wall_seconds, usage
+    assert usage.cpu_throttled_seconds > 0, usage
 
 
 def _tree_script(pidfile_dir: Path) -> list[str]:
