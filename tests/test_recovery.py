@@ -7,10 +7,9 @@ import os
 import secrets
 import subprocess
 
-import pytest
 from conftest import cgroup_mode_or_skip
 
-from runner import kill_leftovers, run, sweep_orphan_cgroups
+from runner import _cgroup_v2, kill_leftovers, run, sweep_orphan_cgroups
 from runner._cgroup_v1 import parent_dir
 from runner._owners import forget_owner, owner_is_dead, owner_token, registry, token_of
 from runner._tree import COOKIE_VARIABLE
@@ -56,15 +55,24 @@ def _registered_owner(*, alive: bool) -> tuple[str, int | None]:
     return token, None
 
 
+def _execution_parent() -> str:
+    """Where this process's executions' cgroups go: the v1 memory hierarchy's, or v2's."""
+    if str(cgroup_mode_or_skip()) == "cgroup1":
+        return parent_dir("memory")
+    mount = _cgroup_v2.mount_point()
+    assert mount is not None
+    parent = _cgroup_v2.parent_dir(mount, _cgroup_v2.own_path())
+    os.makedirs(parent, exist_ok=True)
+    return parent
+
+
 def test_cgroups_of_a_dead_supervisor_are_swept_and_no_others() -> None:
-    if str(cgroup_mode_or_skip()) != "cgroup1":
-        pytest.skip("the sweep test builds v1 cgroups by hand")
     dead, _ = _registered_owner(alive=False)
     # A live governor in another pid namespace: its pid means nothing here (it is dead in ours).
     living, lock = _registered_owner(alive=True)
     unknown = secrets.token_hex(8)  # a governor with another registry: nothing proves it dead
     paths = {
-        owner: os.path.join(parent_dir("memory"), f"{_dead_pid()}-1-{owner}")
+        owner: os.path.join(_execution_parent(), f"{_dead_pid()}-1-{owner}")
         for owner in (dead, living, unknown)
     }
     strays = {owner: subprocess.Popen(["sleep", "60"]) for owner in paths}
