@@ -156,3 +156,16 @@ def test_what_an_execution_printed_is_kept_in_the_store_bounded(tmp_path: Path) 
         }
         assert store.output("r2") == {"stdout": "", "stderr": ""}
         assert store.output("nobody") is None
+
+
+def test_a_spool_cut_short_by_a_crash_replays_every_whole_line(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    with Store(db) as store:  # a database of ours, then a spool as a crash mid-write leaves it
+        store.flush(timeout=GUARD)
+    whole = '{"op":"starting","data":{"run_id":"r1","task":"t","attempt":1,"queued_at":null,'
+    whole += '"started_at":"2026-12-01T00:00:00.000000+00:00","pid":null,"pid_start_ticks":null,'
+    whole += '"cgroups":"[]","limits":"{}","cause":null}}\n'
+    Path(str(db) + ".spool").write_text(whole + whole.replace('"r1"', '"r2"')[:40])
+    with Store(db) as reopened:
+        assert [row["run_id"] for row in reopened.in_flight()] == ["r1"]
+    assert not Path(str(db) + ".spool").exists()
