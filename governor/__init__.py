@@ -32,7 +32,7 @@ from governor.scheduling import (
     SystemClock,
     Task,
 )
-from policies import Limits, RetryPolicy, format_duration, format_size, parse_duration, parse_size
+from policies import Limits, RetryPolicy, Sandbox, format_duration, format_size, parse_duration, parse_size
 from runner import (
     Enforcement,
     EnforcementUnavailable,
@@ -69,6 +69,7 @@ __all__ = [
     "RemoteTraceback",
     "RetryPolicy",
     "Sample",
+    "Sandbox",
     "Scheduler",
     "SystemClock",
     "Task",

@@ -22,6 +22,7 @@ from policies._limits import Limits
 from policies._pressure import Pressure, PressureGate
 from policies._priority import ReadyQueue
 from policies._retry import RetryPolicy
+from policies._sandbox import Sandbox
 from policies._units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "RetryPolicy",
     "RunningUsage",
     "RunningWork",
+    "Sandbox",
     "UsageEstimator",
     "bounded_reason",
     "choose_evictions",

@@ -46,7 +46,7 @@ EXIT_EXEC_FAILED = 126
 class ChildSpec:
     """What the zygote's child needs to know; pickled into each fork request (kept small)."""
 
-    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "imports", "payload", "rlimits")
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "imports", "payload", "rlimits", "sandbox")
 
     def __init__(
         self,
@@ -58,6 +58,7 @@ class ChildSpec:
         rlimits: list[tuple[int, int, int]],
         cgroup_procs: list[str],
         imports: tuple[str, ...] = (),
+        sandbox: dict[str, int | bool] | None = None,
     ) -> None:
         self.argv = argv
         self.payload = payload
@@ -66,6 +67,7 @@ class ChildSpec:
         self.rlimits = rlimits
         self.cgroup_procs = cgroup_procs
         self.imports = imports  # modules unpickling the payload needs: the zygote loads them once
+        self.sandbox = sandbox  # {"uid", "gid", "network"}: who it runs as, and in what namespaces
 
     def __getstate__(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -108,6 +110,8 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
     # subprocess does, so that a file_size limit ends a task the way it would any program.
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _SIG_DFL)
+    if spec.sandbox is not None:  # while still root: namespaces need it
+        _enter_namespaces(bool(spec.sandbox["network"]))
     _arrange_fds([*stdio, result[0]])
     result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
@@ -115,6 +119,8 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
             resource.setrlimit(which, (soft, hard))
         except (OSError, ValueError) as error:
             raise SetupError(f"the kernel refused rlimit {which} = ({soft}, {hard}): {error}") from None
+    if spec.sandbox is not None:  # last: after it, nothing of root's is left to do anything with
+        _drop_privileges(int(spec.sandbox["uid"]), int(spec.sandbox["gid"]))
     if spec.cwd is not None:
         try:
             os.chdir(spec.cwd)
@@ -124,6 +130,62 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
 
 class SetupError(Exception):
     """Why the child could not be set up, in words for the execution record."""
+
+
+CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS = 0x40000000, 0x08000000, 0x04000000
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
+
+
+def _enter_namespaces(network: bool) -> None:
+    """Own IPC and UTS namespaces, and (without ``network``) a network namespace whose only
+    interface is loopback, brought up."""
+    flags = CLONE_NEWIPC | CLONE_NEWUTS | (0 if network else CLONE_NEWNET)
+    _libc_call("unshare", flags, what="enter its own namespaces")
+    name = b"sandbox"
+    _libc_call("sethostname", name, len(name), what="name its UTS namespace")
+    if not network:
+        import socket
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                fcntl.ioctl(probe, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", _IFF_UP_LOOPBACK_RUNNING))
+            except OSError as error:
+                raise SetupError(
+                    f"sandbox: cannot bring up loopback in its network namespace: {error}"
+                ) from None
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``:``gid`` with no supplementary groups, no capabilities (bounding set
+    included) and no way to gain any (``no_new_privs``: setuid binaries do nothing)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as last:
+            last_cap = int(last.read())
+    except OSError:
+        last_cap = 63
+    for cap in range(last_cap + 1):
+        _libc_call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
+    try:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as error:
+        raise SetupError(f"sandbox: cannot become uid {uid}, gid {gid}: {error.strerror}") from None
+    _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="set no_new_privs")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps of what it read
+
+
+def _libc_call(name: str, *args: object, what: str) -> None:
+    import ctypes
+
+    if _libc is None:
+        preload()
+    if getattr(_libc, name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise SetupError(f"sandbox: cannot {what}: {os.strerror(errno)} (errno {errno})")
 
 
 def _arrange_fds(sources: list[int]) -> None:

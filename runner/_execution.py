@@ -29,6 +29,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from policies import Sandbox
 from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
@@ -41,6 +42,7 @@ from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
 from runner._payload import pickle_call
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
+from runner._sandboxing import Prepared, SandboxUnavailable, prepare
 from runner._spec import ExecutionSpec
 from runner._throttle import DutyCycle
 from runner._tree import COOKIE_VARIABLE, ProcessTree
@@ -110,11 +112,19 @@ class ExecutionHandle:
         self._release_by = 0.0
         self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
         self._spawn_by = self._t0 + SPAWN_GIVE_UP
+        self._sandbox: Prepared | None = None
         try:
             payload, imports = self._payload()
         except Exception as error:
             self._finish_early(error, "the call could not be pickled")
             return
+        if isinstance(spec.sandbox, Sandbox):  # coerced when the spec was built
+            try:
+                self._sandbox = prepare(spec.sandbox, os.environ if spec.env is None else spec.env)
+            except SandboxUnavailable as error:  # asked for and not possible: never run unconfined
+                self.execution = Execution.unstarted(spec.limits, error, outcome=Outcome.CRASHED)
+                self.phase = Phase.FINISHED
+                return
         self._confinement = self._confine()
         try:
             self._spawn(payload, imports)
@@ -141,13 +151,17 @@ class ExecutionHandle:
     def _spawn(self, payload: bytes | None, imports: tuple[str, ...]) -> None:
         spec = self.spec
         assert self._confinement is not None
+        sandbox = self._sandbox
+        if sandbox is not None and not spec.is_command:
+            self._notes.extend(sandbox.notes)
         child = ChildSpec(
             argv=spec.target if spec.is_command else None,  # type: ignore[arg-type]
             payload=payload,
-            cwd=spec.cwd,
+            cwd=spec.cwd or (sandbox.workdir if sandbox is not None else None),
             rlimits=self._plan.rlimits,
             cgroup_procs=self._confinement.procs_files(),
             imports=imports,
+            sandbox=sandbox.child_settings() if sandbox is not None else None,
         )
         result_r, result_w = os.pipe2(os.O_CLOEXEC)
         self._fds[result_r] = "result"
@@ -169,7 +183,7 @@ class ExecutionHandle:
                 child,
                 result_w,
                 (stdio[0], stdio[1], stdio[2]),
-                env=spec.env,
+                env=sandbox.env if sandbox is not None else spec.env,
                 extra_env={COOKIE_VARIABLE: self.id},
             )
         finally:
@@ -219,7 +233,7 @@ class ExecutionHandle:
         self._remove_confinement()
         record = Execution.unstarted(self.spec.limits, ForkServerError(why.removeprefix("could not start: ")),
                                      outcome=Outcome.CRASHED)  # fmt: skip
-        self.execution = replace(record, notes=(*record.notes, *self._notes))
+        self.execution = replace(record, notes=(*record.notes, *self._notes), sandbox=self._release_sandbox())
         self.phase = Phase.FINISHED
 
     def _server_or_default(self) -> ForkServer:
@@ -620,6 +634,7 @@ class ExecutionHandle:
                     f"{name}: {dropped} bytes beyond the {self.spec.output_cap}-byte cap were dropped"
                 )
         value = self._message.value if isinstance(self._message, Ok) else None
+        sandbox = self._release_sandbox()
         return Execution(
             outcome=outcome or verdict.outcome,
             exit_code=exit_code,
@@ -637,7 +652,16 @@ class ExecutionHandle:
             stdout=stdout,
             stderr=stderr,
             notes=tuple(self._notes),
+            sandbox=sandbox,
         )
+
+    def _release_sandbox(self) -> dict[str, str] | None:
+        """The run is over: give the sandbox's uid and work directory back; its report."""
+        if self._sandbox is None:
+            return None
+        report = self._sandbox.report()
+        self._sandbox.release()
+        return report
 
 
 _devnull_fd: tuple[int, int] | None = None  # (pid, fd): a forked copy of this process opens its own

@@ -151,6 +151,7 @@ class Execution:
     attempt: int = 1
     queued_at: datetime | None = None  # when a scheduler queued it (None for a direct run)
     wait_reason: str | None = None  # why admission held it back (None: it did not wait for resources)
+    sandbox: dict[str, str] | None = None  # protection -> how it was applied (None: not sandboxed)
 
     @classmethod
     def unstarted(
@@ -222,6 +223,7 @@ class Execution:
             "attempt": self.attempt,
             "queued_at": self.queued_at.isoformat() if self.queued_at else None,
             "wait_reason": self.wait_reason,
+            "sandbox": None if self.sandbox is None else dict(self.sandbox),
             "notes": list(self.notes),
             "timeline": [asdict(sample) for sample in usage.timeline],
         }

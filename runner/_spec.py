@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies import Limits
+from policies import Limits, Sandbox
 from runner._records import Enforcement
 
 DEFAULT_OUTPUT_CAP = 1 << 20
@@ -37,6 +37,7 @@ class ExecutionSpec:
     capture: bool = True
     output_cap: int = DEFAULT_OUTPUT_CAP
     stdin: int | None = None
+    sandbox: Sandbox | bool | None = None
     sample_interval: float = 0.1
     kill_grace: float = 2.0
     on_output: Callable[[str, bytes], None] | None = field(default=None, repr=False)
@@ -60,6 +61,7 @@ class ExecutionSpec:
                 if "\0" in part:  # execve could not pass it: refuse now, not in the child
                     raise ValueError(f"target: argv[{index}] contains a NUL byte: {part!r}")
             object.__setattr__(self, "target", argv)
+        object.__setattr__(self, "sandbox", Sandbox.coerce(self.sandbox))
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits: expected a Limits, got {self.limits!r}")
         try:

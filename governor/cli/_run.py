@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from policies import Limits, format_duration, format_size
+from policies import Limits, Sandbox, format_duration, format_size
 from runner import Enforcement, Execution, ExecutionSpec, Outcome, drive
 from runner._enforcement import resolve
 from runner._run import run_spec
@@ -71,6 +71,13 @@ def add_command(commands: Any) -> None:
         "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
     )
     run.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run it as an unprivileged user of its own, without network, in its own namespaces "
+        "(see the README: running untrusted code); the record says how each protection was applied",
+    )
+    run.add_argument("--sandbox-network", action="store_true", help="with --sandbox: keep the host's network")
+    run.add_argument(
         "--dask",
         metavar="ADDRESS",
         help="run it on a worker of the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
@@ -102,6 +109,10 @@ def _run(arguments: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command given (usage: governor run [options] -- COMMAND [ARG...])")
     limits = _limits(arguments)
+    if arguments.sandbox_network and not arguments.sandbox:
+        raise UsageError("--sandbox-network goes with --sandbox")
+    if arguments.sandbox and arguments.dask:
+        raise UsageError("--sandbox: not yet on a Dask cluster; run it locally")
     if arguments.dask:
         return _run_on_cluster(arguments, command, limits)
     # Output passes straight through (a terminal stays a terminal) unless we must see it: for
@@ -120,6 +131,7 @@ def _run(arguments: argparse.Namespace) -> int:
             kill_grace=arguments.kill_grace,
             sample_interval=arguments.sample_interval,
             on_output=echo,
+            sandbox=Sandbox(network=arguments.sandbox_network) if arguments.sandbox else None,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -50,6 +50,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("attempt", "value"),
     ("queued_at", "time"),
     ("wait_reason", "value"),
+    ("sandbox", "json"),
     ("notes", "json"),
     ("timeline", "samples"),
 )
@@ -170,8 +171,13 @@ def _v5(connection: sqlite3.Connection) -> None:
     )
 
 
+def _v6(connection: sqlite3.Connection) -> None:
+    # How a sandboxed execution was confined, protection by protection (NULL: not sandboxed).
+    connection.execute("ALTER TABLE executions ADD COLUMN sandbox TEXT")
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 
 _HELD_BACK = re.compile(r"held back for _Request\(")
 _TASK_NAME = re.compile(r"task=Task\(id=\d+, name=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")

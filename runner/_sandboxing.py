@@ -1,0 +1,122 @@
+"""The supervisor's side of a sandboxed execution: who it runs as, where, with what, and the
+record of how each protection was applied. The child's side is ``_child`` (namespaces, then
+the identity, last of all its set-up).
+
+Applied today, from a root supervisor: its own uid and gid (leased for the run, or the
+configured user) without supplementary groups, capabilities or a way to gain any; its own
+IPC, UTS and (unless ``network``) network namespaces; an environment reduced to an allow-list;
+a private work directory as its home and cwd; no inherited descriptors; no core dumps.
+A supervisor that cannot apply them (not root) fails the start, never runs it unconfined.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from policies import Sandbox
+from runner._errors import RunnerError
+from runner._identity import Identity, resolve
+
+
+class SandboxUnavailable(RunnerError):
+    """A protection that was asked for cannot be applied on this host: nothing was started."""
+
+
+@dataclass
+class Prepared:
+    """One execution's sandbox, made ready in the supervisor before the fork."""
+
+    sandbox: Sandbox
+    identity: Identity
+    workdir: str
+    owns_workdir: bool
+    env: dict[str, str]
+    notes: list[str]
+
+    def child_settings(self) -> dict[str, int | bool]:
+        """What the child applies (plain values: the zygote unpickles no runner classes)."""
+        return {"uid": self.identity.uid, "gid": self.identity.gid, "network": self.sandbox.network}
+
+    def report(self) -> dict[str, str]:
+        """Each protection, and how it was applied: the record's ``sandbox``."""
+        identity = self.identity
+        who = "leased for this run" if identity.leased else "as configured"
+        network = "the host's (network=True)" if self.sandbox.network else "own namespace, loopback only"
+        workdir = "private, removed after the run" if self.owns_workdir else "given"
+        return {
+            "user": f"uid {identity.uid}, gid {identity.gid} ({who}), no supplementary groups",
+            "privileges": "no capabilities (bounding set emptied), no_new_privs",
+            "network": network,
+            "ipc": "own namespace",
+            "uts": "own namespace (hostname sandbox)",
+            "environment": f"allow-list: {', '.join(sorted(self.env))}",
+            "workdir": f"{self.workdir} ({workdir})",
+            "descriptors": "none inherited beyond stdin, stdout, stderr and the result pipe",
+            "core_dumps": "off",
+        }
+
+    def release(self) -> None:
+        """The run is over (its tree is gone): return the uid, remove a private work directory."""
+        self.identity.release()
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.owns_workdir = False
+
+
+def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
+    """Lease the identity, make the work directory, scrub the environment; raises
+    ``SandboxUnavailable`` when this host cannot apply the protections."""
+    if os.geteuid() != 0:
+        raise SandboxUnavailable(
+            "sandbox: this supervisor is not root, and running sandboxes through a user "
+            "namespace is not built yet; run the supervisor as root"
+        )
+    try:
+        identity = resolve(sandbox.user)
+    except (OSError, ValueError) as error:
+        raise SandboxUnavailable(f"sandbox: {error}") from None
+    try:
+        if sandbox.workdir is not None:
+            workdir, owns = sandbox.workdir, False
+            if not os.path.isdir(workdir):
+                raise SandboxUnavailable(f"sandbox.workdir: no such directory {workdir!r}")
+        else:
+            workdir, owns = tempfile.mkdtemp(prefix="governor-sandbox-"), True
+        os.chown(workdir, identity.uid, identity.gid)
+        if owns:
+            os.chmod(workdir, 0o700)
+    except OSError as error:
+        identity.release()
+        raise SandboxUnavailable(f"sandbox: cannot prepare its work directory: {error}") from None
+    except SandboxUnavailable:
+        identity.release()
+        raise
+    notes = []
+    stdlib = os.path.dirname(os.__file__)
+    if not _others_can_read(stdlib):
+        notes.append(
+            f"the interpreter's standard library ({stdlib}) is not readable by the sandbox's user: "
+            "a callable can use what the fork server has loaded, and import nothing else from it"
+        )
+    return Prepared(sandbox, identity, workdir, owns, sandbox.environment(caller_env, home=workdir), notes)
+
+
+def _others_can_read(directory: str) -> bool:
+    """Whether a user with no relation to the files may list ``directory`` (every directory
+    above it searchable by others, and itself readable)."""
+    path = os.path.abspath(directory)
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        while path != "/":
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+            path = os.path.dirname(path)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,204 @@
+"""The sandbox against a hostile task: each attack of issue 13 as a callable and as a command,
+under ``sandbox=True`` (it must fail) and without it (the same attempt succeeds: the control
+that lets the test fail). Attempts open for writing without writing, so the controls harm
+nothing. Needs a root supervisor (a non-root one refuses to start a sandbox)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandbox_attacks import (
+    allocate,
+    connect_to,
+    open_for_writing,
+    open_store_and_socket,
+    read_secret,
+    signal_trace_and_read,
+)
+
+import governor
+from governor import Outcome, Sandbox
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs a root supervisor")
+
+SECRET = "hunter2-not-for-tasks"
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may traverse: only the files' own modes guard what is in it."""
+    where = Path(tempfile.mkdtemp(prefix="governor-sandbox-test-"))
+    where.chmod(0o755)
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where)
+
+
+@pytest.fixture
+def secret_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SECRET", SECRET)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def both(call: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
+    """What ``call`` got under the sandbox, and without it."""
+    confined = governor.run(call, *args, sandbox=True)
+    assert confined.ok, confined
+    plain = governor.run(call, *args)
+    assert plain.ok, plain
+    return confined.result, plain.result
+
+
+def shell(script: str, sandbox: bool) -> str:
+    record = governor.run(["bash", "-c", script], sandbox=sandbox)
+    assert record.outcome in (Outcome.SUCCEEDED, Outcome.FAILED), record
+    return (record.stdout or b"").decode().strip()
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+# -- (a)-(f), callables and commands ----------------------------------------------------------
+
+
+def test_a_the_supervisors_environment_is_not_inherited(secret_in_environment: None) -> None:
+    assert both(read_secret) == (None, SECRET)
+    assert shell('printf %s "$FAKE_SECRET"', sandbox=True) == ""
+    assert shell('printf %s "$FAKE_SECRET"', sandbox=False) == SECRET
+
+
+def test_b_no_network_but_its_own_loopback(listener: int) -> None:
+    confined, plain = both(connect_to, listener)
+    assert confined == "refused: Connection refused" and plain == "connected"
+    probe = f"exec 3<>/dev/tcp/127.0.0.1/{listener} && echo connected || echo refused"
+    assert shell(probe, sandbox=True) == "refused"
+    assert shell(probe, sandbox=False) == "connected"
+
+
+def test_c_the_supervisor_cannot_be_signalled_traced_or_read() -> None:
+    confined, plain = both(signal_trace_and_read, os.getpid())
+    assert confined == {
+        "signal": "Operation not permitted",
+        "ptrace": "Operation not permitted",
+        "environ": "Permission denied",
+    }
+    assert plain["signal"] == "allowed" and plain["environ"] == "read"
+    probe = f"kill -0 {os.getpid()} 2>/dev/null && echo allowed || echo refused"
+    assert (shell(probe, sandbox=True), shell(probe, sandbox=False)) == ("refused", "allowed")
+
+
+def test_d_it_cannot_leave_its_cgroup() -> None:
+    candidates = ("/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/cgroup.procs")
+    roots = [path for path in candidates if os.path.exists(path)]
+    assert roots, "no cgroup hierarchy to try"
+    for procs in roots:
+        assert both(open_for_writing, procs) == ("Permission denied", "opened")
+
+
+def test_e_it_cannot_write_outside_what_it_owns() -> None:
+    assert both(open_for_writing, "/etc/passwd") == ("Permission denied", "opened")
+    probe = ": >> /etc/passwd 2>/dev/null && echo opened || echo refused"
+    assert (shell(probe, sandbox=True), shell(probe, sandbox=False)) == ("refused", "opened")
+    record = governor.run(["sh", "-c", 'echo mine > "$HOME/file" && cat "$HOME/file"'], sandbox=True)
+    assert record.ok and record.stdout == b"mine\n"  # its own work directory is writable
+
+
+def test_f_the_store_and_the_control_socket_are_out_of_reach(open_dir: Path) -> None:
+    db = open_dir / "governor.db"
+    sqlite3.connect(db).close()
+    db.chmod(0o600)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.bind(str(open_dir / "governor.db.sock"))
+    os.chmod(open_dir / "governor.db.sock", 0o600)
+    control.listen(1)
+    try:
+        confined, plain = both(open_store_and_socket, str(db), str(open_dir / "governor.db.sock"))
+    finally:
+        control.close()
+    assert confined == {"store": "Permission denied", "socket": "Permission denied"}
+    assert plain == {"store": "opened", "socket": "connected"}
+
+
+# -- the record stays true --------------------------------------------------------------------
+
+
+def test_usage_is_measured_inside_and_the_record_says_how_it_was_confined() -> None:
+    record = governor.run(allocate, 50 << 20, sandbox=True)
+    assert record.ok and record.result == 50 << 20
+    assert record.usage.peak_memory_bytes >= 50 << 20
+    assert record.sandbox is not None
+    assert record.sandbox["network"] == "own namespace, loopback only"
+    assert record.sandbox["privileges"] == "no capabilities (bounding set emptied), no_new_privs"
+    assert record.sandbox["user"].startswith("uid ") and "leased for this run" in record.sandbox["user"]
+    workdir = record.sandbox["workdir"].split(" ")[0]
+    assert not os.path.exists(workdir)  # private, and gone after the run
+    assert governor.run(read_secret).sandbox is None
+    assert record.to_dict()["sandbox"] == record.sandbox
+
+
+def test_a_callables_exception_still_comes_back() -> None:
+    record = governor.run(int, "not a number", sandbox=True)
+    assert record.outcome is Outcome.FAILED and record.error is not None
+    assert record.error.type == "builtins.ValueError"
+
+
+def test_settings_are_checked_where_they_are_given() -> None:
+    assert Sandbox.coerce(True) == Sandbox() and Sandbox.coerce(False) is None
+    assert Sandbox.coerce({"network": True}) == Sandbox(network=True)
+    with pytest.raises(ValueError, match="user: a uid is between 1 and 4294967294"):
+        Sandbox(user=0)
+    with pytest.raises(ValueError, match="sandbox: unknown setting 'netwrok'"):
+        Sandbox.coerce({"netwrok": True})
+    with pytest.raises(ValueError, match=r"sandbox\.network: expected true or false"):
+        Sandbox.coerce({"network": "yes"})
+    record = governor.run(["true"], sandbox=Sandbox(user="no-such-user-here"))
+    assert record.outcome is Outcome.CRASHED and record.error is not None
+    assert "sandbox: sandbox.user: no such user 'no-such-user-here'" in record.error.message
+
+
+def test_governor_run_sandbox_json_says_how(secret_in_environment: None) -> None:
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "governor",
+            "run",
+            "--sandbox",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            'echo "[$FAKE_SECRET]"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[]"
+    record = json.loads(lines[-1])
+    assert record["sandbox"]["network"] == "own namespace, loopback only"
