@@ -57,6 +57,8 @@ def socket_path(db: Path) -> Path:
 class RequestRefused(ValueError):
     """A request the server will not act on; its message is the reply's error."""
 
+    complete = True  # the request's whole line has been read
+
 
 class ControlServer:
     """Answers requests on the control socket of the server using ``db`` (see the module
@@ -157,7 +159,8 @@ class ControlServer:
             try:
                 line = read_line(connection, self.max_request, time.monotonic() + self.deadline)
             except RequestRefused as refusal:
-                _drain(connection, time.monotonic() + self.deadline)  # so the client reads the reply
+                if not refusal.complete:
+                    _drain(connection, time.monotonic() + self.deadline)  # so the client reads the reply
                 raise RequestRefused(f"{refusal}{self.too_large}") from None
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -209,7 +212,9 @@ def read_line(connection: socket.socket, limit: int, end: float) -> bytes:
             break
         data += chunk
         if len(data) > limit:
-            raise RequestRefused(f"the message is larger than {limit} bytes")
+            refusal = RequestRefused(f"the message is larger than {limit} bytes")
+            refusal.complete = b"\n" in data  # the whole line was read already: nothing to drain
+            raise refusal
     return bytes(data)
 
 
