@@ -22,7 +22,7 @@ from typing import Any
 
 from governor.observe._telemetry import Telemetry
 from governor.scheduling._scheduler import Scheduler
-from policies import Limits, RetryPolicy
+from policies import Limits, RetryPolicy, Sandbox
 from runner import Enforcement, Execution, ExecutionFailed, ExecutionSpec, ForkServer
 
 
@@ -30,7 +30,8 @@ class GovernedExecutor(Executor):
     """Runs each submitted call in its own governed child process.
 
     ``max_workers`` calls run at once (default: the number of CPUs); ``limits``,
-    ``retry_policy``, ``enforcement``, ``env`` and ``cwd`` apply to every call unless
+    ``retry_policy``, ``enforcement``, ``env``, ``cwd`` and ``sandbox`` (``True``, or a
+    ``Sandbox``: see the README on untrusted code) apply to every call unless
     ``options(...)`` overrides them for some calls. Calls also wait until their estimated need
     fits ``memory_budget`` / ``cpu_budget`` (bytes or ``"2GiB"``, cores; default ``"auto"``:
     80% of the host's memory and all its CPUs; ``None`` turns that check off). ``telemetry``
@@ -47,6 +48,7 @@ class GovernedExecutor(Executor):
         enforcement: Enforcement | str = Enforcement.AUTO,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        sandbox: Sandbox | bool | None = None,
         priority: int = 0,
         fork_server: ForkServer | None = None,
         memory_budget: int | str | None = "auto",
@@ -64,6 +66,7 @@ class GovernedExecutor(Executor):
             enforcement=enforcement,
             env=env,
             cwd=cwd,
+            sandbox=Sandbox.coerce(sandbox),
         )
         self._scheduler = Scheduler(
             workers,
@@ -90,6 +93,7 @@ class GovernedExecutor(Executor):
         enforcement: Enforcement | str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        sandbox: Sandbox | bool | None = None,
     ) -> _CallOptions:
         """A view of this executor whose ``submit``/``map`` use other limits or priority:
         ``executor.options(limits=Limits(memory="2GiB"), priority=5).submit(fn, x)``."""
@@ -101,6 +105,7 @@ class GovernedExecutor(Executor):
             enforcement=enforcement if enforcement is not None else defaults.enforcement,
             env=env if env is not None else defaults.env,
             cwd=cwd if cwd is not None else defaults.cwd,
+            sandbox=Sandbox.coerce(sandbox) if sandbox is not None else defaults.sandbox,
             executor=self,
         )
 
@@ -121,6 +126,7 @@ class _CallOptions:
         enforcement: Enforcement | str,
         env: Mapping[str, str] | None,
         cwd: str | None,
+        sandbox: Sandbox | None = None,
         executor: GovernedExecutor | None = None,
     ) -> None:
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -133,6 +139,7 @@ class _CallOptions:
         self.enforcement = enforcement
         self.env = env
         self.cwd = cwd
+        self.sandbox = sandbox
         self._executor = executor
 
     def submit_to(
@@ -148,6 +155,7 @@ class _CallOptions:
             enforcement=self.enforcement,
             env=self.env,
             cwd=self.cwd,
+            sandbox=self.sandbox,
         )
         future: Future[Any] = Future()
         run = scheduler._submit(spec, self.priority, self.retry_policy, _Call(future))

@@ -202,3 +202,43 @@ def test_governor_run_sandbox_json_says_how(secret_in_environment: None) -> None
     assert lines[0] == "[]"
     record = json.loads(lines[-1])
     assert record["sandbox"]["network"] == "own namespace, loopback only"
+
+
+# -- every way to ask for it ------------------------------------------------------------------
+
+
+def test_executor_options_tasks_and_task_files_sandbox_their_runs(tmp_path: Path) -> None:
+    from governor import GovernedExecutor, Scheduler, Task
+    from governor.service._taskfile import load_task_file
+
+    with GovernedExecutor(1, sandbox=True) as executor:
+        assert executor.submit(os.getuid).result() >= 61184
+        assert executor.options(sandbox=False).submit(os.getuid).result() == 0
+    with GovernedExecutor(1) as executor:
+        assert executor.submit(os.getuid).result() == 0
+        assert executor.options(sandbox=True).submit(os.getuid).result() >= 61184
+    scheduler = Scheduler(1)
+    task = scheduler.add_task(Task("confined", ["id", "-u"], sandbox=True))
+    with scheduler:
+        scheduler.fire(task.id or 0)
+        assert scheduler.wait(lambda: bool(task.executions), timeout=60)
+    (record,) = task.executions
+    assert record.ok and int(record.stdout or b"0") >= 61184 and record.sandbox is not None
+    path = tmp_path / "tasks.toml"
+    path.write_text('[[task]]\nname = "a"\ncommand = ["true"]\nsandbox = true\n'
+                    '[[task]]\nname = "b"\ncommand = ["true"]\n[task.sandbox]\nnetwork = true\n')  # fmt: skip
+    a, b = (definition.build() for definition in load_task_file(path))
+    assert a.spec.sandbox == Sandbox() and b.spec.sandbox == Sandbox(network=True)
+    path.write_text('[[task]]\nname = "c"\ncommand = ["true"]\n[task.sandbox]\nnetwrok = true\n')
+    with pytest.raises(ValueError, match="task c: sandbox: unknown setting 'netwrok'"):
+        load_task_file(path)
+
+
+def test_the_store_is_owner_only_so_a_sandboxed_task_cannot_touch_it(open_dir: Path) -> None:
+    from governor.service._store import Store
+
+    with Store(open_dir / "state" / "governor.db") as store:
+        store.flush()
+    assert (open_dir / "state" / "governor.db").stat().st_mode & 0o777 == 0o600
+    (open_dir / "state").chmod(0o755)
+    assert both(open_for_writing, str(open_dir / "state" / "governor.db")) == ("Permission denied", "opened")

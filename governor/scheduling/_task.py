@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from governor.scheduling._triggers import OneTimeTrigger, validate_trigger
-from policies import Limits, RetryPolicy
+from policies import Limits, RetryPolicy, Sandbox
 from runner import Enforcement, Execution, ExecutionSpec
 from runner._spec import DEFAULT_OUTPUT_CAP
 
@@ -33,6 +33,7 @@ class Task:
     named by ``payload_kwarg`` (if set); a command receives it as JSON in the file named by
     ``GOVERNOR_EVENT_PAYLOAD_FILE`` (and inline in ``GOVERNOR_EVENT_PAYLOAD`` while small).
 
+    ``sandbox`` (``True``, or a ``Sandbox``) confines each execution as untrusted code.
     ``output_cap`` bounds the stdout and stderr captured per execution (bytes each; the
     runner's default if None); with ``keep_output=False`` the records in ``executions`` drop
     their captured output (a service whose store keeps it: memory stays flat whatever the
@@ -76,6 +77,7 @@ class Task:
         keep_executions: int = 100,
         keep_output: bool = True,
         output_cap: int | None = None,
+        sandbox: Sandbox | bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
@@ -103,6 +105,7 @@ class Task:
             env=env,
             cwd=cwd,
             output_cap=DEFAULT_OUTPUT_CAP if output_cap is None else output_cap,
+            sandbox=sandbox,
         )
         self.keep_output = bool(keep_output)
         self.triggers = tuple(triggers)

@@ -35,6 +35,7 @@ of ``MIGRATIONS`` (``_schema``) applied. Opening an older file applies the missi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -187,6 +188,11 @@ class Store:
                 else "is not writable by this user"
             )
             raise StoreError(self.path, f"could not open {self.path}: its directory {self.path.parent} {why}")
+        if not self.path.exists():
+            # Owner-only from the first byte (SQLite gives its -wal and -shm files the same
+            # mode): no task, sandboxed as another user, can read or rewrite history.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         writer = _open(self.path, busy_timeout)
         try:
             reader = _connect(self.path, busy_timeout)

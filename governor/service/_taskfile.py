@@ -32,11 +32,12 @@ from typing import Any
 
 from governor.scheduling._task import Task
 from governor.scheduling._triggers import EventTrigger, OneTimeTrigger, PeriodicTrigger
-from policies import Limits, RetryPolicy
+from policies import Limits, RetryPolicy, Sandbox
 
 _KNOWN = {
     "name", "description", "command", "function", "args", "kwargs", "cron", "interval", "delay", "event",
     "timezone", "jitter", "priority", "max_instances", "cwd", "env", "limits", "retry", "enforcement",
+    "sandbox",
 }  # fmt: skip
 _TRIGGER_KEYS = ("cron", "interval", "delay", "event")
 
@@ -174,6 +175,7 @@ def _build(path: str, name: str, table: dict[str, Any], settings: dict[str, Any]
     limits = check(lambda: _limits(table, fail, problems))
     retry = check(lambda: _section(table, "retry", RetryPolicy.from_mapping, fail))
     env = check(lambda: _env(table, fail))
+    sandbox = check(lambda: _sandbox(table, fail))
     kwargs = table.get("kwargs", {})
     if not isinstance(kwargs, dict):
         problems.append(fail("kwargs", f"expected a table, got {kwargs!r}"))
@@ -191,6 +193,7 @@ def _build(path: str, name: str, table: dict[str, Any], settings: dict[str, Any]
         return Task(
             name, target, args=args, kwargs=kwargs, triggers=triggers, retry_policy=retry, limits=limits,
             env=env, payload_kwarg="payload" if "function" in table and "event" in table else None, **options,
+            sandbox=sandbox,
             **(settings or {}),
         )  # fmt: skip
     except (ValueError, TypeError) as error:
@@ -206,6 +209,15 @@ def _build(path: str, name: str, table: dict[str, Any], settings: dict[str, Any]
 
 # Internal field names in errors from Task and ExecutionSpec -> the task-file key they come from.
 _KEY_OF = {"target": "command", "retry_policy": "retry", "args/kwargs": "args"}
+
+
+def _sandbox(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> Sandbox | None:
+    """``sandbox = true``, or a ``[task.sandbox]`` table of its settings."""
+    try:
+        return Sandbox.coerce(table.get("sandbox"))
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise fail(field, message) from None
 
 
 def _env(table: dict[str, Any], fail: Callable[[str, str], TaskFileError]) -> dict[str, str] | None:
