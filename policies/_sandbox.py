@@ -31,6 +31,8 @@ class Sandbox:
       directory); ``pass_env``: names passed through from the caller's environment.
     - ``workdir``: its working directory, writable by it; ``None`` makes a fresh private one
       that is removed after the run.
+    - ``seccomp``: ``True`` (the default) refuses the system calls a job has no business
+      making (``ptrace``, ``mount``, ``unshare``, ``setns``, ``bpf``, ``keyctl``, ...).
 
     Invalid values raise ``ValueError`` naming the field and the value.
     """
@@ -40,6 +42,7 @@ class Sandbox:
     env: Mapping[str, str] = field(default_factory=dict)
     pass_env: tuple[str, ...] = ()
     workdir: str | None = None
+    seccomp: bool = True
 
     def __post_init__(self) -> None:
         user = self.user
@@ -49,8 +52,9 @@ class Sandbox:
             raise ValueError(f"user: a uid is between 1 and 4294967294 (never root), got {user!r}")
         if isinstance(user, str) and (not user or "\0" in user or user == "root"):
             raise ValueError(f"user: expected a user name other than root, got {user!r}")
-        if not isinstance(self.network, bool):
-            raise ValueError(f"network: expected true or false, got {self.network!r}")
+        for flag in ("network", "seccomp"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag}: expected true or false, got {getattr(self, flag)!r}")
         if not isinstance(self.env, Mapping):
             raise ValueError(f"env: expected a mapping of names to strings, got {self.env!r}")
         for name, value in self.env.items():

@@ -121,6 +121,8 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
             raise SetupError(f"the kernel refused rlimit {which} = ({soft}, {hard}): {error}") from None
     if spec.sandbox is not None:  # last: after it, nothing of root's is left to do anything with
         _drop_privileges(int(spec.sandbox["uid"]), int(spec.sandbox["gid"]))
+        if spec.sandbox["seccomp"]:
+            _filter_syscalls()
     if spec.cwd is not None:
         try:
             os.chdir(spec.cwd)
@@ -176,6 +178,33 @@ def _drop_privileges(uid: int, gid: int) -> None:
         raise SetupError(f"sandbox: cannot become uid {uid}, gid {gid}: {error.strerror}") from None
     _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="set no_new_privs")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps of what it read
+
+
+# What a job has no business calling: tracing others, mounting, namespaces, kernel modules and
+# images, BPF, perf, keyrings, swap, the clock, io_uring (a large attack surface of its own).
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
+    "mount_setattr", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick",
+    "unshare", "setns", "bpf", "perf_event_open", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "keyctl", "add_key", "request_key",
+    "swapon", "swapoff", "reboot", "open_by_handle_at", "name_to_handle_at", "userfaultfd",
+    "acct", "quotactl", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime",
+    "adjtimex", "syslog", "vhangup", "io_uring_setup", "io_uring_enter", "io_uring_register",
+)  # fmt: skip
+
+
+def _filter_syscalls() -> None:
+    """Refuse ``DENIED_SYSCALLS`` with EPERM from here on, across exec (libseccomp, which the
+    zygote imported before it forked this child)."""
+    import pyseccomp
+
+    try:
+        seccomp = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+        for name in DENIED_SYSCALLS:
+            seccomp.add_rule(pyseccomp.ERRNO(1), name)  # 1: EPERM
+        seccomp.load()
+    except OSError as error:
+        raise SetupError(f"sandbox: cannot load its seccomp filter: {error}") from None
 
 
 def _libc_call(name: str, *args: object, what: str) -> None:

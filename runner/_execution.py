@@ -136,9 +136,12 @@ class ExecutionHandle:
     # -- starting -------------------------------------------------------------------------
 
     def _payload(self) -> tuple[bytes | None, tuple[str, ...]]:
+        # A seccomp filter is loaded through pyseccomp: the zygote imports it once, for all.
+        extra = ("pyseccomp",) if isinstance(self.spec.sandbox, Sandbox) and self.spec.sandbox.seccomp else ()
         if self.spec.is_command:
-            return None, ()
-        return pickle_call(self.spec.target, tuple(self.spec.args), self.spec.kwargs)  # type: ignore[arg-type]
+            return None, extra
+        payload, imports = pickle_call(self.spec.target, tuple(self.spec.args), self.spec.kwargs)  # type: ignore[arg-type]
+        return payload, (*imports, *extra)
 
     def _confine(self) -> Confinement:
         mode = self._plan.mode

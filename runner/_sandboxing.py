@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from policies import Sandbox
+from runner._child import DENIED_SYSCALLS
 from runner._errors import RunnerError
 from runner._identity import Identity, resolve
 
@@ -40,7 +41,12 @@ class Prepared:
 
     def child_settings(self) -> dict[str, int | bool]:
         """What the child applies (plain values: the zygote unpickles no runner classes)."""
-        return {"uid": self.identity.uid, "gid": self.identity.gid, "network": self.sandbox.network}
+        return {
+            "uid": self.identity.uid,
+            "gid": self.identity.gid,
+            "network": self.sandbox.network,
+            "seccomp": self.sandbox.seccomp,
+        }
 
     def report(self) -> dict[str, str]:
         """Each protection, and how it was applied: the record's ``sandbox``."""
@@ -58,6 +64,11 @@ class Prepared:
             "workdir": f"{self.workdir} ({workdir})",
             "descriptors": "none inherited beyond stdin, stdout, stderr and the result pipe",
             "core_dumps": "off",
+            "seccomp": (
+                f"refuses {len(DENIED_SYSCALLS)} system calls with EPERM: {', '.join(DENIED_SYSCALLS)}"
+                if self.sandbox.seccomp
+                else "off (seccomp=False)"
+            ),
         }
 
     def release(self) -> None:

@@ -71,3 +71,11 @@ def allocate(size: int) -> int:
     held = bytearray(size)
     held[::4096] = b"x" * len(held[::4096])
     return len(held)
+
+
+def make_user_namespace() -> str:
+    """A fresh user namespace: the door to root-in-a-namespace kernel attack surface."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+        return "created"
+    return os.strerror(ctypes.get_errno())

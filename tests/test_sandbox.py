@@ -21,6 +21,7 @@ import pytest
 from sandbox_attacks import (
     allocate,
     connect_to,
+    make_user_namespace,
     open_for_writing,
     open_store_and_socket,
     read_secret,
@@ -242,3 +243,23 @@ def test_the_store_is_owner_only_so_a_sandboxed_task_cannot_touch_it(open_dir: P
     assert (open_dir / "state" / "governor.db").stat().st_mode & 0o777 == 0o600
     (open_dir / "state").chmod(0o755)
     assert both(open_for_writing, str(open_dir / "state" / "governor.db")) == ("Permission denied", "opened")
+
+
+def test_g_system_calls_a_job_has_no_business_making_are_refused() -> None:
+    confined = governor.run(make_user_namespace, sandbox=True)
+    unfiltered = governor.run(make_user_namespace, sandbox=Sandbox(seccomp=False))
+    assert (confined.result, unfiltered.result) == ("Operation not permitted", "created")
+    assert confined.sandbox is not None and confined.sandbox["seccomp"].startswith("refuses ")
+    assert unfiltered.sandbox is not None and unfiltered.sandbox["seccomp"] == "off (seccomp=False)"
+    probe = "unshare --user true 2>/dev/null && echo created || echo refused"
+    assert shell(probe, sandbox=True) == "refused"
+
+
+def test_g_an_escape_by_setsid_and_double_fork_dies_with_the_run(open_dir: Path) -> None:
+    pidfile = open_dir / "escaped"
+    open_dir.chmod(0o777)
+    script = f"setsid sh -c 'sleep 300 & echo $! > {pidfile}' & wait"
+    record = governor.run(["sh", "-c", script], sandbox=True)
+    assert record.ok, record
+    pid = int(pidfile.read_text())
+    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
