@@ -11,6 +11,7 @@ A supervisor that cannot apply them (not root) fails the start, never runs it un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -22,6 +23,8 @@ from policies import Sandbox
 from runner._child import DENIED_SYSCALLS
 from runner._errors import RunnerError
 from runner._identity import Identity, resolve
+
+PAYLOAD_FILE_VARIABLE = "GOVERNOR_EVENT_PAYLOAD_FILE"
 
 
 class SandboxUnavailable(RunnerError):
@@ -74,6 +77,10 @@ class Prepared:
     def release(self) -> None:
         """The run is over (its tree is gone): return the uid, remove a private work directory."""
         self.identity.release()
+        payload = self.env.get(PAYLOAD_FILE_VARIABLE)
+        if payload and not self.owns_workdir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(payload)
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.owns_workdir = False
@@ -107,6 +114,19 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
     except SandboxUnavailable:
         identity.release()
         raise
+    env = sandbox.environment(caller_env, home=workdir)
+    payload = env.get(PAYLOAD_FILE_VARIABLE)
+    if payload:  # the supervisor's copy is owner-only: the task gets its own, in its workdir
+        copy = os.path.join(workdir, ".governor-event-payload.json")
+        try:
+            shutil.copyfile(payload, copy)
+            os.chown(copy, identity.uid, identity.gid)
+        except OSError as error:
+            identity.release()
+            if owns:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxUnavailable(f"sandbox: cannot hand it its event payload: {error}") from None
+        env[PAYLOAD_FILE_VARIABLE] = copy
     notes = []
     stdlib = os.path.dirname(os.__file__)
     if not _others_can_read(stdlib):
@@ -114,7 +134,7 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
             f"the interpreter's standard library ({stdlib}) is not readable by the sandbox's user: "
             "a callable can use what the fork server has loaded, and import nothing else from it"
         )
-    return Prepared(sandbox, identity, workdir, owns, sandbox.environment(caller_env, home=workdir), notes)
+    return Prepared(sandbox, identity, workdir, owns, env, notes)
 
 
 def _others_can_read(directory: str) -> bool:

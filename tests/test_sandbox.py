@@ -263,3 +263,19 @@ def test_g_an_escape_by_setsid_and_double_fork_dies_with_the_run(open_dir: Path)
     assert record.ok, record
     pid = int(pidfile.read_text())
     assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_sandboxed_command_reads_its_event_payload() -> None:
+    from governor import EventTrigger, Scheduler, Task
+
+    event = EventTrigger()
+    scheduler = Scheduler(1)
+    script = 'cat "$GOVERNOR_EVENT_PAYLOAD_FILE"; printf " %s" "$(id -u)"'
+    task = scheduler.add_task(Task("reader", ["sh", "-c", script], triggers=[event], sandbox=True))
+    with scheduler:
+        event.fire({"n": 1})
+        assert scheduler.wait(lambda: bool(task.executions), timeout=60)
+    (record,) = task.executions
+    assert record.ok, record
+    payload, uid = (record.stdout or b"").decode().rsplit(" ", 1)
+    assert json.loads(payload) == {"n": 1} and int(uid) >= 61184
