@@ -193,18 +193,55 @@ DENIED_SYSCALLS = (
 )  # fmt: skip
 
 
-def _filter_syscalls() -> None:
-    """Refuse ``DENIED_SYSCALLS`` with EPERM from here on, across exec (libseccomp, which the
-    zygote imported before it forked this child)."""
+_seccomp_program: bytes | None = None  # compiled once, in the zygote; every child inherits it
+_seccomp_failure = "pyseccomp could not be imported (is it installed, with libseccomp?)"
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+
+
+def compile_seccomp() -> None:
+    """In the zygote, once it has imported pyseccomp: libseccomp compiles the filter refusing
+    ``DENIED_SYSCALLS`` (EPERM) to BPF, once; children load those bytes (``_filter_syscalls``)
+    instead of compiling it again each. Failing here leaves it uncompiled: the sandboxed child
+    then fails its start, saying so."""
+    global _seccomp_program, _seccomp_failure
+    if _seccomp_program is not None or "pyseccomp" not in sys.modules:
+        return
     import pyseccomp
 
     try:
         seccomp = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
         for name in DENIED_SYSCALLS:
             seccomp.add_rule(pyseccomp.ERRNO(1), name)  # 1: EPERM
-        seccomp.load()
-    except OSError as error:
-        raise SetupError(f"sandbox: cannot load its seccomp filter: {error}") from None
+        with open(os.memfd_create("governor-seccomp", os.MFD_CLOEXEC), "w+b") as program:
+            seccomp.export_bpf(program)
+            program.seek(0)
+            _seccomp_program = program.read()
+    except Exception as error:  # the zygote lives on; each sandboxed child's record says why
+        _seccomp_failure = f"libseccomp could not compile it: {type(error).__name__}: {error}"
+
+
+def _filter_syscalls() -> None:
+    """Refuse ``DENIED_SYSCALLS`` with EPERM from here on, across exec: the program libseccomp
+    compiled in the zygote, loaded with prctl (no_new_privs is already set)."""
+    import ctypes
+
+    if not _seccomp_program:
+        raise SetupError(f"sandbox: no seccomp filter: {_seccomp_failure}")
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+    code = ctypes.create_string_buffer(_seccomp_program, len(_seccomp_program))
+    program = SockFprog(len(_seccomp_program) // 8, ctypes.cast(code, ctypes.c_void_p))
+    _libc_call(
+        "prctl",
+        PR_SET_SECCOMP,
+        SECCOMP_MODE_FILTER,
+        ctypes.byref(program),
+        0,
+        0,
+        what="load its seccomp filter",
+    )
 
 
 def _libc_call(name: str, *args: object, what: str) -> None:

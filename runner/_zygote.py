@@ -142,14 +142,15 @@ def _import(modules: tuple[str, ...]) -> None:
     """Import what a child's payload needs (cloudpickle, for a function sent by value) once,
     here, so that this child and every later one inherit it instead of importing it each."""
     missing = [name for name in modules if name not in sys.modules]
-    if not missing:
-        return
     for name in missing:
         try:
             __import__(name)
         except Exception:  # the zygote must live on: the child's own import fails the same way
             continue  # and its record says why, as the task's failure
-    gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
+    if "pyseccomp" in modules:
+        _child.compile_seccomp()  # once: a sandbox's filter, for every child after
+    if missing:
+        gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
 
 
 def _reap(children: dict[int, socket.socket], cgroups: dict[int, list[str]]) -> None:
