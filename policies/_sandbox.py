@@ -14,10 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from policies._units import parse_size
+
 # Always passed (the child's identity and its event payload), whatever the allow-list says.
 _ALWAYS = ("GOVERNOR_EXECUTION_ID", "GOVERNOR_EVENT_PAYLOAD", "GOVERNOR_EVENT_PAYLOAD_FILE")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root + "/") for root in roots)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -33,6 +40,8 @@ class Sandbox:
       that is removed after the run.
     - ``seccomp``: ``True`` (the default) refuses the system calls a job has no business
       making (``ptrace``, ``mount``, ``unshare``, ``setns``, ``bpf``, ``keyctl``, ...).
+    - ``tmp_size``: the size of its private ``/tmp`` and ``/dev/shm`` (each; default 64 MiB).
+      The rest of the filesystem is read-only to it, but for its work directory.
 
     Invalid values raise ``ValueError`` naming the field and the value.
     """
@@ -43,6 +52,7 @@ class Sandbox:
     pass_env: tuple[str, ...] = ()
     workdir: str | None = None
     seccomp: bool = True
+    tmp_size: int | str = "64MiB"
 
     def __post_init__(self) -> None:
         user = self.user
@@ -74,6 +84,12 @@ class Sandbox:
             not isinstance(self.workdir, str) or not os.path.isabs(self.workdir)
         ):
             raise ValueError(f"workdir: expected an absolute path, got {self.workdir!r}")
+        if self.workdir is not None and _under(self.workdir, ("/tmp", "/dev/shm")):
+            raise ValueError(f"workdir: {self.workdir!r} is under /tmp or /dev/shm, which it gets afresh")
+        size = parse_size(self.tmp_size, field="tmp_size")
+        if size < 1 << 20:
+            raise ValueError(f"tmp_size: at least 1 MiB, got {self.tmp_size!r}")
+        object.__setattr__(self, "tmp_size", size)
 
     @classmethod
     def coerce(cls, value: Any, *, where: str = "sandbox") -> Sandbox | None:

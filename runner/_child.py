@@ -58,7 +58,7 @@ class ChildSpec:
         rlimits: list[tuple[int, int, int]],
         cgroup_procs: list[str],
         imports: tuple[str, ...] = (),
-        sandbox: dict[str, int | bool] | None = None,
+        sandbox: dict[str, int | bool | str] | None = None,
     ) -> None:
         self.argv = argv
         self.payload = payload
@@ -112,6 +112,7 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
         _signal.signal(signum, _SIG_DFL)
     if spec.sandbox is not None:  # while still root: namespaces need it
         _enter_namespaces(bool(spec.sandbox["network"]))
+        _private_filesystem(str(spec.sandbox["workdir"]), int(spec.sandbox["tmp_size"]))
     _arrange_fds([*stdio, result[0]])
     result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
@@ -134,7 +135,9 @@ class SetupError(Exception):
     """Why the child could not be set up, in words for the execution record."""
 
 
-CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS = 0x40000000, 0x08000000, 0x04000000
+CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNS = 0x40000000, 0x08000000, 0x04000000, 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
@@ -143,7 +146,7 @@ _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
 def _enter_namespaces(network: bool) -> None:
     """Own IPC and UTS namespaces, and (without ``network``) a network namespace whose only
     interface is loopback, brought up."""
-    flags = CLONE_NEWIPC | CLONE_NEWUTS | (0 if network else CLONE_NEWNET)
+    flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | (0 if network else CLONE_NEWNET)
     _libc_call("unshare", flags, what="enter its own namespaces")
     name = b"sandbox"
     _libc_call("sethostname", name, len(name), what="name its UTS namespace")
@@ -158,6 +161,55 @@ def _enter_namespaces(network: bool) -> None:
                 raise SetupError(
                     f"sandbox: cannot bring up loopback in its network namespace: {error}"
                 ) from None
+
+
+def _private_filesystem(workdir: str, tmp_size: int) -> None:
+    """In its own mount namespace: nothing of ours reaches the host's mounts, a fresh /tmp and
+    /dev/shm of ``tmp_size`` bytes each, and every mount read-only but for those and the work
+    directory (the cgroup filesystem and /proc/sys included)."""
+    _libc_call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None, what="make its mounts private")
+    work = os.fsencode(workdir)
+    _libc_call("mount", work, work, None, MS_BIND, None, what=f"bind its work directory {workdir}")
+    options = f"size={tmp_size},mode=1777".encode()
+    for where in (b"/tmp", b"/dev/shm"):
+        if os.path.isdir(where):
+            _libc_call(
+                "mount",
+                b"tmpfs",
+                where,
+                b"tmpfs",
+                MS_NOSUID | MS_NODEV,
+                options,
+                what=f"mount a private {where.decode()}",
+            )
+    _mount_setattr(b"/", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0, "make the filesystem read-only")
+    for where in (work, b"/tmp", b"/dev/shm"):
+        if os.path.isdir(where):
+            _mount_setattr(where, 0, 0, MOUNT_ATTR_RDONLY, f"let it write {where.decode()}")
+
+
+def _mount_setattr(path: bytes, flags: int, set_: int, clear: int, what: str) -> None:
+    import ctypes
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = (
+            ("set", ctypes.c_uint64),
+            ("clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns", ctypes.c_uint64),
+        )
+
+    attr = MountAttr(set_, clear, 0, 0)
+    _libc_call(
+        "syscall",
+        SYS_MOUNT_SETATTR,
+        AT_FDCWD,
+        path,
+        flags,
+        ctypes.byref(attr),
+        ctypes.sizeof(attr),
+        what=what,
+    )
 
 
 def _drop_privileges(uid: int, gid: int) -> None:

@@ -19,12 +19,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies import Sandbox
+from policies import Sandbox, format_size
 from runner._child import DENIED_SYSCALLS
 from runner._errors import RunnerError
 from runner._identity import Identity, resolve
 
 PAYLOAD_FILE_VARIABLE = "GOVERNOR_EVENT_PAYLOAD_FILE"
+WORK_ROOT = "/run/governor/work"  # private work directories (root supervisors only)
 
 
 class SandboxUnavailable(RunnerError):
@@ -42,13 +43,15 @@ class Prepared:
     env: dict[str, str]
     notes: list[str]
 
-    def child_settings(self) -> dict[str, int | bool]:
+    def child_settings(self) -> dict[str, int | bool | str]:
         """What the child applies (plain values: the zygote unpickles no runner classes)."""
         return {
             "uid": self.identity.uid,
             "gid": self.identity.gid,
             "network": self.sandbox.network,
             "seccomp": self.sandbox.seccomp,
+            "workdir": self.workdir,
+            "tmp_size": int(self.sandbox.tmp_size),
         }
 
     def report(self) -> dict[str, str]:
@@ -64,7 +67,10 @@ class Prepared:
             "ipc": "own namespace",
             "uts": "own namespace (hostname sandbox)",
             "environment": f"allow-list: {', '.join(sorted(self.env))}",
-            "workdir": f"{self.workdir} ({workdir})",
+            "workdir": f"{self.workdir} ({workdir}; the only place it may write, but for /tmp)",
+            "filesystem": "own mount namespace: read-only but for its work directory, the cgroup "
+            "filesystem included",
+            "tmp": f"private /tmp and /dev/shm of {format_size(int(self.sandbox.tmp_size))} each",
             "descriptors": "none inherited beyond stdin, stdout, stderr and the result pipe",
             "core_dumps": "off",
             "seccomp": (
@@ -104,7 +110,9 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
             if not os.path.isdir(workdir):
                 raise SandboxUnavailable(f"sandbox.workdir: no such directory {workdir!r}")
         else:
-            workdir, owns = tempfile.mkdtemp(prefix="governor-sandbox-"), True
+            # Not under /tmp: the sandbox mounts a /tmp of its own over it.
+            os.makedirs(WORK_ROOT, mode=0o711, exist_ok=True)
+            workdir, owns = tempfile.mkdtemp(prefix="sandbox-", dir=WORK_ROOT), True
         os.chown(workdir, identity.uid, identity.gid)
         if owns:
             os.chmod(workdir, 0o700)

@@ -79,3 +79,20 @@ def make_user_namespace() -> str:
     if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
         return "created"
     return os.strerror(ctypes.get_errno())
+
+
+def fill(path: str, megabytes: int) -> str:
+    """Write ``megabytes`` MiB into ``path``; how far it got. The file is removed after."""
+    written = 0
+    try:
+        with open(path, "wb") as out:
+            for _ in range(megabytes):
+                out.write(b"x" * (1 << 20))
+                out.flush()
+                written += 1
+        return f"wrote {written} MiB"
+    except OSError as error:
+        return f"stopped at {written} MiB: {error.strerror}"
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
