@@ -12,6 +12,7 @@ descendant is accounted for from its first instruction), then rlimits, then desc
 from __future__ import annotations
 
 import _signal
+import contextlib
 import fcntl
 import os
 import pickle
@@ -112,7 +113,9 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
         _signal.signal(signum, _SIG_DFL)
     if spec.sandbox is not None:  # while still root: namespaces need it
         _enter_namespaces(bool(spec.sandbox["network"]))
-        _private_filesystem(str(spec.sandbox["workdir"]), int(spec.sandbox["tmp_size"]))
+        keep = [os.fsencode(path) for path in str(spec.sandbox["keep"]).split("\0") if path]
+        _private_filesystem(str(spec.sandbox["workdir"]), int(spec.sandbox["tmp_size"]), keep)
+        _become_pid_one()  # this process stays behind as the relay; its child goes on
     _arrange_fds([*stdio, result[0]])
     result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
@@ -136,8 +139,20 @@ class SetupError(Exception):
 
 
 CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNS = 0x40000000, 0x08000000, 0x04000000, 0x00020000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+CLONE_NEWPID = 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 0x40000
+_RELAYED = tuple(
+    int(s)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+)
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH = (
+    428,
+    429,
+    1,
+    0o2000000,
+    4,
+)
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
@@ -146,7 +161,7 @@ _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
 def _enter_namespaces(network: bool) -> None:
     """Own IPC and UTS namespaces, and (without ``network``) a network namespace whose only
     interface is loopback, brought up."""
-    flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | (0 if network else CLONE_NEWNET)
+    flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | CLONE_NEWPID | (0 if network else CLONE_NEWNET)
     _libc_call("unshare", flags, what="enter its own namespaces")
     name = b"sandbox"
     _libc_call("sethostname", name, len(name), what="name its UTS namespace")
@@ -163,13 +178,15 @@ def _enter_namespaces(network: bool) -> None:
                 ) from None
 
 
-def _private_filesystem(workdir: str, tmp_size: int) -> None:
+def _private_filesystem(workdir: str, tmp_size: int, keep: list[bytes]) -> None:
     """In its own mount namespace: nothing of ours reaches the host's mounts, a fresh /tmp and
     /dev/shm of ``tmp_size`` bytes each, and every mount read-only but for those and the work
-    directory (the cgroup filesystem and /proc/sys included)."""
+    directory (the cgroup filesystem and /proc/sys included). The directories in ``keep``
+    (its code's, under the host's /tmp) are carried over into the fresh /tmp, read-only."""
     _libc_call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None, what="make its mounts private")
     work = os.fsencode(workdir)
     _libc_call("mount", work, work, None, MS_BIND, None, what=f"bind its work directory {workdir}")
+    carried = [(path, _clone_tree(path)) for path in keep]
     options = f"size={tmp_size},mode=1777".encode()
     for where in (b"/tmp", b"/dev/shm"):
         if os.path.isdir(where):
@@ -182,10 +199,94 @@ def _private_filesystem(workdir: str, tmp_size: int) -> None:
                 options,
                 what=f"mount a private {where.decode()}",
             )
+    for path, tree in carried:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _libc_call("syscall", SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH,
+                   what=f"carry {path.decode()} into its /tmp")  # fmt: skip
+        os.close(tree)
     _mount_setattr(b"/", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0, "make the filesystem read-only")
     for where in (work, b"/tmp", b"/dev/shm"):
         if os.path.isdir(where):
             _mount_setattr(where, 0, 0, MOUNT_ATTR_RDONLY, f"let it write {where.decode()}")
+
+
+def _become_pid_one() -> None:
+    """Fork into the new PID namespace, where the task sees and signals only its own
+    processes, on a /proc of its own. Two processes stay behind, neither holding anything of
+    the task's: this one (its pid is the execution's, in the host's namespace) and, inside,
+    PID 1, a minimal init that reaps orphans. Both pass on the signals a supervisor sends,
+    and each ends as the task ended (the wait status travels up a pipe), so the exit status,
+    the signal and the usage mean what they mean for any run. The task itself is PID 2: a
+    signal it sends itself works as anywhere (PID 1 would ignore it)."""
+    status_r, status_w = os.pipe()
+    init = os.fork()
+    if init:
+        _relay(init, keep=status_r, pid_one=False)
+    _libc_call("prctl", PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0, what="tie its init to the relay")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _libc_call("mount", b"proc", b"/proc", b"proc", flags, None, what="mount its own /proc")
+    _mount_setattr(b"/proc", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0, "make its /proc read-only")
+    task = os.fork()
+    if task:
+        _relay(task, keep=status_w, pid_one=True)
+    os.close(status_r)
+    os.close(status_w)
+    _libc_call("prctl", PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0, what="tie itself to its init")
+
+
+def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
+    """Stand in for ``pid`` until it ends, passing on the signals a supervisor sends; never
+    returns. PID 1 reaps every orphan until the task ends, writes its wait status to ``keep``
+    and exits (the kernel then kills whatever is left in the namespace); the outer relay reads
+    that status from ``keep`` and ends the same way: by the same signal, or the same code."""
+    try:
+        limit = resource.getrlimit(_RLIMIT_NOFILE)[1]
+        limit = limit if 0 < limit < 1 << 20 else 1 << 20
+        os.closerange(0, keep)  # the task's pipes are the task's alone
+        os.closerange(keep + 1, limit)
+
+        def forward(signum: int, frame: object) -> None:
+            # The supervisor may signal the whole tree at once: the task may be gone already.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+        for signum in _RELAYED:
+            _signal.signal(signum, forward)
+        status = EXIT_SETUP_FAILED << 8
+        while True:
+            try:
+                reaped, code = os.waitpid(-1 if pid_one else pid, 0)
+            except ChildProcessError:
+                break
+            if reaped == pid:
+                status = code
+                break
+        if pid_one:
+            os.write(keep, status.to_bytes(4, "little"))
+            os._exit(0)
+        data = os.read(keep, 4)
+        status = int.from_bytes(data, "little") if len(data) == 4 else EXIT_SETUP_FAILED << 8
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            _signal.signal(signum, _SIG_DFL)
+            os.kill(os.getpid(), signum)
+            os._exit(128 + signum)
+        os._exit(os.WEXITSTATUS(status))
+    except BaseException:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _clone_tree(path: bytes) -> int:
+    """A detached copy of the mounts at ``path`` (``open_tree(OPEN_TREE_CLONE)``), to attach
+    elsewhere once what hides it is mounted."""
+    import ctypes
+
+    assert _libc is not None
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise SetupError(f"sandbox: cannot carry {path.decode()} into its /tmp: {os.strerror(errno)}")
+    return int(fd)
 
 
 def _mount_setattr(path: bytes, flags: int, set_: int, clear: int, what: str) -> None:

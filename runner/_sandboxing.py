@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Prepared:
             "seccomp": self.sandbox.seccomp,
             "workdir": self.workdir,
             "tmp_size": int(self.sandbox.tmp_size),
+            "keep": "\0".join(code_under_tmp()),
         }
 
     def report(self) -> dict[str, str]:
@@ -143,6 +145,17 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
             "a callable can use what the fork server has loaded, and import nothing else from it"
         )
     return Prepared(sandbox, identity, workdir, owns, env, notes)
+
+
+def code_under_tmp() -> list[str]:
+    """The directories of this interpreter's import path under /tmp or /dev/shm, which the
+    sandbox replaces: they are carried into its own, read-only, so its code still imports."""
+    found: list[str] = []
+    for entry in sorted({os.path.realpath(path or os.getcwd()) for path in sys.path}):
+        under = any(entry == root or entry.startswith(root + "/") for root in ("/tmp", "/dev/shm"))
+        if under and os.path.isdir(entry) and not any(entry.startswith(kept + "/") for kept in found):
+            found.append(entry)
+    return found
 
 
 def _others_can_read(directory: str) -> bool:
