@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _signal
 import contextlib
+import ctypes  # the zygote loads it anyway (preload): sandbox set-up calls libc through it
 import fcntl
 import os
 import pickle
@@ -347,6 +348,7 @@ DENIED_SYSCALLS = (
 
 
 _seccomp_program: bytes | None = None  # compiled once, in the zygote; every child inherits it
+_seccomp_fprog: ctypes.Structure | None = None  # its sock_fprog, built there too: a child only calls prctl
 _seccomp_failure = "pyseccomp could not be imported (is it installed, with libseccomp?)"
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 
@@ -356,7 +358,7 @@ def compile_seccomp() -> None:
     ``DENIED_SYSCALLS`` (EPERM) to BPF, once; children load those bytes (``_filter_syscalls``)
     instead of compiling it again each. Failing here leaves it uncompiled: the sandboxed child
     then fails its start, saying so."""
-    global _seccomp_program, _seccomp_failure
+    global _seccomp_program, _seccomp_fprog, _seccomp_failure
     if _seccomp_program is not None or "pyseccomp" not in sys.modules:
         return
     import pyseccomp
@@ -369,28 +371,35 @@ def compile_seccomp() -> None:
             seccomp.export_bpf(program)
             program.seek(0)
             _seccomp_program = program.read()
+        _seccomp_fprog = _sock_fprog(_seccomp_program)
     except Exception as error:  # the zygote lives on; each sandboxed child's record says why
         _seccomp_failure = f"libseccomp could not compile it: {type(error).__name__}: {error}"
+
+
+def _sock_fprog(program: bytes) -> ctypes.Structure:
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
+    fprog._code = code  # keeps the instructions alive with it
+    return fprog
 
 
 def _filter_syscalls() -> None:
     """Refuse ``DENIED_SYSCALLS`` with EPERM from here on, across exec: the program libseccomp
     compiled in the zygote, loaded with prctl (no_new_privs is already set)."""
+    if _seccomp_fprog is None:
+        raise SetupError(f"sandbox: no seccomp filter: {_seccomp_failure}")
     import ctypes
 
-    if not _seccomp_program:
-        raise SetupError(f"sandbox: no seccomp filter: {_seccomp_failure}")
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-    code = ctypes.create_string_buffer(_seccomp_program, len(_seccomp_program))
-    program = SockFprog(len(_seccomp_program) // 8, ctypes.cast(code, ctypes.c_void_p))
     _libc_call(
         "prctl",
         PR_SET_SECCOMP,
         SECCOMP_MODE_FILTER,
-        ctypes.byref(program),
+        ctypes.byref(_seccomp_fprog),
         0,
         0,
         what="load its seccomp filter",
