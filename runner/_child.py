@@ -314,15 +314,21 @@ def _mount_setattr(path: bytes, flags: int, set_: int, clear: int, what: str) ->
     )
 
 
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as last:
+            return int(last.read())
+    except OSError:
+        return 63
+
+
+_LAST_CAP = _last_capability()  # read once, as the zygote imports this module
+
+
 def _drop_privileges(uid: int, gid: int) -> None:
     """Become ``uid``:``gid`` with no supplementary groups, no capabilities (bounding set
     included) and no way to gain any (``no_new_privs``: setuid binaries do nothing)."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as last:
-            last_cap = int(last.read())
-    except OSError:
-        last_cap = 63
-    for cap in range(last_cap + 1):
+    for cap in range(_LAST_CAP + 1):
         _libc_call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
     try:
         os.setgroups([])

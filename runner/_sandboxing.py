@@ -12,6 +12,7 @@ A supervisor that cannot apply them (not root) fails the start, never runs it un
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -25,7 +26,7 @@ from runner._child import DENIED_SYSCALLS
 from runner._errors import RunnerError
 from runner._identity import Identity, resolve
 
-PAYLOAD_FILE_VARIABLE = "GOVERNOR_EVENT_PAYLOAD_FILE"
+PAYLOAD_FILE = "GOVERNOR_EVENT_PAYLOAD_FILE"  # an event payload's file (governor.scheduling._payloads)
 WORK_ROOT = "/run/governor/work"  # private work directories (root supervisors only)
 
 
@@ -85,7 +86,7 @@ class Prepared:
     def release(self) -> None:
         """The run is over (its tree is gone): return the uid, remove a private work directory."""
         self.identity.release()
-        payload = self.env.get(PAYLOAD_FILE_VARIABLE)
+        payload = self.env.get(PAYLOAD_FILE)
         if payload and not self.owns_workdir:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(payload)
@@ -125,7 +126,7 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
         identity.release()
         raise
     env = sandbox.environment(caller_env, home=workdir)
-    payload = env.get(PAYLOAD_FILE_VARIABLE)
+    payload = env.get(PAYLOAD_FILE)
     if payload:  # the supervisor's copy is owner-only: the task gets its own, in its workdir
         copy = os.path.join(workdir, ".governor-event-payload.json")
         try:
@@ -136,7 +137,7 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
             if owns:
                 shutil.rmtree(workdir, ignore_errors=True)
             raise SandboxUnavailable(f"sandbox: cannot hand it its event payload: {error}") from None
-        env[PAYLOAD_FILE_VARIABLE] = copy
+        env[PAYLOAD_FILE] = copy
     notes = []
     stdlib = os.path.dirname(os.__file__)
     if not _others_can_read(stdlib):
@@ -147,17 +148,23 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
     return Prepared(sandbox, identity, workdir, owns, env, notes)
 
 
-def code_under_tmp() -> list[str]:
+def code_under_tmp() -> tuple[str, ...]:
     """The directories of this interpreter's import path under /tmp or /dev/shm, which the
     sandbox replaces: they are carried into its own, read-only, so its code still imports."""
+    return _code_under_tmp(tuple(sys.path), os.getcwd() if "" in sys.path else "")
+
+
+@functools.lru_cache(maxsize=8)  # the import path rarely changes: no stat per start
+def _code_under_tmp(path: tuple[str, ...], cwd: str) -> tuple[str, ...]:
     found: list[str] = []
-    for entry in sorted({os.path.realpath(path or os.getcwd()) for path in sys.path}):
+    for entry in sorted({os.path.realpath(item or cwd) for item in path}):
         under = any(entry == root or entry.startswith(root + "/") for root in ("/tmp", "/dev/shm"))
         if under and os.path.isdir(entry) and not any(entry.startswith(kept + "/") for kept in found):
             found.append(entry)
-    return found
+    return tuple(found)
 
 
+@functools.lru_cache(maxsize=8)  # the interpreter's files do not move: once per process
 def _others_can_read(directory: str) -> bool:
     """Whether a user with no relation to the files may list ``directory`` (every directory
     above it searchable by others, and itself readable)."""

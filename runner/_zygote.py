@@ -45,6 +45,7 @@ from runner._messages import REPLY, REQUEST, STATUS
 from runner._wire import drain
 
 PR_SET_CHILD_SUBREAPER = 36
+PRUNE_AT = 64  # reaped children's cgroups kept in mind before those already removed are dropped
 MAX_FDS = 8
 
 
@@ -164,7 +165,10 @@ def _reap(children: dict[int, socket.socket], cgroups: dict[int, list[str]]) -> 
         reply = children.pop(pid, None)
         ended = cgroups.pop(pid, None)
         if ended:
-            cgroups[0] = [path for path in cgroups[0] if os.path.isdir(path)] + ended
+            pending = cgroups[0]
+            if len(pending) >= PRUNE_AT:  # not a stat per reap: the supervisor removes them soon
+                pending[:] = [path for path in pending if os.path.isdir(path)]
+            pending.extend(ended)
         if reply is None:  # an orphan adopted as subreaper: reaping it is all we owe it
             continue
         record = STATUS.pack(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, time.monotonic())

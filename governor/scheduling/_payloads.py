@@ -15,8 +15,10 @@ import os
 import shutil
 import tempfile
 
+from runner._sandboxing import PAYLOAD_FILE
+
 PAYLOAD_VARIABLE = "GOVERNOR_EVENT_PAYLOAD"
-PAYLOAD_FILE_VARIABLE = "GOVERNOR_EVENT_PAYLOAD_FILE"
+PAYLOAD_FILE_VARIABLE = PAYLOAD_FILE  # the sandbox copies the file it names for its task
 INLINE_MAX = 64 << 10  # bytes: well under the kernel's 128 KiB per environment string
 
 
