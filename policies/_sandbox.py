@@ -42,6 +42,10 @@ class Sandbox:
       making (``ptrace``, ``mount``, ``unshare``, ``setns``, ``bpf``, ``keyctl``, ...).
     - ``tmp_size``: the size of its private ``/tmp`` and ``/dev/shm`` (each; default 64 MiB).
       The rest of the filesystem is read-only to it, but for its work directory.
+    - ``writable``: more paths it may write (their mounts stay writable; the files' owners and
+      modes still apply, so a leased uid writes only where others may).
+    - ``hide``: paths it may not see at all: a directory is covered by an empty one, a file
+      (or socket) by an empty file.
 
     Invalid values raise ``ValueError`` naming the field and the value.
     """
@@ -53,6 +57,8 @@ class Sandbox:
     workdir: str | None = None
     seccomp: bool = True
     tmp_size: int | str = "64MiB"
+    writable: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         user = self.user
@@ -86,6 +92,19 @@ class Sandbox:
             raise ValueError(f"workdir: expected an absolute path, got {self.workdir!r}")
         if self.workdir is not None and _under(self.workdir, ("/tmp", "/dev/shm")):
             raise ValueError(f"workdir: {self.workdir!r} is under /tmp or /dev/shm, which it gets afresh")
+        for name in ("writable", "hide"):
+            paths = getattr(self, name)
+            if isinstance(paths, str) or not all(
+                isinstance(path, str) and os.path.isabs(path) and "\0" not in path for path in paths
+            ):
+                raise ValueError(f"{name}: expected a list of absolute paths, got {paths!r}")
+            object.__setattr__(self, name, tuple(os.path.normpath(path) for path in paths))
+        for path in self.writable:
+            if path == "/" or _under(path, ("/tmp", "/dev/shm", "/proc", "/sys")):
+                raise ValueError(f"writable: {path!r} is /, or under /tmp, /dev/shm, /proc or /sys")
+        for path in self.hide:
+            if path == "/":
+                raise ValueError("hide: '/' would hide everything")
         size = parse_size(self.tmp_size, field="tmp_size")
         if size < 1 << 20:
             raise ValueError(f"tmp_size: at least 1 MiB, got {self.tmp_size!r}")
@@ -113,8 +132,9 @@ class Sandbox:
         if unknown:
             raise ValueError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
         settings = dict(values)
-        if isinstance(settings.get("pass_env"), list):
-            settings["pass_env"] = tuple(settings["pass_env"])
+        for name in ("pass_env", "writable", "hide"):
+            if isinstance(settings.get(name), list):
+                settings[name] = tuple(settings[name])
         try:
             return cls(**settings)
         except ValueError as error:

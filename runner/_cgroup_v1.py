@@ -93,7 +93,11 @@ def unavailable_reason() -> str | None:
             return f"the v1 {controller} controller is not mounted"
     try:
         for controller in ("memory", "cpuacct"):
-            os.makedirs(parent_dir(controller), exist_ok=True)
+            parent = parent_dir(controller)
+            os.makedirs(parent, exist_ok=True)
+            # It may exist already, made by another user (root): ours must be able to use it.
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"cannot create cgroups in {parent}: it is not writable by uid {os.geteuid()}"
     except OSError as error:
         return f"cannot create {PARENT!r} cgroups: {error.strerror}"
     return None

@@ -112,11 +112,8 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
     # subprocess does, so that a file_size limit ends a task the way it would any program.
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _SIG_DFL)
-    if spec.sandbox is not None:  # while still root: namespaces need it
-        _enter_namespaces(bool(spec.sandbox["network"]))
-        keep = [os.fsencode(path) for path in str(spec.sandbox["keep"]).split("\0") if path]
-        _private_filesystem(str(spec.sandbox["workdir"]), int(spec.sandbox["tmp_size"]), keep)
-        _become_pid_one()  # this process stays behind as the relay; its child goes on
+    if spec.sandbox is not None:  # while still root (of its user namespace): namespaces need it
+        _enter_sandbox(spec.sandbox)  # this process stays behind as the relay; its child goes on
     _arrange_fds([*stdio, result[0]])
     result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
@@ -125,7 +122,7 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
         except (OSError, ValueError) as error:
             raise SetupError(f"the kernel refused rlimit {which} = ({soft}, {hard}): {error}") from None
     if spec.sandbox is not None:  # last: after it, nothing of root's is left to do anything with
-        _drop_privileges(int(spec.sandbox["uid"]), int(spec.sandbox["gid"]))
+        _drop_privileges(int(spec.sandbox["uid"]), int(spec.sandbox["gid"]), bool(spec.sandbox["userns"]))
         if spec.sandbox["seccomp"]:
             _filter_syscalls()
     if spec.cwd is not None:
@@ -140,7 +137,7 @@ class SetupError(Exception):
 
 
 CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNS = 0x40000000, 0x08000000, 0x04000000, 0x00020000
-CLONE_NEWPID = 0x20000000
+CLONE_NEWPID, CLONE_NEWUSER = 0x20000000, 0x10000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 0x40000
 _RELAYED = tuple(
     int(s)
@@ -154,18 +151,61 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT, OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_
     0o2000000,
     4,
 )
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
 
 
-def _enter_namespaces(network: bool) -> None:
-    """Own IPC and UTS namespaces, and (without ``network``) a network namespace whose only
-    interface is loopback, brought up."""
+def _enter_sandbox(settings: dict[str, int | bool | str]) -> None:
+    """Its own namespaces, its own view of the filesystem, then its own PID namespace. In a
+    user namespace (a supervisor that is not root), a refusal says what may forbid it."""
+
+    def paths(key: str) -> list[bytes]:
+        return [os.fsencode(path) for path in str(settings[key]).split("\0") if path]
+
+    try:
+        _enter_namespaces(
+            bool(settings["network"]), bool(settings["userns"]), int(settings["uid"]), int(settings["gid"])
+        )
+        _private_filesystem(
+            str(settings["workdir"]),
+            int(settings["tmp_size"]),
+            paths("keep"),
+            paths("writable"),
+            paths("hide"),
+        )
+        _become_pid_one()
+    except SetupError as error:
+        if settings["userns"] and settings["hint"]:
+            raise SetupError(f"{error}; {settings['hint']}") from None
+        raise
+
+
+def _enter_namespaces(network: bool, user_namespace: bool, uid: int, gid: int) -> None:
+    """Own IPC, UTS and mount namespaces (and PID, for its children), and (without
+    ``network``) a network namespace whose only interface is loopback, brought up. With
+    ``user_namespace`` they belong to a new user namespace in which this process keeps its
+    uid and gid and holds, until it drops them, the capabilities to set them up."""
     flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | CLONE_NEWPID | (0 if network else CLONE_NEWNET)
-    _libc_call("unshare", flags, what="enter its own namespaces")
-    name = b"sandbox"
-    _libc_call("sethostname", name, len(name), what="name its UTS namespace")
+    if user_namespace:
+        _libc_call(
+            "unshare", flags | CLONE_NEWUSER, what="enter a user namespace of its own, and its namespaces"
+        )
+        try:
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                with open(f"/proc/self/{name}", "w") as mapping:
+                    mapping.write(text)
+        except OSError as error:
+            raise SetupError(f"sandbox: cannot map its uid in its user namespace: {error}") from None
+    else:
+        _libc_call("unshare", flags, what="enter its own namespaces")
+    hostname = b"sandbox"
+    _libc_call("sethostname", hostname, len(hostname), what="name its UTS namespace")
     if not network:
         import socket
         import struct
@@ -179,36 +219,54 @@ def _enter_namespaces(network: bool) -> None:
                 ) from None
 
 
-def _private_filesystem(workdir: str, tmp_size: int, keep: list[bytes]) -> None:
+def _private_filesystem(
+    workdir: str, tmp_size: int, keep: list[bytes], writable: list[bytes], hide: list[bytes]
+) -> None:
     """In its own mount namespace: nothing of ours reaches the host's mounts, a fresh /tmp and
-    /dev/shm of ``tmp_size`` bytes each, and every mount read-only but for those and the work
-    directory (the cgroup filesystem and /proc/sys included). The directories in ``keep``
-    (its code's, under the host's /tmp) are carried over into the fresh /tmp, read-only."""
+    /dev/shm of ``tmp_size`` bytes each, ``hide`` covered (a directory by an empty one, a file
+    by an empty file), and every mount read-only but for /tmp, /dev/shm, the work directory
+    and ``writable`` (the cgroup filesystem and /proc/sys included). What of ``keep`` (its
+    code, read-only) and of the writable paths lies under something covered is carried back
+    in, to the same place."""
     _libc_call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None, what="make its mounts private")
-    work = os.fsencode(workdir)
-    _libc_call("mount", work, work, None, MS_BIND, None, what=f"bind its work directory {workdir}")
-    carried = [(path, _clone_tree(path)) for path in keep]
+    rw = [os.fsencode(workdir), *writable]
+    for path in rw:
+        _libc_call("mount", path, path, None, MS_BIND, None, what=f"bind {path.decode()} for writing")
+    covers = [where for where in (b"/tmp", b"/dev/shm") if os.path.isdir(where)]
+    hide = [path for path in hide if not _beneath(path, covers) and os.path.lexists(path)]
+
+    def covered(path: bytes) -> bool:
+        return _beneath(path, covers) or _beneath(path, hide)
+
+    carried = [(path, os.path.isdir(path), _clone_tree(path)) for path in (*keep, *rw) if covered(path)]
     options = f"size={tmp_size},mode=1777".encode()
-    for where in (b"/tmp", b"/dev/shm"):
-        if os.path.isdir(where):
+    for where in covers:
+        _libc_call("mount", b"tmpfs", where, b"tmpfs", MS_NOSUID | MS_NODEV, options,
+                   what=f"mount a private {where.decode()}")  # fmt: skip
+    for path in hide:
+        if os.path.isdir(path):
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
             _libc_call(
-                "mount",
-                b"tmpfs",
-                where,
-                b"tmpfs",
-                MS_NOSUID | MS_NODEV,
-                options,
-                what=f"mount a private {where.decode()}",
+                "mount", b"tmpfs", path, b"tmpfs", flags, b"size=64k,mode=755", what=f"hide {path.decode()}"
             )
-    for path, tree in carried:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            _libc_call("mount", b"/dev/null", path, None, MS_BIND, None, what=f"hide {path.decode()}")
+    for path, is_dir, tree in carried:
+        if is_dir:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         _libc_call("syscall", SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH,
-                   what=f"carry {path.decode()} into its /tmp")  # fmt: skip
+                   what=f"carry {path.decode()} back in")  # fmt: skip
         os.close(tree)
     _mount_setattr(b"/", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0, "make the filesystem read-only")
-    for where in (work, b"/tmp", b"/dev/shm"):
-        if os.path.isdir(where):
-            _mount_setattr(where, 0, 0, MOUNT_ATTR_RDONLY, f"let it write {where.decode()}")
+    for where in (*rw, *covers):
+        _mount_setattr(where, 0, 0, MOUNT_ATTR_RDONLY, f"let it write {where.decode()}")
+
+
+def _beneath(path: bytes, roots: list[bytes]) -> bool:
+    return any(path == root or path.startswith(root + b"/") for root in roots)
 
 
 def _become_pid_one() -> None:
@@ -325,17 +383,27 @@ def _last_capability() -> int:
 _LAST_CAP = _last_capability()  # read once, as the zygote imports this module
 
 
-def _drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid``:``gid`` with no supplementary groups, no capabilities (bounding set
-    included) and no way to gain any (``no_new_privs``: setuid binaries do nothing)."""
+def _drop_privileges(uid: int, gid: int, user_namespace: bool) -> None:
+    """Become ``uid``:``gid`` with no supplementary groups (in a user namespace, where they
+    cannot be dropped, with the ones it has), no capabilities (bounding, ambient and
+    inheritable sets included) and no way to gain any (``no_new_privs``: setuid binaries do
+    nothing)."""
     for cap in range(_LAST_CAP + 1):
         _libc_call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop capability {cap}")
+    _libc_call(
+        "prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, what="clear its ambient capabilities"
+    )
     try:
-        os.setgroups([])
+        if not user_namespace:
+            os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as error:
         raise SetupError(f"sandbox: cannot become uid {uid}, gid {gid}: {error.strerror}") from None
+    # A uid that never was 0 keeps its capabilities across setresuid: clear them all.
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    nothing = (ctypes.c_uint32 * 6)()
+    _libc_call("capset", header, nothing, what="clear its capabilities")
     _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="set no_new_privs")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps of what it read
 

@@ -2,11 +2,13 @@
 record of how each protection was applied. The child's side is ``_child`` (namespaces, then
 the identity, last of all its set-up).
 
-Applied today, from a root supervisor: its own uid and gid (leased for the run, or the
-configured user) without supplementary groups, capabilities or a way to gain any; its own
-IPC, UTS and (unless ``network``) network namespaces; an environment reduced to an allow-list;
-a private work directory as its home and cwd; no inherited descriptors; no core dumps.
-A supervisor that cannot apply them (not root) fails the start, never runs it unconfined.
+A root supervisor gives the task a uid and gid of its own (leased for the run, or the
+configured user) without supplementary groups; any other supervisor keeps its own uid for
+the task, inside a user namespace that owns the task's other namespaces. Either way: no
+capabilities and no way to gain any; its own PID, IPC, UTS, mount and (unless ``network``)
+network namespaces; an environment reduced to an allow-list; a private work directory as
+its home and cwd; no inherited descriptors; no core dumps. A host that forbids any of it
+fails the start, saying what forbids it; nothing runs unconfined.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from policies import Sandbox, format_size
 from runner._child import DENIED_SYSCALLS
 from runner._errors import RunnerError
 from runner._identity import Identity, resolve
+from runner._owners import registry
 
 PAYLOAD_FILE = "GOVERNOR_EVENT_PAYLOAD_FILE"  # an event payload's file (governor.scheduling._payloads)
 WORK_ROOT = "/run/governor/work"  # private work directories (root supervisors only)
@@ -44,6 +47,10 @@ class Prepared:
     owns_workdir: bool
     env: dict[str, str]
     notes: list[str]
+    user_namespace: bool = False  # a non-root supervisor: the namespaces come with a user namespace
+    covered: tuple[str, ...] = ()  # what it may not see (beyond the host's /tmp and /dev/shm)
+    carried: tuple[str, ...] = ()  # code under what is covered, carried back in read-only
+    refusal_hint: str = ""  # why the kernel may refuse a user namespace, for the child's error
 
     def child_settings(self) -> dict[str, int | bool | str]:
         """What the child applies (plain values: the zygote unpickles no runner classes)."""
@@ -54,25 +61,46 @@ class Prepared:
             "seccomp": self.sandbox.seccomp,
             "workdir": self.workdir,
             "tmp_size": int(self.sandbox.tmp_size),
-            "keep": "\0".join(code_under_tmp()),
+            "keep": "\0".join(self.carried),
+            "writable": "\0".join(self.sandbox.writable),
+            "hide": "\0".join(self.covered),
+            "userns": self.user_namespace,
+            "hint": self.refusal_hint,
         }
 
     def report(self) -> dict[str, str]:
         """Each protection, and how it was applied: the record's ``sandbox``."""
         identity = self.identity
-        who = "leased for this run" if identity.leased else "as configured"
+        if self.user_namespace:
+            user = (
+                f"uid {identity.uid}, gid {identity.gid} (the supervisor's own, mapped in a user "
+                "namespace of its own: a supervisor that is not root cannot lease one); its "
+                "supplementary groups stay (an unprivileged user namespace cannot drop them)"
+            )
+        else:
+            who = "leased for this run" if identity.leased else "as configured"
+            user = f"uid {identity.uid}, gid {identity.gid} ({who}), no supplementary groups"
         network = "the host's (network=True)" if self.sandbox.network else "own namespace, loopback only"
         workdir = "private, removed after the run" if self.owns_workdir else "given"
+        writable = ", ".join((self.workdir, *self.sandbox.writable))
+        filesystem = (
+            f"own mount namespace: read-only but for {writable} and its /tmp, the cgroup filesystem included"
+        )
+        if self.covered:
+            filesystem += f"; hidden: {', '.join(self.covered)}"
+        if self.carried:
+            filesystem += f"; code carried in read-only: {', '.join(self.carried)}"
+        privileges = "no capabilities (bounding set emptied), no_new_privs"
         return {
-            "user": f"uid {identity.uid}, gid {identity.gid} ({who}), no supplementary groups",
-            "privileges": "no capabilities (bounding set emptied), no_new_privs",
+            "user": user,
+            "privileges": privileges + (" (in its own user namespace)" if self.user_namespace else ""),
             "network": network,
+            "pid": "own PID namespace (the task is PID 2 under a minimal init), its own read-only /proc",
             "ipc": "own namespace",
             "uts": "own namespace (hostname sandbox)",
             "environment": f"allow-list: {', '.join(sorted(self.env))}",
-            "workdir": f"{self.workdir} ({workdir}; the only place it may write, but for /tmp)",
-            "filesystem": "own mount namespace: read-only but for its work directory, the cgroup "
-            "filesystem included",
+            "workdir": f"{self.workdir} ({workdir})",
+            "filesystem": filesystem,
             "tmp": f"private /tmp and /dev/shm of {format_size(int(self.sandbox.tmp_size))} each",
             "descriptors": "none inherited beyond stdin, stdout, stderr and the result pipe",
             "core_dumps": "off",
@@ -97,26 +125,42 @@ class Prepared:
 
 def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
     """Lease the identity, make the work directory, scrub the environment; raises
-    ``SandboxUnavailable`` when this host cannot apply the protections."""
-    if os.geteuid() != 0:
-        raise SandboxUnavailable(
-            "sandbox: this supervisor is not root, and running sandboxes through a user "
-            "namespace is not built yet; run the supervisor as root"
-        )
+    ``SandboxUnavailable`` when this host cannot apply the protections.
+
+    A root supervisor gives each run a uid of its own. Any other gets the same namespaces
+    through a user namespace, where the task keeps the supervisor's uid: so it also covers
+    what that uid may read and a task has no business reading (the home directory, the
+    runtime directory), and carries back in, read-only, the code it runs."""
+    user_namespace = os.geteuid() != 0
+    hint = ""
+    if user_namespace:
+        if sandbox.user is not None:
+            raise SandboxUnavailable(
+                f"sandbox.user: running as another user ({sandbox.user!r}) needs a root supervisor"
+            )
+        refusal, hint = user_namespace_policy()
+        if refusal:
+            raise SandboxUnavailable(f"sandbox: this host forbids unprivileged user namespaces: {refusal}")
+        identity = Identity(os.getuid(), os.getgid(), leased=False)
+    else:
+        try:
+            identity = resolve(sandbox.user)
+        except (OSError, ValueError) as error:
+            raise SandboxUnavailable(f"sandbox: {error}") from None
     try:
-        identity = resolve(sandbox.user)
-    except (OSError, ValueError) as error:
-        raise SandboxUnavailable(f"sandbox: {error}") from None
-    try:
+        for path in sandbox.writable:
+            if not os.path.exists(path):
+                raise SandboxUnavailable(f"sandbox.writable: no such file or directory {path!r}")
         if sandbox.workdir is not None:
             workdir, owns = sandbox.workdir, False
             if not os.path.isdir(workdir):
                 raise SandboxUnavailable(f"sandbox.workdir: no such directory {workdir!r}")
         else:
-            # Not under /tmp: the sandbox mounts a /tmp of its own over it.
-            os.makedirs(WORK_ROOT, mode=0o711, exist_ok=True)
-            workdir, owns = tempfile.mkdtemp(prefix="sandbox-", dir=WORK_ROOT), True
-        os.chown(workdir, identity.uid, identity.gid)
+            root = work_root()
+            os.makedirs(root, mode=0o711, exist_ok=True)
+            workdir, owns = tempfile.mkdtemp(prefix="sandbox-", dir=root), True
+        if not user_namespace:
+            os.chown(workdir, identity.uid, identity.gid)
         if owns:
             os.chmod(workdir, 0o700)
     except OSError as error:
@@ -131,7 +175,8 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
         copy = os.path.join(workdir, ".governor-event-payload.json")
         try:
             shutil.copyfile(payload, copy)
-            os.chown(copy, identity.uid, identity.gid)
+            if not user_namespace:
+                os.chown(copy, identity.uid, identity.gid)
         except OSError as error:
             identity.release()
             if owns:
@@ -140,28 +185,91 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
         env[PAYLOAD_FILE] = copy
     notes = []
     stdlib = os.path.dirname(os.__file__)
-    if not _others_can_read(stdlib):
+    if not user_namespace and not _others_can_read(stdlib):
         notes.append(
             f"the interpreter's standard library ({stdlib}) is not readable by the sandbox's user: "
             "a callable can use what the fork server has loaded, and import nothing else from it"
         )
-    return Prepared(sandbox, identity, workdir, owns, env, notes)
+    covered = _covered(sandbox, user_namespace)
+    carried, left_out = code_under(("/tmp", "/dev/shm", *covered))
+    notes.extend(
+        f"{entry} is on the import path or PATH but the sandbox covers it: nothing there is "
+        "carried in, so a module or command there is not found"
+        for entry in left_out
+    )
+    return Prepared(sandbox, identity, workdir, owns, env, notes, user_namespace, covered, carried, hint)
 
 
-def code_under_tmp() -> tuple[str, ...]:
-    """The directories of this interpreter's import path under /tmp or /dev/shm, which the
-    sandbox replaces: they are carried into its own, read-only, so its code still imports."""
-    return _code_under_tmp(tuple(sys.path), os.getcwd() if "" in sys.path else "")
+def work_root() -> str:
+    """Where private work directories are made: not under /tmp for root (the sandbox mounts
+    a /tmp of its own over it); beside the owner registry for anyone else (carried in)."""
+    return WORK_ROOT if os.geteuid() == 0 else os.path.join(os.path.dirname(registry()), "work")
+
+
+def _covered(sandbox: Sandbox, user_namespace: bool) -> tuple[str, ...]:
+    """What the task may not see: ``hide``, and for a task that keeps the supervisor's uid,
+    that uid's home and runtime directories. Its work directory, and its writable paths, are
+    carried back in where they lie under one of them."""
+    paths = list(sandbox.hide)
+    if user_namespace:
+        home = os.path.expanduser("~")
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        for path in (home, runtime):
+            if os.path.isabs(path) and path != "/" and os.path.isdir(path):
+                paths.append(os.path.realpath(path))
+    return tuple(path for path in dict.fromkeys(paths) if os.path.lexists(path))
+
+
+@functools.lru_cache(maxsize=1)
+def user_namespace_policy() -> tuple[str, str]:
+    """Whether this host lets an unprivileged process create a user namespace: the sysctl
+    that forbids it (or ""), and a hint naming what may still refuse it at run time."""
+
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as setting:
+                return setting.read().strip()
+        except OSError:
+            return None
+
+    if read("/proc/sys/user/max_user_namespaces") == "0":
+        return "the sysctl user.max_user_namespaces is 0", ""
+    if read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return "the sysctl kernel.unprivileged_userns_clone is 0", ""
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return "", (
+            "the sysctl kernel.apparmor_restrict_unprivileged_userns is 1: AppArmor denies "
+            "capabilities in user namespaces to processes without a profile that allows them"
+        )
+    return "", "a seccomp policy (a container runtime's) or an LSM may forbid user namespaces"
+
+
+def code_under(covered: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The directories of this interpreter (its prefixes, its import path) and of ``PATH``
+    beneath what the sandbox covers, which are carried into it, read-only, so its code still
+    imports and its commands are still found; and those that are a covered directory itself
+    (a script run from /tmp), which are not: carrying them would uncover it all."""
+    path = (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path, *os.environ.get("PATH", "").split(":"))
+    return _code_under(path, os.getcwd() if "" in sys.path else "", covered)
 
 
 @functools.lru_cache(maxsize=8)  # the import path rarely changes: no stat per start
-def _code_under_tmp(path: tuple[str, ...], cwd: str) -> tuple[str, ...]:
+def _code_under(
+    path: tuple[str, ...], cwd: str, covered: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    roots = tuple(os.path.realpath(root) for root in covered)
     found: list[str] = []
-    for entry in sorted({os.path.realpath(item or cwd) for item in path}):
-        under = any(entry == root or entry.startswith(root + "/") for root in ("/tmp", "/dev/shm"))
-        if under and os.path.isdir(entry) and not any(entry.startswith(kept + "/") for kept in found):
+    left_out: list[str] = []
+    for entry in sorted({os.path.realpath(item or cwd) for item in path if item or cwd}):
+        if entry in roots:
+            left_out.append(entry)
+        elif (
+            any(entry.startswith(root + "/") for root in roots)
+            and os.path.isdir(entry)
+            and not any(entry.startswith(kept + "/") for kept in found)
+        ):
             found.append(entry)
-    return tuple(found)
+    return tuple(found), tuple(left_out)
 
 
 @functools.lru_cache(maxsize=8)  # the interpreter's files do not move: once per process

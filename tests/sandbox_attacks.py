@@ -17,6 +17,17 @@ def read_secret() -> str | None:
     return os.environ.get("FAKE_SECRET")
 
 
+def read_path(path: str) -> str:
+    """A file's text, or a directory's entries joined by commas."""
+    try:
+        if os.path.isdir(path):
+            return ",".join(sorted(os.listdir(path)))
+        with open(path) as file:
+            return file.read()
+    except OSError as error:
+        return error.strerror or "refused"
+
+
 def connect_to(port: int) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
         try:

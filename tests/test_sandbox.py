@@ -25,6 +25,7 @@ from sandbox_attacks import (
     make_user_namespace,
     open_for_writing,
     open_store_and_socket,
+    read_path,
     read_secret,
     signal_trace_and_read,
 )
@@ -321,3 +322,68 @@ def test_h_its_tmp_is_its_own_and_bounded_and_the_rest_is_read_only() -> None:
         confined.sandbox is not None
         and confined.sandbox["tmp"] == "private /tmp and /dev/shm of 8.0 MiB each"
     )
+
+
+# -- what it may write, and what it may not see -----------------------------------------------
+
+
+def test_hidden_paths_are_covered_and_writable_ones_stay_writable(open_dir: Path) -> None:
+    secret, drawer = open_dir / "secret", open_dir / "drawer"
+    secret.write_text(SECRET)
+    drawer.mkdir()
+    (drawer / "inside").write_text(SECRET)
+    for path in (secret, drawer, drawer / "inside"):
+        path.chmod(0o755)  # readable by anyone: only the sandbox's cover stands in the way
+    hiding = Sandbox(hide=(str(secret), str(drawer)))
+    assert governor.run(read_path, str(secret), sandbox=hiding).result == ""  # an empty file
+    assert governor.run(read_path, str(drawer), sandbox=hiding).result == ""  # an empty directory
+    assert (
+        governor.run(read_path, str(drawer / "inside"), sandbox=hiding).result == "No such file or directory"
+    )
+    assert (governor.run(read_path, str(secret), sandbox=True).result, read_path(str(secret))) == (
+        SECRET,
+        SECRET,
+    )
+
+    shared = open_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a leased uid writes where the modes let it: the mount is what we open
+    target = str(shared / "made")
+    assert governor.run(open_for_writing, target, sandbox=True).result == "Read-only file system"
+    opened = governor.run(open_for_writing, target, sandbox=Sandbox(writable=(str(shared),)))
+    assert opened.result == "opened" and os.path.exists(target)
+    assert opened.sandbox is not None and str(shared) in opened.sandbox["filesystem"]
+    with pytest.raises(ValueError, match="writable: '/tmp/x' is /, or under /tmp"):
+        Sandbox(writable=("/tmp/x",))
+    record = governor.run(["true"], sandbox=Sandbox(writable=(str(open_dir / "absent"),)))
+    assert record.outcome is Outcome.CRASHED and record.error is not None
+    assert "sandbox.writable: no such file or directory" in record.error.message
+
+
+def test_the_service_hides_its_files_and_refuses_a_socket_mode_that_lets_tasks_in(open_dir: Path) -> None:
+    from governor.service._service import Service
+    from governor.service._store import Store
+    from governor.service._taskfile import load_task_file
+
+    tasks = open_dir / "tasks.toml"
+    tasks.write_text('[[task]]\nname = "untrusted"\ncommand = ["true"]\nsandbox = true\n'
+                     '[[task]]\nname = "trusted"\ncommand = ["true"]\n')  # fmt: skip
+    db = open_dir / "governor.db"
+    with Store(db) as store:
+        service = Service(tasks, store, max_running=1, grace=1, db=db)
+        service.apply(load_task_file(tasks))
+        untrusted, trusted = (service._loaded[name].task.spec.sandbox for name in ("untrusted", "trusted"))
+        assert trusted is None and isinstance(untrusted, Sandbox)
+        for private in (db, Path(f"{db}.lock"), Path(f"{db}.sock"), tasks):
+            assert str(private) in untrusted.hide
+        open_to_all = Service(tasks, store, max_running=1, grace=1, db=db, socket_mode=0o666)
+        with pytest.raises(
+            ValueError, match="'untrusted' is sandboxed, and --socket-mode 666 lets every user"
+        ):
+            open_to_all.apply(load_task_file(tasks))
+        assert open_to_all._loaded == {}  # refused before anything changed
+    done = subprocess.run(
+        [sys.executable, "-m", "governor", "serve", str(tasks), "--db", str(db), "--socket-mode", "666"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "--socket-mode 666 lets every user" in done.stderr

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from governor.service._control import ask, socket_path
+from governor.service._control import ask, check_socket_mode, socket_path
 from governor.service._log import FORMATS, LEVELS
 from governor.service._service import serve
 from governor.service._store import Store, StoreError, default_db_path
@@ -78,6 +78,13 @@ def add_commands(commands: Any) -> None:
         default="16MiB",
         metavar="SIZE",
         help="the largest event payload fire accepts, as JSON (default: 16MiB)",
+    )
+    serve_parser.add_argument(
+        "--socket-mode",
+        default="600",
+        metavar="MODE",
+        help="the control socket's mode, octal: 600 (the default: this user and root), 660 (also"
+        " this user's group) or 666 (anyone); refused with sandboxed tasks where they could use it",
     )
     serve_parser.set_defaults(handler=_serve)
 
@@ -146,6 +153,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         memory_budget = _budget_option(arguments.memory_budget, "memory_budget", parse_size)
         cpu_budget = _budget_option(arguments.cpu_budget, "cpu_budget", _cores)
         max_payload = parse_size(arguments.max_payload, field="max_payload")
+        socket_mode = _socket_mode(arguments.socket_mode)
         return serve(
             arguments.task_file,
             _db(arguments),
@@ -157,6 +165,7 @@ def _serve(arguments: argparse.Namespace) -> int:
             log_level=arguments.log_level,
             log_format=arguments.log_format,
             max_payload=max_payload,
+            socket_mode=socket_mode,
         )
     except (TaskFileError, ValueError) as error:  # a bad file, or a bad budget
         print(f"governor: {error}", file=sys.stderr)
@@ -164,6 +173,14 @@ def _serve(arguments: argparse.Namespace) -> int:
     except (StoreError, RuntimeError) as error:  # a bad store, or another server on it
         print(f"governor: {error}", file=sys.stderr)
         return EXIT_STORE
+
+
+def _socket_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"socket_mode: expected an octal mode such as 600, got {text!r}") from None
+    return check_socket_mode(mode)
 
 
 def _budget_option(text: str, name: str, parse: Any) -> Any:

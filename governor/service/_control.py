@@ -60,6 +60,16 @@ class RequestRefused(ValueError):
     complete = True  # the request's whole line has been read
 
 
+def check_socket_mode(mode: int) -> int:
+    """The control socket's permission bits: 0600 (the default), or also the group's or
+    everyone's (read and write go together: connecting needs write); nothing else."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode & ~0o666 or mode & 0o600 != 0o600:
+        raise ValueError(f"socket_mode: expected 600, 660 or 666 (octal), got {mode!r}")
+    if (mode & 0o060) not in (0, 0o060) or (mode & 0o006) not in (0, 0o006):
+        raise ValueError(f"socket_mode: read and write go together, got {mode:o}")
+    return mode
+
+
 class ControlServer:
     """Answers requests on the control socket of the server using ``db`` (see the module
     docstring). A request that fails gets its reason back; the server lives on."""
@@ -72,8 +82,10 @@ class ControlServer:
         max_request: int = DEFAULT_MAX_REQUEST,
         deadline: float = REQUEST_DEADLINE,
         too_large: str = "",
+        mode: int = 0o600,
     ) -> None:
         self.db = db
+        self.mode = check_socket_mode(mode)
         self.path = socket_path(db)
         self.max_request = max_request
         self.too_large = too_large  # what to add when a request is refused for its size
@@ -98,11 +110,18 @@ class ControlServer:
             server.bind(str(path))
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o600)
+        os.chmod(path, self.mode)
         server.listen(64)
         self._server = server
         threading.Thread(target=self._accept, args=(server,), name="governor-control", daemon=True).start()
         return path
+
+    def _may_control(self, uid: int, gid: int) -> bool:
+        """Root, the server's own user, and whom ``mode`` lets in: the server's group (by
+        the peer's primary gid, which is what the kernel tells), or anyone."""
+        if uid in self._allowed or self.mode & 0o006:
+            return True
+        return bool(self.mode & 0o060) and gid == os.getgid()
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop listening, remove the socket file, and give requests being answered
@@ -150,10 +169,10 @@ class ControlServer:
 
     def _reply(self, connection: socket.socket) -> dict[str, Any]:
         try:
-            _pid, uid, _gid = _UCRED.unpack(
+            _pid, uid, gid = _UCRED.unpack(
                 connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
-            if uid not in self._allowed:
+            if not self._may_control(uid, gid):
                 log.warning("refused a control request from uid %d", uid)
                 return {"ok": False, "error": f"uid {uid} may not control this server"}
             try:

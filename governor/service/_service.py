@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import logging
 import os
+import pwd
 import select
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +39,7 @@ from governor.service._estimates import learn_from_history
 from governor.service._log import configure, unconfigure
 from governor.service._store import Store, StoreError
 from governor.service._taskfile import TaskDefinition, load_task_file
-from policies import format_duration, format_size
+from policies import Sandbox, format_duration, format_size
 from runner import Execution, Handle, kill_leftovers, new_execution_id, sweep_orphan_cgroups
 
 log = logging.getLogger("governor.serve")
@@ -144,6 +146,7 @@ class Service:
         telemetry: Telemetry | None = None,
         backend: object = "local",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        socket_mode: int = 0o600,
     ) -> None:
         self.task_file = task_file
         self.max_payload = max_payload
@@ -169,6 +172,7 @@ class Service:
             self.answer,
             max_request=max_payload + (64 << 10),
             too_large=f"; payloads may be at most {format_size(max_payload)} (governor serve --max-payload)",
+            mode=socket_mode,
         )
 
     def _learn_from_history(self) -> None:
@@ -178,9 +182,13 @@ class Service:
     # -- tasks ----------------------------------------------------------------------------
 
     def apply(self, definitions: list[TaskDefinition]) -> dict[str, list[str]]:
-        """Make the scheduler's tasks match ``definitions``; unchanged tasks are untouched."""
+        """Make the scheduler's tasks match ``definitions``; unchanged tasks are untouched.
+        ``ValueError``, before anything changes, if a sandboxed task could reach the control
+        socket through its mode."""
         changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "unchanged": []}
         wanted = {definition.name: definition for definition in definitions}
+        for definition in definitions:
+            self._check_socket_against(definition)
         with self._lock:
             for name in list(self._loaded):
                 if name not in wanted:
@@ -200,11 +208,41 @@ class Service:
                 task = definition.build(
                     keep_output=False, output_cap=self.store.max_output, keep_executions=10
                 )
+                sandbox = task.spec.sandbox
+                if isinstance(sandbox, Sandbox):  # never shown the server's own files
+                    hidden = replace(sandbox, hide=(*sandbox.hide, *self.private_paths()))
+                    task.spec = replace(task.spec, sandbox=hidden)
                 events = {t.name: t for t in task.triggers if isinstance(t, EventTrigger) and t.name}
                 self.scheduler.add_task(task)
                 self._loaded[name] = _Loaded(definition, task, events)
         self.store.save_tasks([(d.name, d.source, d.fingerprint) for d in definitions])
         return changes
+
+    def private_paths(self) -> tuple[str, ...]:
+        """The server's files a sandboxed task is never shown (each covered in its mount
+        namespace): the store and its journal, the spool, the locks, the control socket, the
+        task file (its settings may carry secrets)."""
+        db = str(self.db.absolute())
+        files = [
+            f"{db}{suffix}" for suffix in ("", "-wal", "-shm", "-journal", ".lock", ".spool", ".spool.lock")
+        ]
+        return (*files, str(self.control.path.absolute()), str(self.task_file.absolute()))
+
+    def _check_socket_against(self, definition: TaskDefinition) -> None:
+        sandbox = definition.build(keep_output=False).spec.sandbox
+        if not isinstance(sandbox, Sandbox):
+            return
+        mode = self.control.mode
+        if mode & 0o006:
+            raise ValueError(
+                f"task {definition.name!r} is sandboxed, and --socket-mode {mode:o} lets every user, "
+                "its sandbox's included, control this server; use 600 or 660"
+            )
+        if mode & 0o060 and sandbox.user is not None and _in_group(sandbox.user, os.getgid()):
+            raise ValueError(
+                f"task {definition.name!r} runs sandboxed as {sandbox.user!r}, who is in this server's "
+                f"group, and --socket-mode {mode:o} lets that group control it; use 600"
+            )
 
     def _remove(self, name: str) -> None:
         loaded = self._loaded.pop(name)
@@ -334,6 +372,19 @@ class Service:
         return 0
 
 
+def _in_group(user: int | str, gid: int) -> bool:
+    """Whether ``user`` has ``gid`` as its primary or a supplementary group."""
+    try:
+        entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+    except KeyError:
+        return False
+    try:
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        members = []
+    return entry.pw_gid == gid or entry.pw_name in members
+
+
 def _claim(db: Path) -> int:
     """Hold an exclusive lock beside the database for the server's lifetime: recovery marks
     whatever is in flight as lost, which is right only if no other server is running it."""
@@ -363,6 +414,7 @@ def serve(
     memory_budget: int | str | None = "auto",
     cpu_budget: float | str | None = "auto",
     dask: str | None = None,
+    socket_mode: int = 0o600,
 ) -> int:
     """Load, open, recover, serve. Errors here (bad file, bad store, bad ``OTEL_*``
     variables) propagate to the CLI. Telemetry, when the environment asks for it, is flushed
@@ -370,7 +422,9 @@ def serve(
     Dask cluster, connected before the store is touched."""
     handler = configure(log_stream, log_level, log_format)
     try:
-        return _serve(task_file, db, max_running, grace, memory_budget, cpu_budget, dask, max_payload)
+        return _serve(
+            task_file, db, max_running, grace, memory_budget, cpu_budget, dask, max_payload, socket_mode
+        )
     finally:
         unconfigure(handler)
 
@@ -384,6 +438,7 @@ def _serve(
     cpu_budget: float | str | None,
     dask: str | None,
     max_payload: int,
+    socket_mode: int,
 ) -> int:
     definitions = load_task_file(task_file)
     telemetry = Telemetry.from_environment()  # before the store: a typo must not touch it
@@ -410,6 +465,7 @@ def _serve(
                 telemetry=telemetry,
                 backend=backend,
                 max_payload=max_payload,
+                socket_mode=socket_mode,
             )
             service.apply(definitions)
             service.refire_pending()
