@@ -79,11 +79,15 @@ class ChildSpec:
             setattr(self, name, value)
 
 
-def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int) -> None:
-    """Confine this freshly forked process and run the task; never returns."""
+def child_main(
+    spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zygote: int, status_fd: int = -1
+) -> None:
+    """Confine this freshly forked process and run the task; never returns. With
+    ``status_fd``, it was forked as PID 1 of a PID namespace of its own (a sandbox's), and
+    tells the zygote on that pipe how its task ended."""
     where = [result_fd]  # the result pipe's number: RESULT_FD once the descriptors are arranged
     try:
-        _confine(spec, where, stdio, zygote)
+        _confine(spec, where, stdio, zygote, status_fd)
     except BaseException as error:  # the task has not started: report why, as text
         text = str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"
         _report(SetupFailed(text), fd=where[0])
@@ -96,10 +100,15 @@ def child_main(spec: ChildSpec, result_fd: int, stdio: tuple[int, int, int], zyg
     os._exit(0)
 
 
-def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zygote: int) -> None:
+def _confine(
+    spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zygote: int, status_fd: int
+) -> None:
     os.setsid()
     prctl(PR_SET_PDEATHSIG, _SIGKILL)
-    if os.getppid() != zygote:  # the zygote died before the signal was armed
+    if status_fd >= 0:  # PID 1 sees no parent: the zygote is gone if its end of the pipe is
+        if _reader_gone(status_fd):
+            os._exit(EXIT_SETUP_FAILED)
+    elif os.getppid() != zygote:  # the zygote died before the signal was armed
         os._exit(EXIT_SETUP_FAILED)
     pid = str(os.getpid()).encode()
     for procs in spec.cgroup_procs:
@@ -113,7 +122,7 @@ def _confine(spec: ChildSpec, result: list[int], stdio: tuple[int, int, int], zy
     for signum in _RESET_SIGNALS:
         _signal.signal(signum, _SIG_DFL)
     if spec.sandbox is not None:  # while still root (of its user namespace): namespaces need it
-        _enter_sandbox(spec.sandbox)  # this process stays behind as the relay; its child goes on
+        _enter_sandbox(spec.sandbox, status_fd)  # this process stays behind (init); its child goes on
     _arrange_fds([*stdio, result[0]])
     result[0] = RESULT_FD
     for which, soft, hard in spec.rlimits:
@@ -157,7 +166,15 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
 
 
-def _enter_sandbox(settings: dict[str, int | bool | str]) -> None:
+def _reader_gone(fd: int) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _enter_sandbox(settings: dict[str, int | bool | str], status_fd: int) -> None:
     """Its own namespaces, its own view of the filesystem, then its own PID namespace. In a
     user namespace (a supervisor that is not root), a refusal says what may forbid it."""
 
@@ -165,9 +182,9 @@ def _enter_sandbox(settings: dict[str, int | bool | str]) -> None:
         return [os.fsencode(path) for path in str(settings[key]).split("\0") if path]
 
     try:
-        _enter_namespaces(
-            bool(settings["network"]), bool(settings["userns"]), int(settings["uid"]), int(settings["gid"])
-        )
+        network, user_namespace = bool(settings["network"]), bool(settings["userns"])
+        uid, gid = int(settings["uid"]), int(settings["gid"])
+        _enter_namespaces(network, user_namespace, uid, gid, pid=status_fd < 0)
         _private_filesystem(
             str(settings["workdir"]),
             int(settings["tmp_size"]),
@@ -175,19 +192,20 @@ def _enter_sandbox(settings: dict[str, int | bool | str]) -> None:
             paths("writable"),
             paths("hide"),
         )
-        _become_pid_one()
+        _become_pid_one(status_fd)
     except SetupError as error:
         if settings["userns"] and settings["hint"]:
             raise SetupError(f"{error}; {settings['hint']}") from None
         raise
 
 
-def _enter_namespaces(network: bool, user_namespace: bool, uid: int, gid: int) -> None:
-    """Own IPC, UTS and mount namespaces (and PID, for its children), and (without
-    ``network``) a network namespace whose only interface is loopback, brought up. With
-    ``user_namespace`` they belong to a new user namespace in which this process keeps its
-    uid and gid and holds, until it drops them, the capabilities to set them up."""
-    flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | CLONE_NEWPID | (0 if network else CLONE_NEWNET)
+def _enter_namespaces(network: bool, user_namespace: bool, uid: int, gid: int, *, pid: bool) -> None:
+    """Own IPC, UTS and mount namespaces (and, with ``pid``, PID, for its children), and
+    (without ``network``) a network namespace whose only interface is loopback, brought up.
+    With ``user_namespace`` they belong to a new user namespace in which this process keeps
+    its uid and gid and holds, until it drops them, the capabilities to set them up."""
+    flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS | (CLONE_NEWPID if pid else 0)
+    flags |= 0 if network else CLONE_NEWNET
     if user_namespace:
         _libc_call(
             "unshare", flags | CLONE_NEWUSER, what="enter a user namespace of its own, and its namespaces"
@@ -269,26 +287,37 @@ def _beneath(path: bytes, roots: list[bytes]) -> bool:
     return any(path == root or path.startswith(root + b"/") for root in roots)
 
 
-def _become_pid_one() -> None:
-    """Fork into the new PID namespace, where the task sees and signals only its own
-    processes, on a /proc of its own. Two processes stay behind, neither holding anything of
-    the task's: this one (its pid is the execution's, in the host's namespace) and, inside,
-    PID 1, a minimal init that reaps orphans. Both pass on the signals a supervisor sends,
-    and each ends as the task ended (the wait status travels up a pipe), so the exit status,
-    the signal and the usage mean what they mean for any run. The task itself is PID 2: a
-    signal it sends itself works as anywhere (PID 1 would ignore it)."""
+def _become_pid_one(status_fd: int) -> None:
+    """The task's own PID namespace, where it sees and signals only its own processes, on a
+    /proc of its own. The task is PID 2: a signal it sends itself works as anywhere (PID 1
+    would ignore it). PID 1 is a minimal init that passes on the signals a supervisor sends,
+    reaps orphans, and reports how the task ended, so the exit status, the signal and the
+    usage mean what they mean for any run.
+
+    Forked by a root zygote, this process is PID 1 already (``status_fd`` is its report's
+    pipe, to the zygote). Otherwise (in a user namespace) it forks into the namespace it
+    made, and stays behind as a relay that ends as the task ended, on the status its init
+    sends up a pipe."""
+    if status_fd >= 0:
+        _init_and_task(status_fd)
+        return
     status_r, status_w = os.pipe()
     init = os.fork()
     if init:
         _relay(init, keep=status_r, pid_one=False)
+    os.close(status_r)
     _libc_call("prctl", PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0, what="tie its init to the relay")
+    _init_and_task(status_w)
+
+
+def _init_and_task(status_w: int) -> None:
+    """As PID 1: mount its /proc, fork the task (which returns from here), and stay its init."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _libc_call("mount", b"proc", b"/proc", b"proc", flags, None, what="mount its own /proc")
     _mount_setattr(b"/proc", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0, "make its /proc read-only")
     task = os.fork()
     if task:
         _relay(task, keep=status_w, pid_one=True)
-    os.close(status_r)
     os.close(status_w)
     _libc_call("prctl", PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0, what="tie itself to its init")
 
@@ -579,6 +608,14 @@ def _write(payload: bytes, fd: int) -> None:
 
 
 _libc = None
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once (``preload``), with errno kept."""
+    if _libc is None:
+        preload()
+    assert _libc is not None
+    return _libc
 
 
 def preload() -> None:

@@ -29,6 +29,7 @@ signal is SIGKILL; their descendants would not).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import pickle
@@ -56,6 +57,8 @@ def main() -> None:
     sys.path[:] = settings["sys_path"]
     os.chdir(settings["cwd"])
     _child.preload()
+    global _own_pid_namespace
+    _own_pid_namespace = _open_own_pid_namespace()
     for module in settings["preload"]:
         __import__(module)
     # Everything loaded so far lives as long as the zygote: keep the collector's hands off it,
@@ -67,6 +70,7 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal ^C is the supervisor's to handle
     children: dict[int, socket.socket] = {}  # pid -> its reply socket, for its exit status
+    statuses: dict[int, int] = {}  # pid -> the read end its init reports the task's status on
     # pid -> its cgroup directories; once reaped (pid 0), until the supervisor removes them:
     # its setsid'd descendants may still be in them.
     cgroups: dict[int, list[str]] = {0: []}
@@ -76,7 +80,7 @@ def main() -> None:
             readable, _, _ = select.select([control.fileno(), wake_r], [], [])
             if wake_r in readable:
                 drain(wake_r)
-                _reap(children, cgroups)
+                _reap(children, cgroups, statuses)
             if control.fileno() in readable:
                 header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
                 data, fds = header[0], header[1]
@@ -87,7 +91,7 @@ def main() -> None:
                 size, _count = REQUEST.unpack(data)
                 spec = _child.ChildSpec.__new__(_child.ChildSpec)
                 spec.__setstate__(pickle.loads(_recv_exact(control, size)))
-                pid = _fork(control, spec, fds, children, (wake_r, wake_w))
+                pid = _fork(control, spec, fds, children, (wake_r, wake_w), statuses)
                 if pid:
                     cgroups[pid] = [os.path.dirname(procs) for procs in spec.cgroup_procs]
     finally:
@@ -101,17 +105,35 @@ def _fork(
     fds: list[int],
     children: dict[int, socket.socket],
     wake: tuple[int, int],
+    statuses: dict[int, int],
 ) -> int:
-    """Fork the child for ``spec``; its pid, or 0 if the fork failed (the reply says why)."""
+    """Fork the child for ``spec``; its pid, or 0 if the fork failed (the reply says why).
+
+    A sandboxed child of a root zygote is forked straight into a PID namespace of its own, as
+    its PID 1 (its init): one fork fewer than its making the namespace itself. An init cannot
+    die of a signal it sends itself, so it reports how its task ended on a pipe instead, and
+    that status stands for the child's own."""
     result_w, stdin, stdout, stderr, reply_fd = fds
     reply = socket.socket(fileno=reply_fd)
+    status_r = status_w = -1
     try:
         _import(spec.imports)  # type: ignore[attr-defined]
+        if _own_pid_namespace >= 0 and spec.sandbox is not None and not spec.sandbox["userns"]:  # type: ignore[attr-defined]
+            status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            _unshare_pid()
         forked_at = time.monotonic()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            if status_r >= 0:
+                _restore_pid_namespace()
+            raise
+        if pid and status_r >= 0:
+            _restore_pid_namespace()
     except OSError as error:
-        for fd in fds[:-1]:
-            os.close(fd)
+        for fd in (*fds[:-1], status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
         with contextlib.suppress(OSError), reply:  # a supervisor that gave up reads nothing
             reply.sendall(REPLY.pack(0, error.errno or 0, 0.0))
         return 0
@@ -121,12 +143,17 @@ def _fork(
         reply.close()
         for child in children.values():
             child.close()
-        for fd in wake:
-            os.close(fd)
-        _child.child_main(spec, result_w, (stdin, stdout, stderr), os.getppid())  # type: ignore[arg-type]
+        for fd in (*wake, *statuses.values(), status_r):
+            if fd >= 0:
+                os.close(fd)
+        zygote = 0 if status_w >= 0 else os.getppid()  # from inside its PID namespace: none
+        _child.child_main(spec, result_w, (stdin, stdout, stderr), zygote, status_w)  # type: ignore[arg-type]
         os._exit(0)
-    for fd in (result_w, stdin, stdout, stderr):
-        os.close(fd)
+    for fd in (result_w, stdin, stdout, stderr, status_w):
+        if fd >= 0:
+            os.close(fd)
+    if status_r >= 0:
+        statuses[pid] = status_r
     children[pid] = reply  # the child's exit status follows on it, when it is reaped
     pidfd = os.pidfd_open(pid)
     try:
@@ -137,6 +164,46 @@ def _fork(
     finally:
         os.close(pidfd)
     return pid
+
+
+CLONE_NEWPID = 0x20000000
+
+
+def _open_own_pid_namespace() -> int:
+    """The zygote's own PID namespace, to return to after forking into a new one; -1 where it
+    may not make one (not root: a sandboxed child then makes its own, in a user namespace)."""
+    if os.geteuid() != 0:
+        return -1
+    try:
+        return os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+_own_pid_namespace = -1  # opened in main()
+
+
+def _unshare_pid() -> None:
+    """The next child forked is the first (PID 1) of a new PID namespace."""
+    if hasattr(os, "unshare"):  # 3.12+
+        os.unshare(CLONE_NEWPID)
+    elif _child.libc().unshare(CLONE_NEWPID) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare(CLONE_NEWPID): {os.strerror(errno)}")
+
+
+def _restore_pid_namespace() -> None:
+    """Children forked from now on are in the zygote's own PID namespace again. Were that
+    refused, every later child would be forked into a namespace whose init is gone: the
+    zygote ends instead (its supervisor starts another)."""
+    try:
+        if hasattr(os, "setns"):  # 3.12+
+            os.setns(_own_pid_namespace, CLONE_NEWPID)
+        elif _child.libc().setns(_own_pid_namespace, CLONE_NEWPID) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns: {os.strerror(errno)}")
+    except OSError as error:
+        raise SystemExit(f"the zygote could not return to its own PID namespace: {error}") from None
 
 
 def _import(modules: tuple[str, ...]) -> None:
@@ -154,7 +221,9 @@ def _import(modules: tuple[str, ...]) -> None:
         gc.freeze()  # as at start: keep the collector off what lives as long as the zygote
 
 
-def _reap(children: dict[int, socket.socket], cgroups: dict[int, list[str]]) -> None:
+def _reap(
+    children: dict[int, socket.socket], cgroups: dict[int, list[str]], statuses: dict[int, int]
+) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -162,6 +231,16 @@ def _reap(children: dict[int, socket.socket], cgroups: dict[int, list[str]]) -> 
             return
         if pid == 0:
             return
+        status_r = statuses.pop(pid, -1)
+        if status_r >= 0:  # its init: the status it reported is its task's (none: it was killed)
+            try:
+                reported = os.read(status_r, 4)
+            except BlockingIOError:
+                reported = b""
+            finally:
+                os.close(status_r)
+            if len(reported) == 4:
+                status = int.from_bytes(reported, "little")
         reply = children.pop(pid, None)
         ended = cgroups.pop(pid, None)
         if ended:

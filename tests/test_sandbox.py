@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -387,3 +388,18 @@ def test_the_service_hides_its_files_and_refuses_a_socket_mode_that_lets_tasks_i
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0 and "--socket-mode 666 lets every user" in done.stderr
+
+
+# -- how it ended means what it means for any run ---------------------------------------------
+
+
+def test_its_exit_status_signal_and_limits_are_reported_as_for_any_run() -> None:
+    exited = governor.run(["sh", "-c", "exit 3"], sandbox=True)
+    assert (exited.outcome, exited.exit_code, exited.signal) == (Outcome.FAILED, 3, None)
+    signalled = governor.run(["sh", "-c", "kill -SEGV $$"], sandbox=True)
+    assert signalled.outcome is Outcome.CRASHED and signalled.signal == signal.SIGSEGV
+    timed_out = governor.run(["sleep", "30"], sandbox=True, limits=governor.Limits(wall_time=0.2))
+    assert timed_out.outcome is Outcome.TIMED_OUT and timed_out.breached_limit == "wall_time"
+    hog = governor.run(allocate, 400 << 20, sandbox=True, limits=governor.Limits(memory="100MiB"))
+    assert hog.outcome is Outcome.MEMORY_EXCEEDED, hog
+    assert governor.run(os.getpid, sandbox=True).result == 2  # the task, under its init
