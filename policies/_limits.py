@@ -14,7 +14,7 @@ SizeLike = int | float | str
 DurationLike = int | float | str | timedelta
 
 # Limits whose value 0 would forbid the execution from running at all, and so is a mistake.
-_POSITIVE = ("memory", "cpu_time", "cpu_rate", "wall_time", "pids", "open_files")
+_POSITIVE = ("memory", "memory_high", "cpu_time", "cpu_rate", "wall_time", "pids", "open_files")
 
 # Spellings accepted by ``Limits.from_mapping`` (task files, CLI) beside the field names.
 _ALIASES = {"cpu": "cpu_rate", "timeout": "wall_time", "processes": "pids", "nofile": "open_files"}
@@ -25,6 +25,8 @@ class Limits:
     """Resource limits for one execution; ``None`` means unlimited.
 
     - ``memory``: bytes for the whole process tree (also ``"512M"``, ``"1.5GiB"``).
+    - ``memory_high``: a soft limit below ``memory``: past it the kernel reclaims the tree's
+      memory and throttles it, before the hard limit kills (cgroup v2 ``memory.high``).
     - ``cpu_time``: seconds of user + system CPU (also ``"5m"``).
     - ``cpu_rate``: cores the tree may keep busy on average, e.g. ``0.5``.
     - ``wall_time``: seconds from start to forced end (also ``"90s"``, ``"2m"``).
@@ -36,6 +38,7 @@ class Limits:
     """
 
     memory: int | None = None
+    memory_high: int | None = None
     cpu_time: float | None = None
     cpu_rate: float | None = None
     wall_time: float | None = None
@@ -47,6 +50,7 @@ class Limits:
         self,
         *,
         memory: SizeLike | None = None,
+        memory_high: SizeLike | None = None,
         cpu_time: DurationLike | None = None,
         cpu_rate: float | int | str | None = None,
         wall_time: DurationLike | None = None,
@@ -56,6 +60,7 @@ class Limits:
     ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "memory", _opt(memory, lambda v: parse_size(v, field="memory")))
+        setattr_(self, "memory_high", _opt(memory_high, lambda v: parse_size(v, field="memory_high")))
         setattr_(self, "cpu_time", _opt(cpu_time, lambda v: parse_duration(v, field="cpu_time")))
         setattr_(self, "cpu_rate", _opt(cpu_rate, _cpu_rate))
         setattr_(self, "wall_time", _opt(wall_time, lambda v: parse_duration(v, field="wall_time")))
@@ -69,6 +74,11 @@ class Limits:
         for name in _POSITIVE:
             if getattr(self, name) == 0:
                 raise ValueError(f"{name}: must be greater than zero, got 0 (omit it for no limit)")
+        if self.memory_high is not None and self.memory is not None and self.memory_high >= self.memory:
+            raise ValueError(
+                f"memory_high: a soft limit below memory ({format_size(self.memory)}), "
+                f"got {format_size(self.memory_high)}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str = "limits") -> Limits:
@@ -102,7 +112,7 @@ class Limits:
     def __repr__(self) -> str:
         shown = []
         for name, value in self.as_dict().items():
-            if name in ("memory", "file_size"):
+            if name in ("memory", "memory_high", "file_size"):
                 shown.append(f"{name}={format_size(value)}")
             elif name in ("cpu_time", "wall_time"):
                 shown.append(f"{name}={format_duration(value)}")

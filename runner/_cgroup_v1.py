@@ -223,6 +223,12 @@ class CgroupV1:
         except (OSError, ValueError):
             return 0.0
 
+    def memory_high_events(self) -> int:
+        return 0  # memory_high is v2's alone
+
+    def stall_seconds(self) -> dict[str, float]:
+        return {}  # per-task pressure is v2's alone
+
     def kill_all(self) -> bool:
         return False
 

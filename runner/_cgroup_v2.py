@@ -120,6 +120,8 @@ class CgroupV2:
                 self._write("memory.swap.max", "0")
             if os.path.exists(self._file("memory.oom.group")):
                 self._write("memory.oom.group", "1")
+        if limits.memory_high is not None:
+            self._write("memory.high", str(limits.memory_high))
         if limits.cpu_rate is not None:
             quota = max(1000, int(limits.cpu_rate * CPU_PERIOD_US))
             self._write("cpu.max", f"{quota} {CPU_PERIOD_US}")
@@ -180,6 +182,27 @@ class CgroupV2:
             return self._keyed("cpu.stat").get("throttled_usec", 0) / 1e6
         except (OSError, ValueError):
             return 0.0
+
+    def memory_high_events(self) -> int:
+        try:
+            return self._keyed("memory.events").get("high", 0)
+        except (OSError, ValueError):
+            return 0
+
+    def stall_seconds(self) -> dict[str, float]:
+        """How long some of its tasks stalled on CPU, memory and I/O over its life (PSI's
+        ``some`` totals); what the kernel does not report (PSI off) is left out."""
+        stalls = {}
+        for resource in ("cpu", "memory", "io"):
+            try:
+                with open(self._file(f"{resource}.pressure")) as pressure:
+                    some = pressure.readline().split()
+            except OSError:
+                continue
+            total = next((field for field in some if field.startswith("total=")), None)
+            if some[:1] == ["some"] and total is not None:
+                stalls[resource] = int(total.removeprefix("total=")) / 1e6
+        return stalls
 
     def kill_all(self) -> bool:
         if not os.path.exists(self._file("cgroup.kill")):

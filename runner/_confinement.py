@@ -59,6 +59,14 @@ class Confinement(Protocol):
         """Time the kernel held the tree back for its cpu_rate quota (0 without one)."""
         ...
 
+    def memory_high_events(self) -> int:
+        """Times the tree went past its memory_high and was reclaimed and throttled (v2)."""
+        ...
+
+    def stall_seconds(self) -> dict[str, float]:
+        """Seconds its tasks stalled, by resource (cpu, memory, io), where the kernel says (v2)."""
+        ...
+
     def kill_all(self) -> bool:
         """Kill every member in one kernel operation if the backend can; else ``False``."""
         ...

@@ -2,6 +2,7 @@
 
     limit        cgroup2           cgroup1               rlimit mode               watchdog mode
     memory       memory.max        memory.limit(+memsw)  RLIMIT_DATA + tree check  tree check
+    memory_high  memory.high       (not enforced: v1 has no throttle below the limit; the record says so)
     cpu_time     cpu.stat check    cpuacct check         RLIMIT_CPU + tree check   tree check
                  + RLIMIT_CPU      + RLIMIT_CPU
     cpu_rate     cpu.max           cfs quota             SIGSTOP/SIGCONT duty cycle (all non-cgroup)
@@ -101,6 +102,11 @@ def plan(limits: Limits, mode: Enforcement) -> Plan:
         else:
             mechanisms["memory"] = Mechanism.WATCHDOG
             watch.add("memory")
+    if limits.memory_high is not None:
+        if mode is Enforcement.CGROUP2:
+            mechanisms["memory_high"] = Mechanism.CGROUP2
+        else:  # v1's soft limit only steers reclaim under host pressure: not the same promise
+            unenforced.append("memory_high")
     if limits.cpu_time is not None:
         watch.add("cpu_time")
         if mode is Enforcement.WATCHDOG:

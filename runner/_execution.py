@@ -610,6 +610,8 @@ class ExecutionHandle:
                 else self._confinement.throttled_seconds()
             ),
             memory_source=source,
+            memory_high_events=self._confinement.memory_high_events(),
+            stall_seconds=self._confinement.stall_seconds(),
         )
 
     def _record(self, usage: Usage, now: float, outcome: Outcome | None = None) -> Execution:

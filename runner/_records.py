@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,8 @@ class Usage:
     oom_kills: int = 0
     memory_source: str = ""  # where the peak came from: cgroup, rusage, sampled
     cpu_throttled_seconds: float = 0.0  # time its cpu_rate limit held it back (quota or duty cycle)
+    memory_high_events: int = 0  # times it went past memory_high and was reclaimed, throttled (v2)
+    stall_seconds: Mapping[str, float] = field(default_factory=dict)  # PSI "some" totals by resource (v2)
 
     @property
     def cpu_seconds(self) -> float:
@@ -214,6 +217,8 @@ class Execution:
             "peak_processes": usage.peak_processes,
             "oom_kills": usage.oom_kills,
             "cpu_throttled_seconds": round(usage.cpu_throttled_seconds, 6),
+            "memory_high_events": usage.memory_high_events,
+            "stall_seconds": {name: round(value, 6) for name, value in usage.stall_seconds.items()},
             "limits": self.limits.as_dict(),
             "enforcement": dict(self.enforcement),
             "unenforced": list(self.unenforced),

@@ -273,6 +273,12 @@ class ProcessTree:
     def throttled_seconds(self) -> float:
         return 0.0  # without a cgroup the duty cycle throttles, and keeps its own account
 
+    def memory_high_events(self) -> int:
+        return 0  # memory_high is v2's alone
+
+    def stall_seconds(self) -> dict[str, float]:
+        return {}  # per-task pressure is v2's alone
+
     def kill_all(self) -> bool:
         return False
 

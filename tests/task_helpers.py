@@ -219,3 +219,11 @@ def append_line(path: str, text: str, payload: object = None) -> str:
     with open(path, "a") as handle:
         handle.write(f"{text}\n" if payload is None else f"{text}:{payload}\n")
     return text
+
+
+def own_cgroup_file(name: str) -> str:
+    """The contents of ``name`` in this process's cgroup v2 directory."""
+    with open("/proc/self/cgroup") as cgroups:
+        path = next(line.split(":", 2)[2].strip() for line in cgroups if line.startswith("0::"))
+    with open(f"/sys/fs/cgroup{path}/{name}") as file:
+        return file.read().strip()

@@ -177,6 +177,7 @@ def test_a_governor_inside_an_execution_leaves_no_cgroup_behind() -> None:
     assert not list(Path("/sys/fs/cgroup").glob(f"**/governor/{name}"))  # nor what the inner one made
 
 
+@pytest.mark.cgroup1
 def test_a_supervisor_removes_its_empty_parent_cgroup_as_it_exits(tmp_path: Path) -> None:
     if str(cgroup_mode_or_skip()) != "cgroup1":
         pytest.skip("the test places a supervisor in a v1 cgroup built by hand")
@@ -220,3 +221,21 @@ def test_auto_picks_the_strongest_available() -> None:
             expected = mode
             break
     assert resolve("auto") is expected
+
+
+def test_memory_high_is_the_kernels_soft_limit_on_cgroup_v2_and_unenforced_elsewhere(
+    mode: Enforcement,
+) -> None:
+    limits = Limits(memory="256MiB", memory_high="64MiB")
+    if mode is not Enforcement.CGROUP2:
+        record = governor.run(th.add, 1, 2, limits=limits, enforcement=mode)
+        assert record.ok and "memory_high" in record.unenforced and "memory_high" not in record.enforcement
+        return
+    record = governor.run(th.own_cgroup_file, "memory.high", limits=limits, enforcement=mode)
+    assert record.ok and record.result == str(64 * MiB), record
+    assert record.enforcement["memory_high"] == "cgroup2" and "memory_high" not in record.unenforced
+    assert record.usage.memory_high_events == 0  # it stayed below: nothing to reclaim or throttle
+    assert set(record.usage.stall_seconds) <= {"cpu", "memory", "io"}
+    assert record.to_dict()["memory_high_events"] == 0
+    with pytest.raises(ValueError, match=r"memory_high: a soft limit below memory \(64.0 MiB\)"):
+        Limits(memory="64MiB", memory_high="64MiB")

@@ -506,3 +506,23 @@ def test_html_renders_its_charts_in_chromium(
     assert "limit 256.0 MiB" in rendered  # the limit line's label, drawn in n4's memory timeline
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", log[-2000:]
     assert screenshot.stat().st_size > 20_000  # charts, not a blank page
+
+
+def test_what_held_runs_back_is_stored_summed_and_shown(tmp_path: Path) -> None:
+    throttled = (0.25, 0.5)
+    with Store(tmp_path / "governor.db", batch_interval=0) as store:
+        for index, seconds in enumerate(throttled):
+            record = execution(Outcome.SUCCEEDED, started_at=T0 + timedelta(hours=index), peak_mib=10,
+                               wall=2.0, cpu_user=0.4)  # fmt: skip
+            usage = replace(record.usage, cpu_throttled_seconds=seconds, memory_high_events=3,
+                            stall_seconds={"memory": 0.125, "io": 0.0})  # fmt: skip
+            store.finished(f"q{index}", "squeezed", replace(record, usage=usage))
+        store.flush()
+        rows = store.history()
+    assert rows[0]["memory_high_events"] == 3 and rows[0]["stall_seconds"] == {"memory": 0.125, "io": 0.0}
+    [squeezed] = report.build_reports(rows)
+    assert squeezed.held_back == {"cpu_throttled": 0.75, "memory_high": 6, "stall_memory": 0.25}
+    assert "held back cpu quota 750ms, past memory_high 6x, stalled on memory 250ms" in report.render_table(
+        [squeezed]
+    )
+    assert json.loads(report.render_json([squeezed]))["tasks"][0]["held_back"]["memory_high"] == 6

@@ -505,3 +505,22 @@ def test_serve_exports_each_execution_and_flushes_at_exit(tmp_path: Path) -> Non
     assert span["name"] == "once"
     assert span["attributes"]["governor.outcome"] == "succeeded"
     assert span["resource"]["attributes"]["service.name"] == "governor"
+
+
+def test_throttling_and_stalls_are_span_attributes_and_metrics(otel: Pipeline) -> None:
+    with GovernedExecutor(1, telemetry=otel.telemetry) as executor:
+        future = executor.options(limits=Limits(cpu_rate=0.2)).submit(th.busy, 0.3)
+        future.result(timeout=GUARD)
+    record: Execution = future.execution  # type: ignore[attr-defined]
+    throttled = record.usage.cpu_throttled_seconds
+    assert throttled > 0, record  # 0.3 s of CPU at 0.2 cores: held back, by quota or duty cycle
+    [span] = otel.finished_spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["governor.cpu_throttled_seconds"] == pytest.approx(throttled)
+    for resource, seconds in record.usage.stall_seconds.items():  # cgroup v2 hosts with PSI
+        assert attributes[f"governor.stall_seconds.{resource}"] == pytest.approx(seconds)
+    name = "task_helpers.busy"
+    measured = otel.value(
+        "governor.execution.stall", governor__task__name=name, governor__resource="cpu_throttled"
+    )
+    assert measured == pytest.approx(throttled)

@@ -157,6 +157,12 @@ class Telemetry:
         self._cpu_time = meter.create_counter(
             PROCESS_CPU_TIME, unit="s", description="CPU seconds of ended executions, by mode."
         )
+        self._stalls = meter.create_counter(
+            "governor.execution.stall",
+            unit="s",
+            description="Seconds some of an execution's tasks stalled waiting for a resource (PSI, "
+            "cgroup v2), by governor.resource: cpu, memory, io; and cpu_throttled, its cpu_rate quota.",
+        )
         meter.create_observable_up_down_counter(
             PROCESS_MEMORY_USAGE,
             callbacks=[self._observe_memory],
@@ -326,6 +332,10 @@ class Telemetry:
         self._cpu_time.add(usage.cpu_user_seconds, {**common, CPU_MODE: CpuModeValues.USER.value})
         self._cpu_time.add(usage.cpu_system_seconds, {**common, CPU_MODE: CpuModeValues.SYSTEM.value})
         self._peak_memory.record(usage.peak_memory_bytes, common)
+        stalls = {**usage.stall_seconds, "cpu_throttled": usage.cpu_throttled_seconds}
+        for resource, seconds in stalls.items():
+            if seconds:
+                self._stalls.add(seconds, {**common, "governor.resource": resource})
         reason = kill_reason(str(record.outcome), record.breached_limit)
         if reason is not None:
             self._kills.add(1, {**common, "governor.kill.reason": reason})
@@ -446,6 +456,12 @@ def _outcome_attributes(record: Execution) -> dict[str, AttributeValue]:
         "governor.cpu_seconds": usage.cpu_seconds,
         "governor.wall_seconds": usage.wall_seconds,
     }
+    if usage.cpu_throttled_seconds:
+        attributes["governor.cpu_throttled_seconds"] = usage.cpu_throttled_seconds
+    if usage.memory_high_events:
+        attributes["governor.memory_high_events"] = usage.memory_high_events
+    for resource, seconds in usage.stall_seconds.items():
+        attributes[f"governor.stall_seconds.{resource}"] = seconds
     if record.pid is not None:
         attributes[PROCESS_PID] = record.pid
     if record.exit_code is not None:

@@ -41,6 +41,8 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("peak_processes", "value"),
     ("oom_kills", "value"),
     ("cpu_throttled_seconds", "seconds"),
+    ("memory_high_events", "value"),
+    ("stall_seconds", "json"),
     ("limits", "json"),
     ("enforcement", "json"),
     ("unenforced", "json"),
@@ -176,8 +178,15 @@ def _v6(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE executions ADD COLUMN sandbox TEXT")
 
 
+def _v7(connection: sqlite3.Connection) -> None:
+    # The soft-limit ladder and per-execution pressure (cgroup v2): times past memory_high, and
+    # PSI stall seconds by resource. Older rows read as 0 and {}.
+    connection.execute("ALTER TABLE executions ADD COLUMN memory_high_events INTEGER NOT NULL DEFAULT 0")
+    connection.execute("ALTER TABLE executions ADD COLUMN stall_seconds TEXT NOT NULL DEFAULT '{}'")
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7)
 
 _HELD_BACK = re.compile(r"held back for _Request\(")
 _TASK_NAME = re.compile(r"task=Task\(id=\d+, name=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")

@@ -134,6 +134,9 @@ class TaskReport:
     wait_total_seconds: float
     wait_reasons: dict[str, int]
     estimate: Estimate | None = field(default=None)
+    # What held its runs back, summed: cpu_throttled (its cpu_rate quota), memory_high (times
+    # it went past its soft limit), and stall_<resource> (PSI stall seconds, cgroup v2).
+    held_back: dict[str, float] = field(default_factory=dict)
 
     @property
     def ended(self) -> int:
@@ -174,6 +177,7 @@ class TaskReport:
             "wait_total_seconds": self.wait_total_seconds,
             "wait_reasons": dict(self.wait_reasons),
             "estimate": estimate,
+            "held_back": dict(self.held_back),
         }
 
 
@@ -218,7 +222,18 @@ def task_report(task: str, rows: Sequence[dict[str, Any]]) -> TaskReport:
         wait_total_seconds=round(float(sum(waits)), 6),
         wait_reasons=_ranked(Counter(row["wait_reason"] for row in rows if row.get("wait_reason"))),
         estimate=_estimate(task, rows),
+        held_back=_held_back(usage),
     )
+
+
+def _held_back(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    totals: dict[str, float] = {"cpu_throttled": 0.0, "memory_high": 0.0}
+    for row in rows:
+        totals["cpu_throttled"] += row.get("cpu_throttled_seconds") or 0.0
+        totals["memory_high"] += row.get("memory_high_events") or 0
+        for resource, seconds in (row.get("stall_seconds") or {}).items():
+            totals[f"stall_{resource}"] = totals.get(f"stall_{resource}", 0.0) + seconds
+    return {name: round(value, 6) for name, value in totals.items() if value}
 
 
 def admission_wait(row: dict[str, Any]) -> float | None:
@@ -406,6 +421,7 @@ CSV_COLUMNS = (
     "estimate_cpu_cores",
     "estimate_duration_seconds",
     "estimate_source",
+    "held_back",
 )
 
 
@@ -446,6 +462,7 @@ def render_csv(reports: Sequence[TaskReport]) -> str:
             "estimate_cpu_cores": estimate.cpu_cores if estimate else None,
             "estimate_duration_seconds": estimate.duration_seconds if estimate else None,
             "estimate_source": estimate.source if estimate else None,
+            "held_back": ";".join(f"{name}={value:g}" for name, value in report.held_back.items()),
         }
         writer.writerow(["" if values[column] is None else values[column] for column in CSV_COLUMNS])
     return out.getvalue()
@@ -495,7 +512,22 @@ def _details(report: TaskReport) -> list[str]:
         details.append(f"waited {wait_text(report)}")
     if report.estimate is not None:
         details.append(f"estimate {estimate_text(report.estimate)}")
+    if report.held_back:
+        details.append(f"held back {held_back_text(report.held_back)}")
     return details
+
+
+def held_back_text(held_back: dict[str, float]) -> str:
+    """``cpu quota 1.2s, past memory_high 3x, stalled on memory 0.4s``."""
+    parts = []
+    for name, value in held_back.items():
+        if name == "cpu_throttled":
+            parts.append(f"cpu quota {format_duration(value)}")
+        elif name == "memory_high":
+            parts.append(f"past memory_high {value:g}x")
+        else:
+            parts.append(f"stalled on {name.removeprefix('stall_')} {format_duration(value)}")
+    return ", ".join(parts)
 
 
 # -- text shared by the table and the HTML page -------------------------------------------------
