@@ -5,12 +5,16 @@ tree), cpu.max, pids.max; reads memory.current, memory.peak (kernel 5.19+), cpu.
 memory.events; kills with cgroup.kill (kernel 5.14+) where present.
 
 The v2 "no internal processes" rule means controllers can be enabled for ``governor/`` only
-if our own cgroup has them enabled in its subtree_control; on hosts where our cgroup holds
-processes and lacks them (a plain login session), this backend reports itself unavailable.
+if our own cgroup holds no processes. A supervisor alone in its cgroup (a systemd service, a
+user's delegated ``Delegate=yes`` subtree, a ``systemd-run --scope``) first moves itself into
+a leaf of its own, ``governor-supervisor-<pid>``, and puts its executions beside it under
+``governor/``; one that shares its cgroup with other processes (a login shell's) cannot, and
+this backend reports itself unavailable, saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -40,13 +44,32 @@ def mount_point(mounts_file: str = "/proc/mounts") -> str | None:
     return None
 
 
+SUPERVISOR_LEAF = "governor-supervisor-"
+
+
 def own_path(cgroup_file: str = "/proc/self/cgroup") -> str:
-    """This process's path in the v2 hierarchy (the ``0::`` line)."""
+    """This process's home in the v2 hierarchy (the ``0::`` line): where it was before it
+    moved itself into its own leaf, if it did."""
     with open(cgroup_file) as lines:
         for line in lines:
             if line.startswith("0::"):
-                return line[3:].rstrip("\n")
+                path = line[3:].rstrip("\n")
+                head, _, leaf = path.rpartition("/")
+                return (head or "/") if leaf.startswith(SUPERVISOR_LEAF) else path
     return "/"
+
+
+def _move_into_own_leaf(base: str) -> None:
+    """Leave ``base`` for a leaf of our own below it, so that ``base`` holds no process and
+    may enable controllers for its children. Leaves of supervisors that have exited go."""
+    for entry in os.listdir(base):
+        if entry.startswith(SUPERVISOR_LEAF):
+            with contextlib.suppress(OSError):  # a live supervisor's (busy), or another user's
+                os.rmdir(os.path.join(base, entry))
+    leaf = os.path.join(base, f"{SUPERVISOR_LEAF}{os.getpid()}")
+    os.makedirs(leaf, exist_ok=True)
+    with open(os.path.join(leaf, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
 
 
 def parent_dir(mount: str, own: str) -> str:
@@ -71,8 +94,22 @@ def unavailable_reason(mount: str | None = None, own: str | None = None) -> str 
         return f"the v2 controllers {', '.join(missing)} are not available to {base} (bound to v1?)"
     parent = parent_dir(mount, own)
     try:
-        with open(os.path.join(base, "cgroup.subtree_control"), "w") as control:
-            control.write(" ".join(f"+{name}" for name in NEEDED))
+        try:
+            _enable(base)
+        except OSError as error:
+            if error.errno != errno.EBUSY or own == "/":
+                raise
+            # Processes in our cgroup: if we are the only one, we move into a leaf of our own.
+            others = [pid for pid in _pids(base) if pid != os.getpid()]
+            if others:
+                return (
+                    f"{base} holds other processes ({len(others)}, e.g. pid {others[0]}) beside this "
+                    "supervisor, and cgroup v2 lets no cgroup with processes of its own have "
+                    "children; run it in a cgroup of its own (systemd-run --user --scope -p "
+                    "Delegate=yes governor ...)"
+                )
+            _move_into_own_leaf(base)
+            _enable(base)
         os.makedirs(parent, exist_ok=True)
         release_at_exit(parent)
         with open(os.path.join(parent, "cgroup.subtree_control"), "w") as control:
@@ -80,6 +117,16 @@ def unavailable_reason(mount: str | None = None, own: str | None = None) -> str 
     except OSError as error:
         return f"cannot delegate {', '.join(NEEDED)} to {parent}: {error.strerror}"
     return None
+
+
+def _enable(base: str) -> None:
+    with open(os.path.join(base, "cgroup.subtree_control"), "w") as control:
+        control.write(" ".join(f"+{name}" for name in NEEDED))
+
+
+def _pids(cgroup: str) -> list[int]:
+    with open(os.path.join(cgroup, "cgroup.procs")) as procs:
+        return [int(line) for line in procs if line.strip()]
 
 
 class CgroupV2:

@@ -80,7 +80,7 @@ print(json.dumps(found))
 """
 
 
-def _nobody_interpreter(env: dict[str, str]) -> str | None:
+def nobody_interpreter(env: dict[str, str]) -> str | None:
     """An interpreter ``nobody`` can run that imports this checkout and its packages."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
@@ -123,7 +123,7 @@ def unprivileged() -> Iterator[dict[str, Any]]:
             "PYTHONPATH": os.pathsep.join((str(ROOT), str(HERE), packages)),
             "FAKE_SECRET": "hunter2-not-for-tasks",
         }
-        interpreter = _nobody_interpreter(env)
+        interpreter = nobody_interpreter(env)
         if interpreter is None:
             pytest.skip(
                 f"no interpreter that uid {NOBODY} may run imports this checkout ({ROOT}) and its "
