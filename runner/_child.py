@@ -574,7 +574,10 @@ def _change_environment(changes: dict[bytes, bytes | None]) -> None:
 def _raised(error: BaseException, note: str = "") -> Raised:
     import traceback
 
-    text = "".join(traceback.format_exception(error))
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception as failure:  # e.g. a module it needs cannot be read by a sandbox's user
+        text = f"{type(error).__name__}: {error}\n(the traceback could not be formatted: {failure!r})\n"
     try:
         pickled: bytes | None = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException:
@@ -622,7 +625,9 @@ def preload() -> None:
     """Import what every child needs, once, in the zygote, so that forks inherit it."""
     global _libc
     import ctypes
-    import traceback  # noqa: F401  # a child that raises formats its traceback
+    import linecache  # noqa: F401  # a child that raises formats its traceback, which reads
+    import tokenize  # noqa: F401  # source lines (3.13's linecache imports tokenize only then)
+    import traceback  # noqa: F401
 
     _libc = ctypes.CDLL(None, use_errno=True)
 
