@@ -229,8 +229,8 @@ class Service:
         return (*files, str(self.control.path.absolute()), str(self.task_file.absolute()))
 
     def _check_socket_against(self, definition: TaskDefinition) -> None:
-        sandbox = definition.build(keep_output=False).spec.sandbox
-        if not isinstance(sandbox, Sandbox):
+        sandbox = Sandbox.coerce(definition.source.get("sandbox"))  # checked when the file was read
+        if sandbox is None:
             return
         mode = self.control.mode
         if mode & 0o006:
