@@ -4,6 +4,7 @@ Public names only; the modules behind them are private. ``run`` is the blocking 
 ``ExecutionHandle`` is the non-blocking one that a supervisor loop drives.
 """
 
+from runner._cgroup_v2 import executions_cgroup
 from runner._errors import (
     EnforcementUnavailable,
     ForkServerError,
@@ -48,6 +49,7 @@ __all__ = [
     "Usage",
     "default_fork_server",
     "drive",
+    "executions_cgroup",
     "kill_leftovers",
     "new_execution_id",
     "run",

@@ -28,6 +28,7 @@ from runner._confinement import (
     remove_cgroup,
     split_cpu,
 )
+from runner._psi import stall_totals
 
 PARENT = "governor"
 NEEDED = ("memory", "cpu", "pids")
@@ -75,6 +76,16 @@ def _move_into_own_leaf(base: str) -> None:
 def parent_dir(mount: str, own: str) -> str:
     """``<mount>/<own path>/governor``."""
     return os.path.join(mount + own.rstrip("/"), PARENT)
+
+
+def executions_cgroup() -> str | None:
+    """The v2 cgroup that holds this supervisor's executions' cgroups (``governor/`` beside it),
+    once v2 enforcement has made it; ``None`` before, or where v2 is not what enforces."""
+    mount = mount_point()
+    if mount is None:
+        return None
+    parent = parent_dir(mount, own_path())
+    return parent if os.path.isdir(parent) else None
 
 
 def unavailable_reason(mount: str | None = None, own: str | None = None) -> str | None:
@@ -239,17 +250,7 @@ class CgroupV2:
     def stall_seconds(self) -> dict[str, float]:
         """How long some of its tasks stalled on CPU, memory and I/O over its life (PSI's
         ``some`` totals); what the kernel does not report (PSI off) is left out."""
-        stalls = {}
-        for resource in ("cpu", "memory", "io"):
-            try:
-                with open(self._file(f"{resource}.pressure")) as pressure:
-                    some = pressure.readline().split()
-            except OSError:
-                continue
-            total = next((field for field in some if field.startswith("total=")), None)
-            if some[:1] == ["some"] and total is not None:
-                stalls[resource] = int(total.removeprefix("total=")) / 1e6
-        return stalls
+        return stall_totals(self.path)
 
     def kill_all(self) -> bool:
         if not os.path.exists(self._file("cgroup.kill")):

@@ -46,6 +46,7 @@ from runner._sandboxing import Prepared, SandboxUnavailable, prepare
 from runner._spec import ExecutionSpec
 from runner._throttle import DutyCycle
 from runner._tree import COOKIE_VARIABLE, ProcessTree
+from runner._watch import MemoryWatch
 from runner._wire import FrameReader
 
 MAX_SAMPLES = 4096  # then the timeline halves its resolution
@@ -105,6 +106,11 @@ class ExecutionHandle:
         self._last: Reading | None = None
         self._throttle = (
             DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
+        )
+        self._watch = (  # no kernel holds memory to the limit: look sooner as it nears it
+            MemoryWatch(spec.limits.memory, spec.sample_interval, self._t0)
+            if "memory" in self._plan.watch and spec.limits.memory is not None
+            else None
         )
         self._stopped = False
         self._confinement: Confinement | None = None
@@ -289,6 +295,8 @@ class ExecutionHandle:
         if exited:
             return time.monotonic()
         candidates = [self._next_sample]
+        if self._watch is not None:
+            candidates.append(self._watch.due)
         if self._wall_deadline is not None:
             candidates.append(self._wall_deadline)
         if self._throttle is not None and self._throttle.stopped_until is not None:
@@ -325,6 +333,8 @@ class ExecutionHandle:
             else:
                 if now >= self._next_sample:
                     self._sample(now)
+                elif self._watch is not None and now >= self._watch.due:
+                    self._look(now)
                 if self._throttle is not None and self.phase is Phase.RUNNING:
                     self._throttle_step(now)
         if self.phase is Phase.TERMINATING:
@@ -429,10 +439,10 @@ class ExecutionHandle:
         reading = self._confinement.read()
         self._next_sample = _next_tick(now, self._sample_every)
         if reading is None:
+            if self._watch is not None:
+                self._watch.due = self._next_sample
             return
-        self._last = reading
-        self._peak_sampled = max(self._peak_sampled, reading.memory_bytes)
-        self._peak_processes = max(self._peak_processes, reading.processes)
+        self._take(now, reading)
         self._timeline.append(
             Sample(round(now - self._t0, 6), reading.memory_bytes, reading.cpu_seconds, reading.processes)
         )
@@ -446,6 +456,25 @@ class ExecutionHandle:
             self._violate("cpu_time", now)
         elif "pids" in watch and limits.pids is not None and reading.processes > limits.pids:
             self._violate("pids", now)
+
+    def _look(self, now: float) -> None:
+        """A look at memory between samples (no timeline point): the watch asked for it."""
+        assert self._confinement is not None and self._watch is not None
+        reading = self._confinement.read()
+        if reading is None:
+            self._watch.due = _next_tick(now, self._sample_every)
+            return
+        self._take(now, reading)
+        limit = self.spec.limits.memory
+        if limit is not None and reading.memory_bytes > limit:
+            self._violate("memory", now)
+
+    def _take(self, now: float, reading: Reading) -> None:
+        self._last = reading
+        self._peak_sampled = max(self._peak_sampled, reading.memory_bytes)
+        self._peak_processes = max(self._peak_processes, reading.processes)
+        if self._watch is not None:
+            self._watch.seen(now, reading.memory_bytes)
 
     def _throttle_step(self, now: float) -> None:
         assert self._throttle is not None and self._confinement is not None
@@ -612,7 +641,17 @@ class ExecutionHandle:
             memory_source=source,
             memory_high_events=self._confinement.memory_high_events(),
             stall_seconds=self._confinement.stall_seconds(),
+            memory_overshoot_bound_bytes=self._overshoot_bound(candidates[source]),
         )
+
+    def _overshoot_bound(self, peak: int) -> int | None:
+        """How far past its memory limit the tree could have gone unseen: none where the kernel
+        holds it (a cgroup), what the watch's looks give where the supervisor does."""
+        if self.spec.limits.memory is None:
+            return None
+        if self._watch is None:
+            return 0
+        return self._watch.bound_with(peak)
 
     def _record(self, usage: Usage, now: float, outcome: Outcome | None = None) -> Execution:
         exit_code, signum = exit_facts(self._exit)

@@ -82,6 +82,9 @@ class Usage:
     cpu_throttled_seconds: float = 0.0  # time its cpu_rate limit held it back (quota or duty cycle)
     memory_high_events: int = 0  # times it went past memory_high and was reclaimed, throttled (v2)
     stall_seconds: Mapping[str, float] = field(default_factory=dict)  # PSI "some" totals by resource (v2)
+    # How far past its memory limit the tree could have gone unseen: 0 where a cgroup holds it,
+    # the watch's resolution where the supervisor samples it (see runner._watch); None: no limit.
+    memory_overshoot_bound_bytes: int | None = None
 
     @property
     def cpu_seconds(self) -> float:
@@ -219,6 +222,7 @@ class Execution:
             "cpu_throttled_seconds": round(usage.cpu_throttled_seconds, 6),
             "memory_high_events": usage.memory_high_events,
             "stall_seconds": {name: round(value, 6) for name, value in usage.stall_seconds.items()},
+            "memory_overshoot_bound_bytes": usage.memory_overshoot_bound_bytes,
             "limits": self.limits.as_dict(),
             "enforcement": dict(self.enforcement),
             "unenforced": list(self.unenforced),

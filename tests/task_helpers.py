@@ -227,3 +227,16 @@ def own_cgroup_file(name: str) -> str:
         path = next(line.split(":", 2)[2].strip() for line in cgroups if line.startswith("0::"))
     with open(f"/sys/fs/cgroup{path}/{name}") as file:
         return file.read().strip()
+
+
+def press_on_memory(stop: str, total: int = 96 << 20, step: int = 4 << 20) -> int:
+    """Hold ``total`` bytes (touched in ``step`` chunks), then keep charging fresh pages (1 MiB
+    allocated and freed over and over) until ``stop`` exists: above a ``memory_high`` the kernel
+    reclaims and throttles every new charge, and the task stalls on memory."""
+    held = []
+    while not os.path.exists(stop):
+        if len(held) * step < total:
+            held.append(bytearray(step))
+        else:
+            bytearray(1 << 20)
+    return len(held)

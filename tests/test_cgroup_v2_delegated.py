@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from guards import guard
+from readme_table import enforcement_column
 from test_sandbox_unprivileged import HERE, NOBODY, ROOT, nobody_interpreter
 
 from runner import _cgroup_v2
@@ -28,7 +29,12 @@ from governor import Limits
 import task_helpers as th
 hog = governor.run(th.memory_hog, 1 << 30, limits=Limits(memory="64MiB"))
 fine = governor.run(th.add, 1, 2, limits=Limits(memory="64MiB", cpu_rate=0.5))
+every = governor.run(th.add, 1, 2, limits=Limits(
+    memory="256MiB", memory_high="128MiB", cpu_time=30, cpu_rate=1.5, wall_time=120,
+    pids=64, open_files=256, file_size="1GiB",
+))
 print(json.dumps({
+    "every": [str(every.outcome), every.enforcement, list(every.unenforced)],
     "hog": [str(hog.outcome), hog.enforcement, hog.usage.peak_memory_bytes],
     "fine": [str(fine.outcome), fine.enforcement, fine.result],
     "cgroup": open("/proc/self/cgroup").read().strip(),
@@ -78,5 +84,11 @@ def test_an_unprivileged_governor_uses_its_delegated_subtree(tmp_path: Path) -> 
         "memory": "cgroup2",
         "cpu_rate": "cgroup2",
     }
+    # Every limit as the README's "cgroup v2, delegated" column says.
+    outcome, enforcement, unenforced = found["every"]
+    expected = enforcement_column("cgroup v2, delegated")
+    assert outcome == "succeeded"
+    assert enforcement == {limit: how for limit, how in expected.items() if how is not None}
+    assert set(unenforced) == {limit for limit, how in expected.items() if how is None}
     # It moved itself into a leaf of its own, so its subtree could hold its executions.
     assert f"/delegated-{os.getpid()}/{_cgroup_v2.SUPERVISOR_LEAF}" in found["cgroup"]

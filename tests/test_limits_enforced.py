@@ -13,6 +13,7 @@ import pytest
 import task_helpers as th
 from conftest import cgroup_mode_or_skip, gone, wait_until
 from guards import guard
+from readme_table import enforcement_column
 
 import governor
 from governor import Enforcement, Limits, Outcome
@@ -43,6 +44,53 @@ def test_memory_hog_is_stopped_near_the_limit(mode: Enforcement) -> None:
         assert record.usage.peak_memory_bytes < limit + 100 * MiB
     else:  # the watchdog overshoots by allocation rate x part of a sample interval
         assert limit < record.usage.peak_memory_bytes < limit + 400 * MiB
+
+
+@pytest.mark.parametrize("mode", [Enforcement.WATCHDOG, Enforcement.RLIMIT], ids=str)
+def test_without_cgroups_a_fast_hog_is_seen_near_the_limit_at_the_default_interval(mode: Enforcement) -> None:
+    """Attack: a 2 GB/s hog under 200 MiB with the default 100 ms sample interval once reached
+    283 to 336 MiB under the watchdog. The watch looks sooner as the tree nears its limit, and
+    the record says how far past it the tree could have gone unseen."""
+    limit = 200 * MiB
+    record = governor.run(th.memory_hog, 2 << 30, limits=Limits(memory=limit), enforcement=mode)
+    assert record.outcome is Outcome.MEMORY_EXCEEDED, record
+    bound = record.usage.memory_overshoot_bound_bytes
+    assert bound is not None and bound < 40 * MiB, record.usage
+    assert record.usage.peak_memory_bytes <= limit + 40 * MiB
+    assert record.to_dict()["memory_overshoot_bound_bytes"] == bound
+
+
+def test_the_overshoot_bound_is_zero_under_a_cgroup_and_absent_without_a_memory_limit(
+    mode: Enforcement,
+) -> None:
+    held = governor.run(th.add, 1, 2, limits=Limits(memory="200MiB"), enforcement=mode)
+    assert held.ok
+    if mode in (Enforcement.CGROUP1, Enforcement.CGROUP2):
+        assert held.usage.memory_overshoot_bound_bytes == 0  # the kernel holds it exactly
+    else:  # a small task far below its limit: the pace it grew at never reaches the limit
+        assert held.usage.memory_overshoot_bound_bytes == 0
+    unlimited = governor.run(th.add, 1, 2, enforcement=mode)
+    assert unlimited.ok and unlimited.usage.memory_overshoot_bound_bytes is None
+
+
+EVERY_LIMIT = Limits(
+    memory="256MiB", memory_high="128MiB", cpu_time=30, cpu_rate=1.5, wall_time=guard(60),
+    pids=64, open_files=256, file_size="1GiB",
+)  # fmt: skip
+
+
+def test_each_limit_is_enforced_as_the_readme_table_says(mode: Enforcement) -> None:
+    column = {
+        Enforcement.CGROUP2: "cgroup v2, root" if os.geteuid() == 0 else "cgroup v2, delegated",
+        Enforcement.CGROUP1: "cgroup v1",
+        Enforcement.RLIMIT: "no cgroups",
+        Enforcement.WATCHDOG: "`watchdog`",
+    }[mode]
+    record = governor.run(th.add, 1, 2, limits=EVERY_LIMIT, enforcement=mode)
+    assert record.ok, record
+    expected = enforcement_column(column)
+    assert record.enforcement == {limit: how for limit, how in expected.items() if how is not None}
+    assert set(record.unenforced) == {limit for limit, how in expected.items() if how is None}
 
 
 def test_memory_hog_command_under_the_default_mechanism() -> None:

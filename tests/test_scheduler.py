@@ -356,6 +356,8 @@ def test_admission_holds_a_task_back_until_memory_frees(tmp_path: Path) -> None:
         )  # a slot is free, memory is not
         status = scheduler.snapshot()
         assert [q["task"] for q in status["queued"]] == ["second"]
+        # The default pressure says what it reads: PSI of our own cgroup on v2, CPU time elsewhere.
+        assert status["pressure_readings"]["source"] in ("cpu time", "cgroup2 psi")
         gate.release()
         assert scheduler.wait(lambda: ran(second, 1), GUARD)
     assert second.executions[0].started_at >= big.executions[0].ended_at

@@ -509,7 +509,7 @@ def test_serve_exports_each_execution_and_flushes_at_exit(tmp_path: Path) -> Non
 
 def test_throttling_and_stalls_are_span_attributes_and_metrics(otel: Pipeline) -> None:
     with GovernedExecutor(1, telemetry=otel.telemetry) as executor:
-        future = executor.options(limits=Limits(cpu_rate=0.05)).submit(th.busy, 0.3)
+        future = executor.options(limits=Limits(cpu_rate=0.05, memory="256MiB")).submit(th.busy, 0.3)
         future.result(timeout=GUARD)
     record: Execution = future.execution  # type: ignore[attr-defined]
     throttled = record.usage.cpu_throttled_seconds
@@ -519,6 +519,8 @@ def test_throttling_and_stalls_are_span_attributes_and_metrics(otel: Pipeline) -
     assert attributes["governor.cpu_throttled_seconds"] == pytest.approx(throttled)
     for resource, seconds in record.usage.stall_seconds.items():  # cgroup v2 hosts with PSI
         assert attributes[f"governor.stall_seconds.{resource}"] == pytest.approx(seconds)
+    bound = record.usage.memory_overshoot_bound_bytes
+    assert bound is not None and attributes["governor.memory_overshoot_bound_bytes"] == bound
     name = "task_helpers.busy"
     measured = otel.value(
         "governor.execution.stall", governor__task__name=name, governor__resource="cpu_throttled"

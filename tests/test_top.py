@@ -24,6 +24,7 @@ def test_render_shows_usage_against_limits_and_why_work_waits() -> None:
         "max_running_tasks": 2,
         "budget": {"memory_bytes": 3 << 30, "cpu_cores": 2.0},
         "pressure": {"memory": 0.25, "cpu": 0.0},
+        "pressure_readings": {"source": "cgroup2 psi"},
         "running": [
             {
                 "task": "backup",
@@ -52,7 +53,7 @@ def test_render_shows_usage_against_limits_and_why_work_waits() -> None:
     assert "server pid 42" in lines[0]
     assert lines[1] == (
         "running 1 of 2, queued 1; memory 768.0 MiB of 3.0 GiB budget; cpu budget 2 cores;"
-        " pressure memory 25% cpu 0%"
+        " others' pressure memory 25% cpu 0% (from cgroup2 psi)"
     )
     assert lines[4].split() == [
         "backup",

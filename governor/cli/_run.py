@@ -262,6 +262,9 @@ def _print_summary(record: Execution, stream: Any) -> None:
     peak = format_size(usage.peak_memory_bytes)
     limit = f" of {format_size(record.limits.memory)} limit" if record.limits.memory else ""
     lines.append(("peak memory", f"{peak}{limit} (from {usage.memory_source})"))
+    if usage.memory_overshoot_bound_bytes:  # sampled, not held by a kernel: say how closely
+        bound = format_size(usage.memory_overshoot_bound_bytes)
+        lines.append(("overshoot", f"at most {bound} past the limit unseen, at the pace it was seen growing"))
     lines.append(("cpu", f"{usage.cpu_user_seconds:.3f}s user, {usage.cpu_system_seconds:.3f}s system"))
     lines.append(("wall", format_duration(usage.wall_seconds)))
     lines.append(("processes", f"{usage.peak_processes} at most"))

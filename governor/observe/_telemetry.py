@@ -462,6 +462,8 @@ def _outcome_attributes(record: Execution) -> dict[str, AttributeValue]:
         attributes["governor.memory_high_events"] = usage.memory_high_events
     for resource, seconds in usage.stall_seconds.items():
         attributes[f"governor.stall_seconds.{resource}"] = seconds
+    if usage.memory_overshoot_bound_bytes is not None:
+        attributes["governor.memory_overshoot_bound_bytes"] = usage.memory_overshoot_bound_bytes
     if record.pid is not None:
         attributes[PROCESS_PID] = record.pid
     if record.exit_code is not None:

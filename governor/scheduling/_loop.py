@@ -456,6 +456,8 @@ class Loop:
             "max_running_tasks": max_running,
             "budget": {"memory_bytes": budget.memory_bytes, "cpu_cores": budget.cpu_cores},
             "pressure": asdict(self._starter.last_pressure),
+            # what the pressure was read from, and the raw figures (HostPressure's, by default)
+            "pressure_readings": getattr(self._starter.pressure, "readings", None),
             "loop_errors": self.loop_errors,
         }
 

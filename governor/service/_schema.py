@@ -43,6 +43,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("cpu_throttled_seconds", "seconds"),
     ("memory_high_events", "value"),
     ("stall_seconds", "json"),
+    ("memory_overshoot_bound_bytes", "value"),
     ("limits", "json"),
     ("enforcement", "json"),
     ("unenforced", "json"),
@@ -185,8 +186,14 @@ def _v7(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE executions ADD COLUMN stall_seconds TEXT NOT NULL DEFAULT '{}'")
 
 
+def _v8(connection: sqlite3.Connection) -> None:
+    # How far past its memory limit a run could have gone unseen (NULL: no memory limit, or a
+    # row from before the watch said).
+    connection.execute("ALTER TABLE executions ADD COLUMN memory_overshoot_bound_bytes INTEGER")
+
+
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8)
 
 _HELD_BACK = re.compile(r"held back for _Request\(")
 _TASK_NAME = re.compile(r"task=Task\(id=\d+, name=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")

@@ -147,7 +147,10 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
         summary += f"; cpu budget {budget['cpu_cores']:g} cores"
     pressure = view.get("pressure") or {}
     if pressure.get("memory") or pressure.get("cpu"):
-        summary += f"; pressure memory {pressure.get('memory', 0):.0%} cpu {pressure.get('cpu', 0):.0%}"
+        read_from = (view.get("pressure_readings") or {}).get("source")
+        memory, cpu = pressure.get("memory", 0), pressure.get("cpu", 0)
+        summary += f"; others' pressure memory {memory:.0%} cpu {cpu:.0%}"
+        summary += f" (from {read_from})" if read_from else ""
     lines.append(summary[:width])
     lines.append("")
     lines.append(f"{'TASK':<24} {'TRY':>3} {'PID':>7} {'ELAPSED':>8} {'MEMORY':>10} {'LIMIT':>10} "
