@@ -19,35 +19,94 @@
       cli/          the governor command
 """
 
-from governor._executor import GovernedExecutor
-from governor._run import run
-from governor.abc import Clock, Trigger
-from governor.observe import Telemetry
-from governor.scheduling import (
-    EventTrigger,
-    FakeClock,
-    OneTimeTrigger,
-    PeriodicTrigger,
-    Scheduler,
-    SystemClock,
-    Task,
-)
-from policies import Limits, RetryPolicy, Sandbox, format_duration, format_size, parse_duration, parse_size
-from runner import (
-    Enforcement,
-    EnforcementUnavailable,
-    Execution,
-    ExecutionFailed,
-    ExecutionSpec,
-    ForkServer,
-    Mechanism,
-    Outcome,
-    RemoteError,
-    RemoteTraceback,
-    Sample,
-    TaskError,
-    Usage,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+if TYPE_CHECKING:  # what a type checker and an IDE see; at run time each name loads on first use
+    from governor._executor import GovernedExecutor
+    from governor._future import GovernedFuture
+    from governor._governed import governed
+    from governor._run import arun, run
+    from governor.abc import Clock, ExecutionListener, Trigger
+    from governor.observe import Telemetry
+    from governor.scheduling import (
+        EventTrigger,
+        FakeClock,
+        OneTimeTrigger,
+        PeriodicTrigger,
+        Scheduler,
+        SystemClock,
+        Task,
+    )
+    from policies import (
+        Limits,
+        RetryPolicy,
+        Sandbox,
+        format_duration,
+        format_size,
+        parse_duration,
+        parse_size,
+    )
+    from runner import (
+        Enforcement,
+        EnforcementUnavailable,
+        Execution,
+        ExecutionFailed,
+        ExecutionSpec,
+        ForkServer,
+        Mechanism,
+        Outcome,
+        RemoteError,
+        RemoteTraceback,
+        Sample,
+        TaskError,
+        Usage,
+    )
+
+# Where each public name lives. Importing ``governor`` imports none of them: the command line
+# (``governor run``) must not pay for the scheduler, the service, OpenTelemetry and croniter.
+_HOMES = {
+    "GovernedExecutor": "governor._executor",
+    "run": "governor._run",
+    "arun": "governor._run",
+    "governed": "governor._governed",
+    "Clock": "governor.abc",
+    "Trigger": "governor.abc",
+    "ExecutionListener": "governor.abc",
+    "GovernedFuture": "governor._future",
+    "Telemetry": "governor.observe",
+}
+for _home, _names in (
+    (
+        "governor.scheduling",
+        "EventTrigger FakeClock OneTimeTrigger PeriodicTrigger Scheduler SystemClock Task",
+    ),
+    ("policies", "Limits RetryPolicy Sandbox format_duration format_size parse_duration parse_size"),
+    (
+        "runner",
+        "Enforcement EnforcementUnavailable Execution ExecutionFailed ExecutionSpec ForkServer Mechanism "
+        "Outcome RemoteError RemoteTraceback Sample TaskError Usage",
+    ),
+):
+    _HOMES.update(dict.fromkeys(_names.split(), _home))
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'governor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "Clock",
@@ -56,10 +115,12 @@ __all__ = [
     "EventTrigger",
     "Execution",
     "ExecutionFailed",
+    "ExecutionListener",
     "ExecutionSpec",
     "FakeClock",
     "ForkServer",
     "GovernedExecutor",
+    "GovernedFuture",
     "Limits",
     "Mechanism",
     "OneTimeTrigger",
@@ -77,8 +138,10 @@ __all__ = [
     "Telemetry",
     "Trigger",
     "Usage",
+    "arun",
     "format_duration",
     "format_size",
+    "governed",
     "parse_duration",
     "parse_size",
     "run",

@@ -8,6 +8,12 @@ is killed (whole tree) without harming the others. A call's exception re-raises 
 any other failure raises ``ExecutionFailed`` carrying the record. Every finished future has
 the record of its last attempt as ``future.execution``.
 
+One deliberate difference from the standard contract: ``future.cancel()`` of a call that is
+already running kills its process tree and returns ``True`` (see ``GovernedFuture``), and
+``shutdown(cancel_futures=True)`` kills running calls instead of waiting for them. ``asubmit``
+is the asyncio form: awaiting it gives the result, and cancelling it (``asyncio.wait_for``'s
+timeout, a task group's cancel) kills the call.
+
 The executor owns its futures: the scheduler knows each call only as a run with an owner
 (``_Call``), which it tells when the call starts and, once, how it ended for good; the owner
 settles the future. A future cancelled while its call waits takes the call out of the queue.
@@ -15,15 +21,22 @@ settles the future. A future cancelled while its call waits takes the call out o
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from governor.observe._telemetry import Telemetry
+from governor._future import GovernedFuture
 from governor.scheduling._scheduler import Scheduler
 from policies import Limits, RetryPolicy, Sandbox
-from runner import Enforcement, Execution, ExecutionFailed, ExecutionSpec, ForkServer
+from runner import Enforcement, Execution, ExecutionFailed, ExecutionSpec, ForkServer, Outcome
+
+if TYPE_CHECKING:
+    from governor.observe._telemetry import Telemetry
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class GovernedExecutor(Executor):
@@ -80,9 +93,13 @@ class GovernedExecutor(Executor):
             telemetry.bind(self._scheduler)
         self._scheduler.start()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> GovernedFuture[T]:
         """Schedule ``fn(*args, **kwargs)`` as a governed execution; return its future."""
         return self._defaults.submit_to(self._scheduler, fn, args, kwargs)
+
+    async def asubmit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``await`` the governed call's result; cancelling the await kills the call's tree."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def options(
         self,
@@ -96,10 +113,13 @@ class GovernedExecutor(Executor):
         sandbox: Sandbox | bool | None = None,
     ) -> _CallOptions:
         """A view of this executor whose ``submit``/``map`` use other limits or priority:
-        ``executor.options(limits=Limits(memory="2GiB"), priority=5).submit(fn, x)``."""
+        ``executor.options(limits=Limits(memory="2GiB"), priority=5).submit(fn, x)``. The
+        limits it sets replace the pool's one by one; the others stay (``Limits.merged``)."""
         defaults = self._defaults
+        if limits is not None and not isinstance(limits, Limits):
+            raise ValueError(f"limits: expected a Limits, got {limits!r}")
         return _CallOptions(
-            limits=limits if limits is not None else defaults.limits,
+            limits=defaults.limits.merged(limits) if limits is not None else defaults.limits,
             retry_policy=retry_policy if retry_policy is not None else defaults.retry_policy,
             priority=priority if priority is not None else defaults.priority,
             enforcement=enforcement if enforcement is not None else defaults.enforcement,
@@ -110,7 +130,8 @@ class GovernedExecutor(Executor):
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new calls; with ``cancel_futures`` drop those not started, else run them all."""
+        """No new calls; with ``cancel_futures`` drop those not started and kill those running
+        (their futures are cancelled), else run them all."""
         self._scheduler._shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
@@ -143,8 +164,8 @@ class _CallOptions:
         self._executor = executor
 
     def submit_to(
-        self, scheduler: Scheduler, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future[Any]:
+        self, scheduler: Scheduler, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> GovernedFuture[T]:
         if not callable(fn):
             raise TypeError(f"fn: expected a callable, got {fn!r}")
         spec = ExecutionSpec(
@@ -157,8 +178,9 @@ class _CallOptions:
             cwd=self.cwd,
             sandbox=self.sandbox,
         )
-        future: Future[Any] = Future()
+        future: GovernedFuture[T] = GovernedFuture()
         run = scheduler._submit(spec, self.priority, self.retry_policy, _Call(future))
+        future._stop = lambda: scheduler._cancel_call(run)
 
         def withdraw(settled: Future[Any]) -> None:
             if settled.cancelled():
@@ -167,12 +189,16 @@ class _CallOptions:
         future.add_done_callback(withdraw)
         return future
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> GovernedFuture[T]:
         """Like ``GovernedExecutor.submit``, with these options."""
         assert self._executor is not None
         return self.submit_to(self._executor._scheduler, fn, args, kwargs)
 
-    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None) -> Any:
+    async def asubmit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like ``GovernedExecutor.asubmit``, with these options."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def map(self, fn: Callable[..., T], *iterables: Any, timeout: float | None = None) -> Iterator[T]:
         """Like ``Executor.map``, with these options."""
         assert self._executor is not None
         view = _View(self)
@@ -222,6 +248,8 @@ def _resolve(future: Future[Any], record: Execution) -> None:
     """Settle a future from the final record of its call."""
     future.execution = record  # type: ignore[attr-defined]
     if future.done():
+        return
+    if record.outcome is Outcome.CANCELLED and future.cancel():  # killed at shutdown(cancel_futures)
         return
     if record.ok:
         future.set_result(record.result)

@@ -1,4 +1,5 @@
-"""``governor.run``: one governed execution, here (``runner.run``) or on a Dask cluster."""
+"""``governor.run`` and ``governor.arun``: one governed execution, here (``runner.run``) or on a
+Dask cluster; awaited in asyncio."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from governor.backends import resolve_backend
 from policies import Limits
-from runner import Execution, ExecutionSpec, drive
+from runner import Execution, ExecutionHandle, ExecutionSpec, adrive, drive
 from runner import run as run_locally
 
 
@@ -38,3 +39,21 @@ def run(
         return drive(chosen.start(spec, need=None, priority=0))  # a Dask handle, driven here
     finally:
         chosen.close()
+
+
+async def arun(
+    target: Callable[..., Any] | Sequence[str],
+    *args: Any,
+    limits: Limits | None = None,
+    **options: Any,
+) -> Execution:
+    """``run`` for asyncio: ``record = await governor.arun(f, x, limits=...)``. The child is
+    watched by the running event loop (nothing blocks it), and cancelling the await (a
+    timeout, a task group) kills the whole tree before the ``CancelledError`` goes on. Local
+    only; the options are ``run``'s."""
+    if options.get("backend", "local") not in (None, "local"):
+        raise ValueError("backend: arun runs locally; await run_in_executor(governor.run, ...) for Dask")
+    options.pop("backend", None)
+    fork_server = options.pop("fork_server", None)
+    spec = ExecutionSpec(target=target, args=args, limits=limits or Limits(), **options)
+    return await adrive(ExecutionHandle(spec, fork_server=fork_server))

@@ -7,8 +7,9 @@
     Handle             a started execution the loop drives (``runner.Handle``)
     ExecutionListener  told of every start and end, on the loop thread (store, logs, telemetry)
 
-Each is a ``typing.Protocol``: implement the methods, subclass nothing. Only types are
-imported here, so any module may import this one.
+Each but ``ExecutionListener`` is a ``typing.Protocol``: implement the methods, subclass
+nothing; ``ExecutionListener``'s methods are each optional. Only types are imported here, so
+any module may import this one.
 """
 
 from __future__ import annotations
@@ -89,22 +90,24 @@ class Backend(Protocol):
         ...
 
 
-class ExecutionListener(Protocol):
+class ExecutionListener:
     """Told, on the loop thread, when executions start and end (the store, logs, metrics).
 
-    Calls must be quick (hand work to another thread); an exception is logged and counted as
-    a loop error. ``task`` is ``None`` for an executor call; ``run_id`` is the runner's
+    Every method is optional: subclass this and override the ones you need, or pass any object
+    that has some of them; a method an object lacks is simply not called. Calls must be quick
+    (hand work to another thread); an exception is logged and counted in
+    ``listener_errors``. ``task`` is ``None`` for an executor call; ``run_id`` is the runner's
     execution id, also the name of its cgroups.
     """
 
-    # Optional: ``execution_starting(task, attempt, run_id, queued_at, cause)``, told just before
-    # the child of ``run_id`` is asked for (a store records it, so a crash from then on is on
-    # record); ``cause`` is the name its event was fired with (``EventTrigger.fire(cause=)``).
+    def execution_starting(
+        self, task: Task | None, attempt: int, run_id: str, queued_at: datetime, cause: str | None
+    ) -> None:
+        """Just before the child of ``run_id`` is asked for (a store records it, so a crash
+        from then on is on record); ``cause`` is the name its event was fired with."""
 
     def execution_started(self, task: Task | None, attempt: int, handle: Handle, queued_at: datetime) -> None:
         """A child has started."""
-        ...
 
     def execution_finished(self, task: Task | None, run_id: str | None, record: Execution) -> None:
         """An execution has ended (or could not start: ``run_id`` is then ``None``)."""
-        ...

@@ -106,6 +106,12 @@ class Limits:
         """The limits that are set, as plain numbers (bytes, seconds, cores, counts)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
+    def merged(self, other: Limits) -> Limits:
+        """These limits, with each one ``other`` sets taking the place of this one's (field by
+        field: a pool's ``wall_time`` stays when a call's options set only ``memory``)."""
+        merged: dict[str, Any] = {**self.as_dict(), **other.as_dict()}
+        return Limits(**merged)
+
     def __bool__(self) -> bool:
         return bool(self.as_dict())
 

@@ -26,7 +26,7 @@ from runner._records import (
     TaskError,
     Usage,
 )
-from runner._run import drive, run, run_spec
+from runner._run import adrive, drive, run, run_spec
 from runner._spec import ExecutionSpec
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Sample",
     "TaskError",
     "Usage",
+    "adrive",
     "default_fork_server",
     "drive",
     "executions_cgroup",

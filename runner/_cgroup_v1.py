@@ -213,6 +213,14 @@ class CgroupV1:
         except (OSError, ValueError):
             return 0
 
+    def refused_forks(self) -> int:
+        if "pids" not in self._dir:
+            return 0
+        try:
+            return keyed(read_file(self._file("pids", "pids.events"))).get(b"max", 0)
+        except (OSError, ValueError):
+            return 0
+
     def throttled_seconds(self) -> float:
         if "cpu" not in self._dir:
             return 0.0

@@ -235,6 +235,12 @@ class CgroupV2:
         except (OSError, ValueError):
             return 0
 
+    def refused_forks(self) -> int:
+        try:
+            return self._keyed("pids.events").get("max", 0)
+        except (OSError, ValueError):
+            return 0
+
     def throttled_seconds(self) -> float:
         try:
             return self._keyed("cpu.stat").get("throttled_usec", 0) / 1e6

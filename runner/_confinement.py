@@ -67,6 +67,10 @@ class Confinement(Protocol):
         """Seconds its tasks stalled, by resource (cpu, memory, io), where the kernel says (v2)."""
         ...
 
+    def refused_forks(self) -> int:
+        """Forks the kernel refused because the tree was at its pids limit (cgroups; else 0)."""
+        ...
+
     def kill_all(self) -> bool:
         """Kill every member in one kernel operation if the backend can; else ``False``."""
         ...

@@ -103,6 +103,7 @@ class ExecutionHandle:
         self._next_kill_pass: float | None = None
         self._peak_sampled = 0
         self._peak_processes = 1
+        self._refused = 0
         self._last: Reading | None = None
         self._throttle = (
             DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
@@ -353,10 +354,10 @@ class ExecutionHandle:
         assert self._confinement is not None
         remaining = self._confinement.members(thorough=True)
         if remaining:
-            # Processes forked after the first SIGTERM never got it: tell them too.
+            # Processes forked after the first stop signal never got it: tell them too.
             for pid in remaining:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, self.spec.stop_signal)
             self._next_kill_pass = now + KILL_RECHECK * 2
         else:
             self._finish(now)
@@ -456,6 +457,14 @@ class ExecutionHandle:
             self._violate("cpu_time", now)
         elif "pids" in watch and limits.pids is not None and reading.processes > limits.pids:
             self._violate("pids", now)
+        elif limits.pids is not None and self._refused_forks():
+            self._violate("pids", now)  # the kernel holds it, and it met the limit: stop it
+
+    def _refused_forks(self) -> int:
+        """Forks the kernel refused at the pids limit so far (kept: the cgroup goes first)."""
+        assert self._confinement is not None
+        self._refused = max(self._refused, self._confinement.refused_forks())
+        return self._refused
 
     def _look(self, now: float) -> None:
         """A look at memory between samples (no timeline point): the watch asked for it."""
@@ -504,8 +513,8 @@ class ExecutionHandle:
     def _terminate(self, now: float) -> None:
         if self.phase is not Phase.RUNNING:
             return
-        self._signal_members(signal.SIGTERM)
-        self._signal_members(signal.SIGCONT)  # stopped processes act on TERM only once continued
+        self._signal_members(self.spec.stop_signal)
+        self._signal_members(signal.SIGCONT)  # stopped processes act on it only once continued
         self._stopped = False
         self.phase = Phase.TERMINATING
         self._kill_at = now + self.spec.kill_grace
@@ -598,6 +607,8 @@ class ExecutionHandle:
     def _usage(self, now: float) -> Usage:
         assert self._confinement is not None
         final = self._confinement.final_cpu()
+        if self.spec.limits.pids is not None:
+            self._refused_forks()  # while its cgroup is still there to say
         # The kernel's own peak of the cgroup is what its limit counts, spikes included; without
         # one, the larger of wait4's ru_maxrss (the top process's true peak) and the samples.
         exited = self._exit
@@ -642,6 +653,7 @@ class ExecutionHandle:
             memory_high_events=self._confinement.memory_high_events(),
             stall_seconds=self._confinement.stall_seconds(),
             memory_overshoot_bound_bytes=self._overshoot_bound(candidates[source]),
+            peak_rss_bytes=exited.maxrss_kib * 1024 if exited is not None and exited.maxrss_kib else None,
         )
 
     def _overshoot_bound(self, peak: int) -> int | None:
@@ -655,6 +667,8 @@ class ExecutionHandle:
 
     def _record(self, usage: Usage, now: float, outcome: Outcome | None = None) -> Execution:
         exit_code, signum = exit_facts(self._exit)
+        if isinstance(self._message, Raised):
+            exit_code = None  # a callable that raised has its exception, not a process's status
         verdict = classify(
             Ending(
                 is_command=self.spec.is_command,
@@ -668,6 +682,7 @@ class ExecutionHandle:
                 memory_by_rlimit=self._plan.mechanisms.get("memory") is Mechanism.RLIMIT,
                 stderr_tail=bytes(self._output["stderr"][-4096:]),
                 processes_seen=self._last.processes if self._last is not None else None,
+                refused_forks=self._refused,
             )
         )
         stdout = bytes(self._output["stdout"]) if self.spec.capture else None

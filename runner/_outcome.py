@@ -6,6 +6,7 @@ order, the first that holds:
     cancelled on request                         cancelled
     a limit the supervisor acted on              that limit's outcome (memory_exceeded, ...)
     the kernel OOM-killed a member, no success   memory_exceeded
+    the kernel refused a fork at pids            failed, breached pids (even if it coped)
     SIGXCPU, or SIGKILL past its cpu_time        cpu_time_exceeded
     SIGXFSZ                                      failed, breached file_size
     the zygote died under it                     crashed
@@ -59,6 +60,7 @@ class Ending:
     memory_by_rlimit: bool  # memory is held by RLIMIT_DATA: a refused allocation is the sign
     stderr_tail: bytes = b""  # the last bytes of captured stderr
     processes_seen: int | None = None  # the latest sampled process count
+    refused_forks: int = 0  # forks the kernel refused at the cgroup's pids limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,9 @@ def classify(ending: Ending) -> Verdict:
             f"the kernel OOM-killed {usage.oom_kills} process(es)"
         )
         return Verdict(Outcome.MEMORY_EXCEEDED, "memory", TaskError(type="LimitExceeded", message=text))
+    if ending.refused_forks:  # it met its limit: the same outcome however the task took the refusal
+        text = f"pids limit {limit_text('pids', limits)} reached{_observed('pids', ending)}"
+        return Verdict(Outcome.FAILED, "pids", TaskError(type="LimitExceeded", message=text))
     if signum == signal.SIGXCPU or (
         signum == signal.SIGKILL and limits.cpu_time is not None and usage.cpu_seconds >= limits.cpu_time
     ):
@@ -191,6 +196,8 @@ def _observed(limit: str, ending: Ending) -> str:
         return f" (observed {format_size(ending.usage.peak_memory_bytes)})"
     if limit == "cpu_time":
         return f" (observed {format_duration(ending.usage.cpu_seconds)})"
+    if limit == "pids" and ending.refused_forks:
+        return f" (the kernel refused {ending.refused_forks} fork(s))"
     if limit == "pids" and ending.processes_seen is not None:
         return f" (observed {ending.processes_seen} processes)"
     return ""

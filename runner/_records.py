@@ -85,6 +85,10 @@ class Usage:
     # How far past its memory limit the tree could have gone unseen: 0 where a cgroup holds it,
     # the watch's resolution where the supervisor samples it (see runner._watch); None: no limit.
     memory_overshoot_bound_bytes: int | None = None
+    # The largest resident set of one process of the tree (wait4's ru_maxrss of the child and
+    # what it waited for: /usr/bin/time -v's figure), beside the cgroup's charge, which also
+    # counts the page cache the tree caused. None where the child's rusage is unknown.
+    peak_rss_bytes: int | None = None
 
     @property
     def cpu_seconds(self) -> float:
@@ -223,6 +227,7 @@ class Execution:
             "memory_high_events": usage.memory_high_events,
             "stall_seconds": {name: round(value, 6) for name, value in usage.stall_seconds.items()},
             "memory_overshoot_bound_bytes": usage.memory_overshoot_bound_bytes,
+            "peak_rss_bytes": usage.peak_rss_bytes,
             "limits": self.limits.as_dict(),
             "enforcement": dict(self.enforcement),
             "unenforced": list(self.unenforced),

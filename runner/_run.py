@@ -67,6 +67,52 @@ def drive(
     return record
 
 
+async def adrive(handle: Any) -> Execution:
+    """``drive`` for asyncio: the handle's descriptors are watched by the running loop, its
+    deadlines are the loop's timers, and nothing blocks the loop. Cancelling the awaiting task
+    (``asyncio.wait_for``'s timeout, a task group's cancel) cancels the execution: the kill
+    protocol runs to its end (the tree is gone) before the ``CancelledError`` goes on."""
+    import asyncio  # here: the command line, which never awaits, need not import it
+
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+    watched: set[int] = set()
+
+    def readable(fd: int) -> None:
+        handle.on_readable(fd)
+        woken.set()
+
+    cancelled: asyncio.CancelledError | None = None
+    try:
+        while not handle.done:
+            fds = set(handle.fds())
+            for fd in watched - fds:
+                loop.remove_reader(fd)
+            for fd in fds - watched:
+                loop.add_reader(fd, readable, fd)
+            watched = fds
+            deadline = handle.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    await woken.wait()
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError as error:
+                if cancelled is None:  # the first request cancels; the tree's end is waited for
+                    cancelled = error
+                    handle.cancel()
+            woken.clear()
+            handle.on_time()
+    finally:
+        for fd in watched:
+            loop.remove_reader(fd)
+    if cancelled is not None:
+        raise cancelled
+    record: Execution = handle.execution
+    return record
+
+
 def _wait(handle: Any, poller: select.poll, registered: set[int], bound: float | None) -> None:
     fds = set(handle.fds())
     for fd in registered - fds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ class ExecutionSpec:
     sandbox: Sandbox | bool | None = None
     sample_interval: float = 0.1
     kill_grace: float = 2.0
+    stop_signal: int = signal.SIGTERM  # the polite one, sent kill_grace before SIGKILL
     on_output: Callable[[str, bytes], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +75,12 @@ class ExecutionSpec:
             value = getattr(self, name)
             if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive number of seconds, got {value!r}")
+        try:
+            object.__setattr__(self, "stop_signal", signal.Signals(self.stop_signal))
+        except (ValueError, TypeError):
+            raise ValueError(f"stop_signal: not a signal: {self.stop_signal!r}") from None
+        if self.stop_signal in (signal.SIGSTOP, signal.SIGCONT):
+            raise ValueError(f"stop_signal: {signal.Signals(self.stop_signal).name} cannot end a task")
         if isinstance(self.output_cap, bool) or not isinstance(self.output_cap, int) or self.output_cap < 0:
             raise ValueError(f"output_cap: must be a whole number of bytes >= 0, got {self.output_cap!r}")
         if self.env is not None:

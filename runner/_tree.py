@@ -273,6 +273,9 @@ class ProcessTree:
     def throttled_seconds(self) -> float:
         return 0.0  # without a cgroup the duty cycle throttles, and keeps its own account
 
+    def refused_forks(self) -> int:
+        return 0  # nothing refuses a fork here: the watchdog counts and kills instead
+
     def memory_high_events(self) -> int:
         return 0  # memory_high is v2's alone
 

@@ -240,3 +240,10 @@ def press_on_memory(stop: str, total: int = 96 << 20, step: int = 4 << 20) -> in
         else:
             bytearray(1 << 20)
     return len(held)
+
+
+def say_pid_and_wait(ready: str) -> None:
+    """Write this process's pid to ``ready`` (whole, by rename), then block for ever."""
+    Path(f"{ready}.tmp").write_text(str(os.getpid()))
+    os.rename(f"{ready}.tmp", ready)
+    threading.Event().wait()

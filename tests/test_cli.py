@@ -97,9 +97,70 @@ def test_not_executable_is_126(tmp_path: os.PathLike[str]) -> None:
 
 
 def test_bad_limit_names_the_field() -> None:
-    done = governor("run", "--cpu", "-1", "--", "true")
+    done = governor("run", "--cpus", "-1", "--", "true")
     assert done.returncode == 125
     assert "cpu_rate" in done.stderr and "-1" in done.stderr
+
+
+def test_cpus_is_cores_and_cpu_its_deprecated_name() -> None:
+    done = governor("run", "--cpus", "0.5", "--json", "--", "true")
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["limits"]["cpu_rate"] == 0.5
+    old = governor("run", "--cpu", "0.5", "--json", "--", "true")
+    assert old.returncode == 0 and "--cpu is deprecated" in old.stderr and "--cpus" in old.stderr
+    assert json.loads(old.stdout.splitlines()[-1])["limits"]["cpu_rate"] == 0.5
+    assert governor("run", "--cpu", "1", "--cpus", "1", "--", "true").returncode == 125
+
+
+def test_version() -> None:
+    done = governor("--version")
+    assert done.returncode == 0 and done.stdout.startswith("governor 0.")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "usage"),
+    [
+        (["bogus"], "usage: governor [-h]"),
+        (["run", "--memroy", "1G", "--", "true"], "usage: governor run"),
+        (["run", "--kill-grace", "soon", "--", "true"], "usage: governor run"),
+        (["run", "--kill-grace", "0s", "--", "true"], "usage: governor run"),
+        (["run", "--signal", "NOPE", "--", "true"], "usage: governor run"),
+        (["run", "--signal", "STOP", "--", "true"], "usage: governor run"),
+        (["history", "--bogus"], "usage: governor history"),
+        (["report", "--format", "pdf"], "usage: governor report"),
+    ],
+)
+def test_a_usage_error_exits_125_with_the_subcommands_usage(arguments: list[str], usage: str) -> None:
+    """Not 2: a governed command may exit 2 itself; 125 is the governor's own failure."""
+    done = governor(*arguments)
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.startswith(usage), done.stderr
+
+
+def test_quiet_and_the_record_to_a_file(tmp_path: os.PathLike[str]) -> None:
+    record = os.path.join(tmp_path, "record.json")
+    done = governor("run", "-q", "-o", record, "--kill-grace", "2s", "--sample-interval", "50ms",
+                    "--", "sh", "-c", "echo out; exit 3")  # fmt: skip
+    assert done.returncode == 3
+    assert done.stdout == "out\n" and done.stderr == ""  # the command's output alone
+    with open(record) as handle:
+        saved = json.load(handle)
+    assert saved["command"] == ["sh", "-c", "echo out; exit 3"] and saved["exit_code"] == 3
+
+
+def test_the_polite_signal_is_the_one_asked_for(tmp_path: os.PathLike[str]) -> None:
+    from conftest import wait_until
+
+    ready = os.path.join(tmp_path, "ready")
+    script = f'trap "echo got-INT; exit 3" INT; touch {ready}; while :; do sleep 0.01; done'
+    process = subprocess.Popen(
+        [*GOVERNOR, "run", "-s", "INT", "--kill-grace", "60s", "--json", "--", "sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: os.path.exists(ready), timeout=guard(30))
+    process.terminate()  # cancels the run: the command is asked with SIGINT, and ends itself
+    stdout, stderr = process.communicate(timeout=guard(60))
+    assert process.returncode == 143, stderr
+    assert "got-INT" in stdout and json.loads(stdout.splitlines()[-1])["outcome"] == "cancelled"
 
 
 def test_sigterm_to_the_governor_cancels_the_command(tmp_path: os.PathLike[str]) -> None:
@@ -127,3 +188,17 @@ def test_sigterm_to_the_governor_cancels_the_command(tmp_path: os.PathLike[str])
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 143
     assert json.loads(stdout.splitlines()[-1])["outcome"] == "cancelled"
+
+
+def test_the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss() -> None:
+    """The cgroup's charge counts page cache the command caused; ru_maxrss does not: both,
+    labelled, as a user comparing with /usr/bin/time -v needs them."""
+    from conftest import cgroup_mode_or_skip
+
+    mode = cgroup_mode_or_skip()
+    code = "b = bytearray(60 << 20); b[::4096] = b'x' * len(b[::4096])"
+    done = governor("run", "--enforce", str(mode), "--json", "--", sys.executable, "-c", code)
+    record = json.loads(done.stdout.splitlines()[-1])
+    assert record["peak_rss_bytes"] >= 60 << 20
+    shown = governor("run", "--enforce", str(mode), "--", sys.executable, "-c", code).stderr
+    assert "charged to its cgroup (page cache included)" in shown and "peak RSS" in shown

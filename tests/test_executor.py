@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 from pathlib import Path
 
 import pytest
 import task_helpers as th
+from conftest import gone
 from guards import guard
 
 from governor import ExecutionFailed, GovernedExecutor, Limits, Outcome, RemoteTraceback, RetryPolicy
@@ -90,24 +92,70 @@ def test_pending_calls_can_be_cancelled(tmp_path: Path) -> None:
     assert pending.cancelled()
 
 
-def test_shutdown_cancel_futures_drops_what_has_not_started(tmp_path: Path) -> None:
-    gate = str(tmp_path / "gate")
-    ready = str(tmp_path / "ready")
-    os.mkfifo(gate)
-    executor = GovernedExecutor(1)
-    blocker = executor.submit(th.wait_for_release, gate, ready)
-    queued = [executor.submit(th.add, n, n) for n in range(3)]
+def _pid_from(ready: Path) -> int:
     from conftest import wait_until
 
-    wait_until(lambda: Path(ready).exists(), timeout=guard(30))
-    executor.shutdown(wait=False, cancel_futures=True)
-    with open(gate, "wb"):
-        pass
-    assert blocker.result(timeout=30) == "released"
-    executor.shutdown(wait=True)
-    assert all(f.cancelled() for f in queued)
+    wait_until(ready.exists, timeout=guard(30))
+    return int(ready.read_text())
+
+
+def test_shutdown_cancel_futures_kills_what_runs_and_drops_what_has_not_started(tmp_path: Path) -> None:
+    """Attack: shutdown(cancel_futures=True) once waited 29.8 s for a running call."""
+    ready = tmp_path / "ready"
+    executor = GovernedExecutor(1)
+    running = executor.submit(th.say_pid_and_wait, str(ready))
+    queued = [executor.submit(th.add, n, n) for n in range(3)]
+    pid = _pid_from(ready)
+    executor.shutdown(wait=True, cancel_futures=True)  # returns: the running call was killed
+    assert running.cancelled() and all(f.cancelled() for f in queued)
+    assert gone(pid)
+    assert running.execution.outcome is Outcome.CANCELLED  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(th.add, 1, 1)
+
+
+def test_cancelling_a_running_call_kills_its_tree(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    with GovernedExecutor(1) as executor:
+        future = executor.submit(th.say_pid_and_wait, str(ready))
+        pid = _pid_from(ready)
+        assert future.running()
+        assert future.cancel() and future.cancelled()  # True: the stdlib's would say False
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=guard(30))
+        after = executor.submit(th.add, 1, 2)  # the slot comes back once the tree is gone
+        assert after.result(timeout=guard(60)) == 3
+    assert gone(pid)
+    assert future.execution.outcome is Outcome.CANCELLED  # type: ignore[attr-defined]
+    assert not future.cancel() or future.cancelled()  # done: cancelling again changes nothing
+
+
+def test_asyncio_cancellation_and_wait_for_kill_the_call(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+
+    async def scenario(executor: GovernedExecutor) -> int:
+        task = asyncio.ensure_future(executor.asubmit(th.say_pid_and_wait, str(ready)))
+        while not ready.exists():
+            await asyncio.sleep(0.01)  # a poll for the readiness file, not a timing assumption
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(TimeoutError):  # the call can never end: only the timeout ends it
+            await asyncio.wait_for(executor.asubmit(th.wait_for_ever, str(tmp_path / "other")), 0.5)
+        return await executor.asubmit(th.add, 2, 2)
+
+    with GovernedExecutor(1) as executor:
+        assert asyncio.run(scenario(executor)) == 4
+    assert gone(int(ready.read_text()))
+
+
+def test_options_limits_merge_with_the_pools_field_by_field() -> None:
+    with GovernedExecutor(1, limits=Limits(wall_time="1h", memory="1GiB")) as executor:
+        view = executor.options(limits=Limits(memory="256MiB"))
+        assert view.limits == Limits(wall_time="1h", memory="256MiB")
+        future = view.submit(th.add, 1, 1)
+        assert future.result(timeout=guard(30)) == 2
+    assert future.execution.limits == Limits(wall_time="1h", memory="256MiB")  # type: ignore[attr-defined]
 
 
 def test_shutdown_waits_for_queued_calls() -> None:

@@ -179,14 +179,29 @@ def test_fork_bomb_is_contained_by_pids(mode: Enforcement) -> None:
         th.fork_bomb, 60, limits=Limits(pids=20, wall_time=20), enforcement=mode, sample_interval=0.01
     )
     if record.enforcement["pids"] in ("cgroup1", "cgroup2"):
-        # The kernel refuses the 21st process: the bomb sees fork fail and returns.
-        assert record.outcome is Outcome.SUCCEEDED, record
-        assert record.result < 20
+        # The kernel refuses the 21st process (the bomb sees fork fail): the limit was met,
+        # whether the supervisor stopped the bomb or it returned first.
+        assert record.outcome is Outcome.FAILED and record.breached_limit == "pids", record
+        assert record.error is not None and "the kernel refused" in record.error.message
         assert record.usage.peak_processes <= 20
     else:
         assert record.outcome is Outcome.FAILED and record.breached_limit == "pids"
         assert record.usage.peak_processes > 20
     assert record.usage.peak_processes <= 61
+
+
+def test_a_command_at_its_pids_limit_ends_as_pids_breached() -> None:
+    """Attack: bash at its pids limit retries its forks (and printed "fork: retry") until
+    they succeed, and the run ended ``succeeded``; it is stopped and says which limit."""
+    script = "for i in $(seq 40); do sleep 30 & done; wait"
+    record = governor.run(["bash", "-c", script], limits=Limits(pids=8, wall_time=guard(60)))
+    assert record.outcome is Outcome.FAILED and record.breached_limit == "pids", record
+    assert record.usage.peak_processes <= 9
+
+
+def test_a_callable_that_raised_has_no_exit_code() -> None:
+    record = governor.run(th.raise_value_error, "no")
+    assert record.outcome is Outcome.FAILED and record.exit_code is None and record.signal is None
 
 
 def test_open_files_limit() -> None:

@@ -10,32 +10,49 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from governor import __version__
 from governor.cli import _run, _service, _top
 from runner import RunnerError
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting 125 (the governor's own failure, as the README's exit table says)
+    rather than 2, which a governed command may well exit with itself."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(_run.EXIT_GOVERNOR_FAILED, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="governor",
         description="Run tasks in isolated child processes under CPU and memory limits.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run.add_command(commands)
     _service.add_commands(commands)
     _top.add_command(commands)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)  # its own usage for its own mistakes
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``governor`` console script."""
     parser = _parser()
-    arguments = parser.parse_args(argv)
+    arguments, unknown = parser.parse_known_args(argv)
+    if unknown:
+        arguments.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(arguments.handler(arguments))
     except _run.UsageError as error:
+        arguments.command_parser.print_usage(sys.stderr)
         parser.exit(_run.EXIT_GOVERNOR_FAILED, f"governor: {error}\n")
     except RunnerError as error:  # EnforcementUnavailable, ForkServerError
         print(f"governor: {error}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """``governor run``: one command, governed, like ``timeout`` and ``/usr/bin/time -v`` in one.
 
-``governor run [limits] [--enforce MODE] [--json] -- COMMAND [ARG...]`` runs one command
+``governor run [limits] [--enforce MODE] [--json | -o FILE] [-q] -- COMMAND [ARG...]`` runs one command
 governed, like ``timeout`` and ``/usr/bin/time -v`` in one, with memory, CPU and process
 limits. Exit status (documented in the README):
 
@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from policies import Limits, Sandbox, format_duration, format_size
+from policies import Limits, Sandbox, format_duration, format_size, parse_duration
 from runner import Enforcement, Execution, ExecutionSpec, Outcome, drive
 from runner._enforcement import resolve
 from runner._run import run_spec
@@ -49,9 +49,10 @@ def add_command(commands: Any) -> None:
     )
     limits = run.add_argument_group("limits")
     limits.add_argument("--memory", metavar="SIZE", help="memory of the whole tree, e.g. 512M, 1.5GiB")
-    limits.add_argument("--cpu-time", metavar="S", help="CPU seconds (user+system), e.g. 30, 5m")
-    limits.add_argument("--cpu", metavar="CORES", help="CPU rate in cores, e.g. 0.5")
-    limits.add_argument("--timeout", metavar="S", help="wall time, e.g. 90s, 2m")
+    limits.add_argument("--cpu-time", metavar="DURATION", help="CPU time (user+system), e.g. 30, 5m")
+    limits.add_argument("--cpus", metavar="CORES", help="CPU rate in cores, e.g. 0.5 (as docker run --cpus)")
+    limits.add_argument("--cpu", metavar="CORES", dest="cpu_deprecated", help="deprecated: use --cpus")
+    limits.add_argument("--timeout", metavar="DURATION", help="wall time, e.g. 90s, 2m")
     limits.add_argument("--pids", metavar="N", type=int, help="processes alive at once")
     limits.add_argument("--open-files", metavar="N", type=int, help="open files per process")
     limits.add_argument("--file-size", metavar="SIZE", help="largest file a process may write")
@@ -62,14 +63,31 @@ def add_command(commands: Any) -> None:
         help="enforcement mechanism (default: auto, the strongest this host offers)",
     )
     run.add_argument(
-        "--kill-grace", metavar="S", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL"
+        "-s",
+        "--signal",
+        metavar="SIGNAL",
+        default="TERM",
+        help="the signal that asks it to stop, kill-grace before SIGKILL (default: TERM; as timeout -s)",
     )
     run.add_argument(
-        "--sample-interval", metavar="S", type=float, default=0.1, help="seconds between usage samples"
+        "--kill-grace",
+        metavar="DURATION",
+        default="2s",
+        help="time between the signal and SIGKILL (default: 2s)",
+    )
+    run.add_argument(
+        "--sample-interval",
+        metavar="DURATION",
+        default="100ms",
+        help="time between usage samples (default: 100ms)",
     )
     run.add_argument(
         "--json", action="store_true", help="print the execution record as JSON on the last line of stdout"
     )
+    run.add_argument(
+        "-o", "--output", metavar="FILE", help="write the execution record as JSON to FILE (as time -o)"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="print no summary on stderr")
     run.add_argument(
         "--sandbox",
         action="store_true",
@@ -88,11 +106,19 @@ def add_command(commands: Any) -> None:
 
 
 def _limits(arguments: argparse.Namespace) -> Limits:
+    cores = arguments.cpus
+    if arguments.cpu_deprecated is not None:
+        if cores is not None:
+            raise UsageError("--cpu: give --cpus alone (--cpu is its deprecated old name)")
+        print(
+            "governor: --cpu is deprecated and goes in the next release; use --cpus (cores)", file=sys.stderr
+        )
+        cores = arguments.cpu_deprecated
     try:
         return Limits(
             memory=arguments.memory,
             cpu_time=arguments.cpu_time,
-            cpu_rate=arguments.cpu,
+            cpu_rate=cores,
             wall_time=arguments.timeout,
             pids=arguments.pids,
             open_files=arguments.open_files,
@@ -100,6 +126,38 @@ def _limits(arguments: argparse.Namespace) -> Limits:
         )
     except ValueError as error:
         raise UsageError(f"invalid limit: {error}") from None
+
+
+def _timing(arguments: argparse.Namespace) -> dict[str, Any]:
+    """``kill_grace``, ``sample_interval`` and ``stop_signal`` from their options."""
+    try:
+        timing: dict[str, Any] = {
+            "kill_grace": parse_duration(arguments.kill_grace, field="--kill-grace"),
+            "sample_interval": parse_duration(arguments.sample_interval, field="--sample-interval"),
+        }
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for name, value in timing.items():
+        if value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: must be more than 0, got {value:g}s")
+    timing["stop_signal"] = signal_number(arguments.signal)
+    return timing
+
+
+def signal_number(text: str) -> signal.Signals:
+    """``TERM``, ``SIGTERM``, ``term`` or ``15`` as a signal (``--signal``)."""
+    name = text.strip().upper()
+    try:
+        found = (
+            signal.Signals(int(name))
+            if name.isdigit()
+            else signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+        )
+    except (KeyError, ValueError):
+        raise UsageError(f"--signal: not a signal: {text!r} (e.g. TERM, INT, HUP, 15)") from None
+    if found in (signal.SIGSTOP, signal.SIGCONT):
+        raise UsageError(f"--signal: {found.name} cannot end a command")
+    return found
 
 
 def _run(arguments: argparse.Namespace) -> int:
@@ -128,9 +186,8 @@ def _run(arguments: argparse.Namespace) -> int:
             capture=echo is not None,
             output_cap=64 * 1024,
             stdin=0,
-            kill_grace=arguments.kill_grace,
-            sample_interval=arguments.sample_interval,
             on_output=echo,
+            **_timing(arguments),
             sandbox=Sandbox(network=arguments.sandbox_network) if arguments.sandbox else None,
         )
     except ValueError as error:
@@ -150,9 +207,20 @@ def _run(arguments: argparse.Namespace) -> int:
         assert echo is not None
         echo.finish()
         print(json.dumps({"command": command, **_json_record(record)}), flush=True)
-    else:
-        _print_summary(record, sys.stderr)
+    _report(arguments, command, record)
     return exit_status(record, received[0] if received else None)
+
+
+def _report(arguments: argparse.Namespace, command: list[str], record: Execution) -> None:
+    """The record to ``-o FILE`` and the summary to stderr (unless ``-q`` or ``--json``)."""
+    if arguments.output:
+        try:
+            with open(arguments.output, "w") as output:
+                output.write(json.dumps({"command": command, **_json_record(record)}) + "\n")
+        except OSError as error:
+            print(f"governor: -o {arguments.output}: {error.strerror}", file=sys.stderr)
+    if not arguments.quiet and not arguments.json:
+        _print_summary(record, sys.stderr)
 
 
 def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: Limits) -> int:
@@ -164,8 +232,7 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
             target=command,
             limits=limits,
             enforcement=arguments.enforce,
-            kill_grace=arguments.kill_grace,
-            sample_interval=arguments.sample_interval,
+            **_timing(arguments),
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -199,9 +266,8 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
             sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
         print(json.dumps({"command": command, **_json_record(record)}), flush=True)
-    else:
-        sys.stdout.flush()
-        _print_summary(record, sys.stderr)
+    sys.stdout.flush()
+    _report(arguments, command, record)
     return exit_status(record, received[0] if received else None)
 
 
@@ -261,7 +327,13 @@ def _print_summary(record: Execution, stream: Any) -> None:
         lines.append(("exit status", str(record.exit_code)))
     peak = format_size(usage.peak_memory_bytes)
     limit = f" of {format_size(record.limits.memory)} limit" if record.limits.memory else ""
-    lines.append(("peak memory", f"{peak}{limit} (from {usage.memory_source})"))
+    if usage.memory_source == "cgroup":  # the kernel's charge counts page cache; say so
+        lines.append(("peak memory", f"{peak}{limit}, charged to its cgroup (page cache included)"))
+        if usage.peak_rss_bytes:
+            rss = format_size(usage.peak_rss_bytes)
+            lines.append(("peak RSS", f"{rss}, its largest process (ru_maxrss, as time -v; from the fork)"))
+    else:
+        lines.append(("peak memory", f"{peak}{limit} (from {usage.memory_source})"))
     if usage.memory_overshoot_bound_bytes:  # sampled, not held by a kernel: say how closely
         bound = format_size(usage.memory_overshoot_bound_bytes)
         lines.append(("overshoot", f"at most {bound} past the limit unseen, at the pace it was seen growing"))

@@ -15,13 +15,16 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from governor.service._control import ask, check_socket_mode, socket_path
 from governor.service._log import FORMATS, LEVELS
-from governor.service._service import serve
-from governor.service._store import Store, StoreError, default_db_path
-from governor.service._taskfile import TaskFileError
+
+if TYPE_CHECKING:
+    from governor.service._store import Store
+
+# The store, the service and what they import load only in the subcommands that use them:
+# registering these subcommands must cost ``governor run`` nothing.
 from policies import format_duration, format_size, parse_size
 
 EXIT_BAD_TASK_FILE = 2
@@ -141,10 +144,16 @@ def add_commands(commands: Any) -> None:
 
 
 def _db(arguments: argparse.Namespace) -> Path:
+    from governor.service._store import default_db_path
+
     return Path(arguments.db) if arguments.db else default_db_path()
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    from governor.service._service import serve
+    from governor.service._store import StoreError
+    from governor.service._taskfile import TaskFileError
+
     if arguments.max_running < 1:
         print(f"governor: --max-running: must be at least 1, got {arguments.max_running}", file=sys.stderr)
         return EXIT_BAD_TASK_FILE
@@ -286,6 +295,8 @@ def _existing_db(arguments: argparse.Namespace) -> Path | None:
 
 def _read_store(arguments: argparse.Namespace, read: Callable[[Store], T]) -> tuple[Path, T] | None:
     """What ``read`` finds in the database (it must exist); None, and why on stderr, if not."""
+    from governor.service._store import Store, StoreError
+
     db = _existing_db(arguments)
     if db is None:
         return None
@@ -337,6 +348,7 @@ def _output(arguments: argparse.Namespace) -> int:
 
 
 def _report(arguments: argparse.Namespace) -> int:
+    from governor.service._store import Store, StoreError
     from governor.views import _report as report  # loaded only for this command
     from governor.views import _report_html as report_html
 

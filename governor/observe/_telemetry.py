@@ -73,6 +73,7 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from governor.abc import ExecutionListener
 from governor.observe._environment import providers_from_environment
 from governor.observe._facts import kill_reason
 from governor.scheduling._task import call_name
@@ -100,7 +101,7 @@ class _Running:
     name: str
 
 
-class Telemetry:
+class Telemetry(ExecutionListener):
     """Traces, metrics and logs for every execution of the schedulers it listens to.
 
     Pass it as a listener (``Scheduler(listener=...)``, ``GovernedExecutor(telemetry=...)``)

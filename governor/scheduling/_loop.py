@@ -82,11 +82,10 @@ class Loop:
         self._changed = changed
         self._clock = clock
         self.backend = backend
-        self._listeners = listeners
-        # Optional: told the run id just before a child is asked for (the store spools it).
-        self._starting_hooks = [
-            hook for listener in listeners if (hook := getattr(listener, "execution_starting", None))
-        ]
+        # Each listener method is optional: an object without one is not told of that event.
+        self._starting_hooks = _hooks(listeners, "execution_starting")
+        self._started_hooks = _hooks(listeners, "execution_started")
+        self._finished_hooks = _hooks(listeners, "execution_finished")
         self._estimator = estimator
         self._work = work
         self._starter = starter
@@ -272,6 +271,20 @@ class Loop:
         if self._work.withdraw(run):
             _abandon(run)
 
+    def cancel_call(self, run: Run) -> None:
+        """Its caller cancelled a call: out of the queue, or its tree killed if it runs."""
+        if run in self._work.running_set():
+            if run.handle is not None and not run.cancelling:
+                self._cancel(run)
+        else:
+            self.withdraw(run)
+
+    def cancel_running_calls(self) -> None:
+        """Kill every running call of an executor (``shutdown(cancel_futures=True)``)."""
+        for run in self._work.running():
+            if run.owner is not None and run.handle is not None and not run.cancelling:
+                self._cancel(run)
+
     def cancel_queued_calls(self) -> None:
         for run in self._work.drain_queue():
             if run.owner is not None:
@@ -354,8 +367,8 @@ class Loop:
         assert handle is not None
         if handle.done and handle.pid is None:
             return  # the start failed: it is told of once, as ended
-        for listener in self._listeners:
-            self._tell(listener.execution_started, run.task, run.attempt, handle, run.queued_at)
+        for hook in self._started_hooks:
+            self._tell(hook, run.task, run.attempt, handle, run.queued_at)
 
     def _tell(self, hook: Callable[..., None], *args: Any) -> None:
         try:
@@ -394,10 +407,12 @@ class Loop:
         task = run.task
         if task is not None:
             task._record(record)
-        for listener in self._listeners:
-            self._tell(listener.execution_finished, task, run_id, record)
+        for hook in self._finished_hooks:
+            self._tell(hook, task, run_id, record)
         # While stopping, only an executor that drains its calls (shutdown(wait=True)) retries.
         may_retry = not self._stopping or (self._drain and run.owner is not None)
+        if run.owner is not None and run.owner.cancelled():
+            may_retry = False  # its caller cancelled it: nothing waits for another attempt
         policy = run.retry_policy
         if may_retry and record.outcome is Outcome.EVICTED:
             # The governor stopped it, not its own failure: it queues again at its old place,
@@ -469,6 +484,11 @@ def _again(run: Run, record: Execution, **changes: Any) -> Run:
     again.handle, again.token, again.started_mono = None, None, None
     again.parked = again.cancelling = again.announced = False
     return again
+
+
+def _hooks(listeners: tuple[ExecutionListener, ...], name: str) -> list[Callable[..., None]]:
+    """The listeners' ``name`` methods, for those that have one."""
+    return [hook for listener in listeners if callable(hook := getattr(listener, name, None))]
 
 
 def _abandon(run: Run) -> None:

@@ -281,9 +281,14 @@ class Scheduler:
         """The caller gave up on a queued call: take it out now, not when the start path meets it."""
         self._post(self._loop.withdraw, run)
 
+    def _cancel_call(self, run: Run) -> None:
+        """The caller cancelled a call: take it out of the queue, or kill its tree."""
+        self._post(self._loop.cancel_call, run)
+
     def _shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         if cancel_futures:
             self._post(self._loop.cancel_queued_calls)
+            self._post(self._loop.cancel_running_calls)
         self._request_stop(cancel=False, drain=True)
         if wait:
             self._join(None)

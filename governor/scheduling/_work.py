@@ -219,6 +219,10 @@ class Work:
         """Running runs, in the order they started."""
         return list(self._running)
 
+    def running_set(self) -> dict[Run, None]:
+        """Running runs, to look one up (not to change)."""
+        return self._running
+
     # -- per-task counts ------------------------------------------------------------------------
 
     def instances(self, task_id: int) -> int:

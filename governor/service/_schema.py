@@ -44,6 +44,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("memory_high_events", "value"),
     ("stall_seconds", "json"),
     ("memory_overshoot_bound_bytes", "value"),
+    ("peak_rss_bytes", "value"),
     ("limits", "json"),
     ("enforcement", "json"),
     ("unenforced", "json"),
@@ -188,8 +189,10 @@ def _v7(connection: sqlite3.Connection) -> None:
 
 def _v8(connection: sqlite3.Connection) -> None:
     # How far past its memory limit a run could have gone unseen (NULL: no memory limit, or a
-    # row from before the watch said).
+    # row from before the watch said), and its largest process's peak RSS beside the cgroup's
+    # charge (NULL: unknown).
     connection.execute("ALTER TABLE executions ADD COLUMN memory_overshoot_bound_bytes INTEGER")
+    connection.execute("ALTER TABLE executions ADD COLUMN peak_rss_bytes INTEGER")
 
 
 # Index i brings a database from schema version i to i + 1. Append only; never edit one that shipped.

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from governor.abc import ExecutionListener
 from governor.backends.dask import cluster_backend
 from governor.observe._telemetry import Telemetry
 from governor.scheduling._scheduler import Scheduler
@@ -46,7 +47,7 @@ log = logging.getLogger("governor.serve")
 DEFAULT_MAX_PAYLOAD = 16 << 20  # bytes of one event payload, as JSON
 
 
-class StoreRecorder:
+class StoreRecorder(ExecutionListener):
     """The scheduler's listener: every start and end to the store, one log line per end."""
 
     def __init__(self, store: Store) -> None:
