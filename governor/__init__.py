@@ -21,8 +21,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from policies._lazy import exports, homes
 
 __version__ = "0.2.0"
 
@@ -69,43 +70,22 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time each name l
 
 # Where each public name lives. Importing ``governor`` imports none of them: the command line
 # (``governor run``) must not pay for the scheduler, the service, OpenTelemetry and croniter.
-_HOMES = {
-    "GovernedExecutor": "governor._executor",
-    "run": "governor._run",
-    "arun": "governor._run",
-    "governed": "governor._governed",
-    "Clock": "governor.abc",
-    "Trigger": "governor.abc",
-    "ExecutionListener": "governor.abc",
-    "GovernedFuture": "governor._future",
-    "Telemetry": "governor.observe",
-}
-for _home, _names in (
-    (
-        "governor.scheduling",
-        "EventTrigger FakeClock OneTimeTrigger PeriodicTrigger Scheduler SystemClock Task",
-    ),
-    ("policies", "Limits RetryPolicy Sandbox format_duration format_size parse_duration parse_size"),
-    (
-        "runner",
-        "Enforcement EnforcementUnavailable Execution ExecutionFailed ExecutionSpec ForkServer Mechanism "
-        "Outcome RemoteError RemoteTraceback Sample TaskError Usage",
-    ),
-):
-    _HOMES.update(dict.fromkeys(_names.split(), _home))
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'governor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+_HOMES = homes(
+    {
+        "governor._executor": "GovernedExecutor",
+        "governor._future": "GovernedFuture",
+        "governor._governed": "governed",
+        "governor._run": "arun run",
+        "governor.abc": "Clock ExecutionListener Trigger",
+        "governor.observe": "Telemetry",
+        "governor.scheduling": "EventTrigger FakeClock OneTimeTrigger PeriodicTrigger Scheduler SystemClock "
+        "Task",
+        "policies": "Limits RetryPolicy Sandbox format_duration format_size parse_duration parse_size",
+        "runner": "Enforcement EnforcementUnavailable Execution ExecutionFailed ExecutionSpec ForkServer "
+        "Mechanism Outcome RemoteError RemoteTraceback Sample TaskError Usage",
+    }
+)
+__getattr__, __dir__ = exports(__name__, _HOMES)
 
 
 __all__ = [

@@ -40,7 +40,6 @@ from runner._forkserver import ForkServer, default_fork_server
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
-from runner._payload import pickle_call
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
 from runner._sandboxing import Prepared, SandboxUnavailable, prepare
 from runner._spec import ExecutionSpec
@@ -147,6 +146,8 @@ class ExecutionHandle:
         extra = ("pyseccomp",) if isinstance(self.spec.sandbox, Sandbox) and self.spec.sandbox.seccomp else ()
         if self.spec.is_command:
             return None, extra
+        from runner._payload import pickle_call  # cloudpickle: a command never needs it
+
         payload, imports = pickle_call(self.spec.target, tuple(self.spec.args), self.spec.kwargs)  # type: ignore[arg-type]
         return payload, (*imports, *extra)
 

@@ -45,6 +45,7 @@ class ForkServer:
         self._owner = os.getpid()
         self._base: dict[bytes, bytes] = {}  # the environment the zygote started with
         self._changes: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None
+        self._starting: socket.socket | None = None  # spawned, its ready byte not yet read
 
     @property
     def pid(self) -> int | None:
@@ -137,15 +138,32 @@ class ForkServer:
         with self._lock:
             self._discard()
 
-    def _ensure_running(self) -> socket.socket:
+    def start(self) -> None:
+        """Start the zygote without waiting for it to be ready: a caller with imports of its
+        own to do (the command line) overlaps them with the zygote's start. The first request
+        waits for it."""
+        with self._lock:
+            if not self._running():
+                self._spawn()
+
+    def _running(self) -> bool:
         if self._owner != os.getpid():
             # We are a fork of the process that started the zygote: its control socket is
             # the parent's to use. Drop our copy (the parent's stays open) and start our own.
             if self._control is not None:
                 self._control.close()
-            self._control, self._process, self._owner = None, None, os.getpid()
-        if self._process is not None and self._process.poll() is None and self._control:
-            return self._control
+            self._control, self._process, self._owner, self._starting = None, None, os.getpid(), None
+        return self._process is not None and self._process.poll() is None and self._control is not None
+
+    def _ensure_running(self) -> socket.socket:
+        if not self._running():
+            self._spawn()
+        if self._starting is not None:
+            self._await_ready()
+        assert self._control is not None
+        return self._control
+
+    def _spawn(self) -> None:
         self._discard()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         root = str(Path(__file__).resolve().parent.parent)
@@ -164,20 +182,24 @@ class ForkServer:
         settings = {"sys_path": list(sys.path), "cwd": os.getcwd(), "preload": list(self.preload)}
         blob = pickle.dumps(settings)
         ours.sendall(REQUEST.pack(len(blob), 0) + blob)
+        self._control, self._starting = ours, ours
+
+    def _await_ready(self) -> None:
+        """The zygote's word that it has loaded and listens (``R``), once after each spawn."""
+        ours, self._starting = self._starting, None
+        assert ours is not None and self._process is not None
         if ours.recv(1) != b"R":
             code = self._process.wait()
             ours.close()
-            self._process = None
+            self._control, self._process = None, None
             raise ForkServerError(f"the fork server failed to start (exit status {code})")
-        self._control = ours
-        return ours
 
     def _discard(self) -> None:
         if self._owner != os.getpid():
             return  # inherited across a fork: the zygote is the parent process's to stop
         if self._control is not None:
             self._control.close()  # EOF tells the zygote to exit
-            self._control = None
+            self._control = self._starting = None
         if self._process is not None:
             try:
                 self._process.wait(timeout=5)

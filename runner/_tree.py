@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 
-import psutil
-
 from runner._confinement import CounterFile, Reading, proc_stat
 
 COOKIE_VARIABLE = "GOVERNOR_EXECUTION_ID"
@@ -158,6 +156,8 @@ class ProcessTree:
         return member
 
     def _children_by_scan(self, pids: list[int]) -> list[tuple[int, int]]:
+        import psutil  # only for kernels without children files; a plain run never needs it
+
         found: list[tuple[int, int]] = []
         for pid in pids:
             try:

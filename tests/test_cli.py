@@ -202,3 +202,21 @@ def test_the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss() -> 
     assert record["peak_rss_bytes"] >= 60 << 20
     shown = governor("run", "--enforce", str(mode), "--", sys.executable, "-c", code).stderr
     assert "charged to its cgroup (page cache included)" in shown and "peak RSS" in shown
+
+
+def test_a_run_loads_only_what_running_one_command_needs() -> None:
+    """Attack: ``governor run -- true`` took 542 ms, importing the scheduler, the service, the
+    store, OpenTelemetry, Dask and croniter to run one command."""
+    heavy = (
+        "governor.scheduling", "governor.service._store", "governor.observe", "opentelemetry",
+        "croniter", "distributed", "cloudpickle", "psutil",
+    )  # fmt: skip
+    code = (
+        "import sys; from governor.cli import main; sys.argv[1:] = ['run', '-q', '--', 'true']\n"
+        "status = main()\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
+        "sys.exit(status)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=guard(60))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from governor import __version__
-from governor.cli import _run, _service, _top
-from runner import RunnerError
 
 __all__ = ["main"]
 
@@ -24,11 +22,15 @@ class _Parser(argparse.ArgumentParser):
     rather than 2, which a governed command may well exit with itself."""
 
     def error(self, message: str) -> NoReturn:
+        from governor.cli._run import EXIT_GOVERNOR_FAILED
+
         self.print_usage(sys.stderr)
-        self.exit(_run.EXIT_GOVERNOR_FAILED, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_GOVERNOR_FAILED, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from governor.cli import _run, _service, _top
+
     parser = _Parser(
         prog="governor",
         description="Run tasks in isolated child processes under CPU and memory limits.",
@@ -45,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``governor`` console script."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words == ["--version"]:  # asked by scripts that probe the tool: answered without loading it
+        print(f"governor {__version__}")
+        return 0
+    if words[:1] == ["run"] and "--dask" not in words:
+        # A local run needs the fork server: it boots while the rest of the CLI loads.
+        from runner._forkserver import default_fork_server
+
+        default_fork_server().start()
+    from governor.cli import _run
+    from runner import RunnerError
+
     parser = _parser()
     arguments, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -22,9 +22,10 @@ import sys
 from typing import Any
 
 from policies import Limits, Sandbox, format_duration, format_size, parse_duration
-from runner import Enforcement, Execution, ExecutionSpec, Outcome, drive
-from runner._enforcement import resolve
-from runner._run import run_spec
+from runner._records import Enforcement, Execution, Outcome
+
+# What starting a child needs (runner._execution and the cgroup backends) is imported by the
+# handlers, once the fork server's start is under way: the two overlap.
 
 EXIT_MEMORY = 121
 EXIT_CPU_TIME = 122
@@ -173,6 +174,13 @@ def _run(arguments: argparse.Namespace) -> int:
         raise UsageError("--sandbox: not yet on a Dask cluster; run it locally")
     if arguments.dask:
         return _run_on_cluster(arguments, command, limits)
+    from runner._forkserver import default_fork_server
+
+    default_fork_server().start()  # the zygote boots while the imports below load
+    from runner._enforcement import resolve
+    from runner._run import run_spec
+    from runner._spec import ExecutionSpec
+
     # Output passes straight through (a terminal stays a terminal) unless we must see it: for
     # --json, to end the command's last line before ours; under an RLIMIT_DATA memory limit,
     # to recognise a refused allocation in its stderr. Then it is forwarded as it arrives.
@@ -226,6 +234,8 @@ def _report(arguments: argparse.Namespace, command: list[str], record: Execution
 def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: Limits) -> int:
     """``--dask``: the same governed run on a Dask worker; its captured output follows its end."""
     from governor.backends.dask import DaskBackend, connect
+    from runner._run import drive
+    from runner._spec import ExecutionSpec
 
     try:
         spec = ExecutionSpec(

@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from governor.service._control import ask, check_socket_mode, socket_path
-from governor.service._log import FORMATS, LEVELS
+from governor.service import FORMATS, LEVELS
 
 if TYPE_CHECKING:
     from governor.service._store import Store
@@ -189,6 +188,8 @@ def _socket_mode(text: str) -> int:
         mode = int(text, 8)
     except ValueError:
         raise ValueError(f"socket_mode: expected an octal mode such as 600, got {text!r}") from None
+    from governor.service._control import check_socket_mode
+
     return check_socket_mode(mode)
 
 
@@ -210,6 +211,8 @@ def _cores(text: str, field: str) -> float:
 
 
 def _request(arguments: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
+    from governor.service._control import ask, socket_path
+
     path = socket_path(_db(arguments))
     try:
         return ask(path, request)

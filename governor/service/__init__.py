@@ -7,3 +7,7 @@ _schema.py     an execution record <-> its stored row and its dict form, in one 
 _taskfile.py   TOML task files, validated when read
 _estimates.py  estimates seeded from stored history
 """
+
+# The log's levels and formats, here so the command line offers them without loading logging.
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")

@@ -21,8 +21,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("text", "json")
+from governor.service import FORMATS, LEVELS
+
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:/@%+-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 

@@ -1,0 +1,85 @@
+"""What ``governor run`` costs to start and end a trivial command, beside the tools it stands
+in for, each timed as a fresh process from this script (median and p90 of ``--runs``).
+
+    python bench/cli_startup_bench.py [--runs 30] [--busy]
+
+``governor`` is the console script of the interpreter running this benchmark (an editable
+install carries setuptools' import finder; a wheel install does not). Python's byte-code cache
+matters here: with ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__`` yet, every start
+compiles the sources again, so this script warms the cache first and says if it could not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from host_load import busy_loops
+
+
+def timed(argv: list[str], runs: int) -> list[float]:
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # warm
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--busy", action="store_true", help="two busy loops of ours on the host meanwhile")
+    arguments = parser.parse_args()
+    governor = str(Path(sys.executable).with_name("governor"))
+    contenders = {
+        "timeout 10 true": ["timeout", "10", "true"],
+        "prlimit --as=1G true": ["prlimit", "--as=1073741824", "true"],
+        "python3 -c pass": [sys.executable, "-c", "pass"],
+        "python3 -S -c pass": [sys.executable, "-S", "-c", "pass"],
+        "governor --version": [governor, "--version"],
+        "governor run -q -- true": [governor, "run", "-q", "--", "true"],
+        "governor run -q --enforce rlimit -- true": [
+            governor,
+            "run",
+            "-q",
+            "--enforce",
+            "rlimit",
+            "--",
+            "true",
+        ],
+        "governor run -q --memory 100M -- true": [governor, "run", "-q", "--memory", "100M", "--", "true"],
+    }
+    if shutil.which("systemd-run") and Path("/run/systemd/system").exists():
+        contenders["systemd-run --scope -q true"] = ["systemd-run", "--scope", "-q", "true"]
+    environment = os.environ.copy()
+    if environment.pop("PYTHONDONTWRITEBYTECODE", None):
+        print("(PYTHONDONTWRITEBYTECODE was set: unset for these runs, so the cache is written and used)")
+        os.environ.pop("PYTHONDONTWRITEBYTECODE")
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).resolve().parents[1])],
+                       stdout=subprocess.DEVNULL, check=False)  # fmt: skip
+    with busy_loops(2) if arguments.busy else contextlib.nullcontext():
+        results = {name: timed(argv, arguments.runs) for name, argv in contenders.items()}
+    base = statistics.median(results["python3 -c pass"])
+    print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {arguments.runs} runs each, "
+          f"busy host: {arguments.busy}")  # fmt: skip
+    print(f"| {'command':<44} | {'median ms':>9} | {'p90 ms':>7} | {'x python3 -c pass':>17} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 19}|")
+    for name, times in results.items():
+        median = statistics.median(times)
+        p90 = statistics.quantiles(times, n=10)[-1]
+        print(f"| {name:<44} | {median:>9.1f} | {p90:>7.1f} | {median / base:>17.1f} |")
+
+
+if __name__ == "__main__":
+    main()
