@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -540,3 +541,42 @@ def test_a_bad_budget_is_refused(tmp_path: Path, db: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2 and "memory_budget" in done.stderr
     assert not db.exists()
+
+
+def test_history_filters_orders_by_start_and_names_an_unknown_task(tmp_path: Path, db: Path) -> None:
+    """Attack: ``governor history nosuchtask`` printed an empty table and exited 0; its rows
+    were ordered by start under a column headed "ended"."""
+    from test_store import T0, record
+
+    from governor.service._store import Store
+    from runner import Outcome
+
+    with Store(db) as store:
+        for n, (task, outcome) in enumerate(
+            [("backup", "succeeded"), ("report", "failed"), ("backup", "failed")]
+        ):
+            at = T0 + timedelta(minutes=n)
+            store.finished(f"r{n}", task, record(outcome=Outcome(outcome), started_at=at, ended_at=at))
+        store.flush(timeout=GUARD)
+    table = governor("history", db=db)
+    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("started")
+    starts = [line[:19] for line in table.stdout.splitlines()[1:]]
+    assert starts == sorted(starts) and len(starts) == 3
+
+    def run_ids(*arguments: str) -> list[str]:
+        done = governor("history", "--json", *arguments, db=db)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["run_id"] for line in done.stdout.splitlines()]
+
+    assert run_ids("--task", "backup") == ["r0", "r2"]
+    assert run_ids("--outcome", "failed") == ["r1", "r2"]
+    assert run_ids("backup", "--outcome", "failed", "--outcome", "succeeded") == ["r0", "r2"]
+    assert run_ids("--since", (T0 + timedelta(minutes=1)).isoformat()) == ["r1", "r2"]
+    unknown = governor("history", "nosuchtask", db=db)
+    assert (
+        unknown.returncode == 2
+        and "no task 'nosuchtask'" in unknown.stderr
+        and "backup, report" in unknown.stderr
+    )
+    bad = governor("history", "--outcome", "exploded", db=db)
+    assert bad.returncode == 2 and "no outcome 'exploded'" in bad.stderr

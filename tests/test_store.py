@@ -462,6 +462,11 @@ def test_history_filters(store: Store) -> None:
     assert ids(store.history("backup", since=T0 + timedelta(minutes=1), limit=1)) == ["r6"]
     assert store.history(limit=0) == []
     assert store.history("nobody") == []
+    assert store.task_names() == ["backup", "report"]
+    store.finished("r7", "report", record(outcome=Outcome.FAILED, started_at=T0 + timedelta(minutes=7)))
+    store.flush(timeout=GUARD)
+    assert ids(store.history(outcomes=["failed"])) == ["r7"]
+    assert ids(store.history("backup", outcomes=["succeeded", "failed"])) == ["r0", "r2", "r4"]  # r6 runs
     with pytest.raises(ValueError, match="limit"):
         store.history(limit=-1)
 

@@ -95,8 +95,20 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
 
-    history = commands.add_parser("history", help="past executions, from the database")
-    history.add_argument("task", nargs="?", metavar="TASK")
+    history = commands.add_parser(
+        "history", help="past executions, from the database", description="Past executions, oldest first."
+    )
+    history.add_argument("task", nargs="?", metavar="TASK", help="only this task's executions")
+    history.add_argument("--task", dest="task_option", metavar="TASK", help="the same as TASK")
+    history.add_argument(
+        "--since", metavar="WHEN", help="only those started since WHEN: 7d, 12h, or an ISO 8601 date"
+    )
+    history.add_argument(
+        "--outcome",
+        action="append",
+        metavar="OUTCOME",
+        help="only those that ended so (succeeded, failed, memory_exceeded, ...); repeat for several",
+    )
     history.add_argument("--db", type=Path, help=db_help)
     history.add_argument("--json", action="store_true", help="JSON Lines, one execution per line")
     history.add_argument("--limit", type=int, metavar="N", help="only the last N executions")
@@ -312,24 +324,56 @@ def _read_store(arguments: argparse.Namespace, read: Callable[[Store], T]) -> tu
 
 
 def _history(arguments: argparse.Namespace) -> int:
-    found = _read_store(arguments, lambda store: store.history(arguments.task, limit=arguments.limit))
+    from governor.views._report import parse_since
+    from runner._records import Outcome
+
+    if arguments.task and arguments.task_option and arguments.task != arguments.task_option:
+        print(
+            f"governor: history: two tasks given ({arguments.task!r}, {arguments.task_option!r})",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_TASK_FILE
+    task = arguments.task or arguments.task_option
+    known = [outcome.value for outcome in Outcome]
+    for outcome in arguments.outcome or ():
+        if outcome not in known:
+            print(f"governor: --outcome: no outcome {outcome!r} (one of {', '.join(known)})", file=sys.stderr)
+            return EXIT_BAD_TASK_FILE
+    try:
+        since = parse_since(arguments.since, datetime.now(UTC)) if arguments.since else None
+    except ValueError as error:
+        print(f"governor: {error}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
+
+    def read(store: Store) -> tuple[list[dict[str, Any]], list[str]]:
+        rows = store.history(task, limit=arguments.limit, since=since, outcomes=arguments.outcome)
+        return rows, store.task_names() if task is not None and not rows else []
+
+    found = _read_store(arguments, read)
     if found is None:
         return EXIT_STORE
-    _, rows = found
+    db, (rows, names) = found
+    if task is not None and not rows and task not in names:
+        there = f"; tasks on record: {', '.join(names)}" if names else "; it has no executions yet"
+        print(f"governor: no task {task!r} in {db}{there}", file=sys.stderr)
+        return EXIT_BAD_TASK_FILE
     if arguments.json:
         for row in rows:
             print(json.dumps(row, default=str))
         return 0
-    print(f"{'ended':<20} {'task':<20} {'try':>3} {'outcome':<18} {'wall':>8} {'peak memory':>12} {'cpu':>8}")
+    # Oldest first by start, as the first column says; a run in flight has no end yet.
+    print(
+        f"{'started':<20} {'task':<20} {'try':>3} {'outcome':<18} {'wall':>8} {'peak memory':>12} {'cpu':>8}"
+    )
     for row in rows:
-        ended = (row.get("ended_at") or "running")[:19].replace("T", " ")
+        started = (row.get("started_at") or "-")[:19].replace("T", " ")
         wall = format_duration(row["wall_seconds"]) if row.get("wall_seconds") is not None else "-"
         peak = format_size(row["peak_memory_bytes"]) if row.get("peak_memory_bytes") is not None else "-"
         user, system = row.get("cpu_user_seconds"), row.get("cpu_system_seconds")
         cpu = f"{(user or 0) + (system or 0):.2f}s" if user is not None else "-"
         outcome = row.get("outcome") or "running"
         print(
-            f"{ended:<20} {row['task']:<20} {row['attempt']:>3} {outcome:<18} {wall:>8} {peak:>12} {cpu:>8}"
+            f"{started:<20} {row['task']:<20} {row['attempt']:>3} {outcome:<18} {wall:>8} {peak:>12} {cpu:>8}"
         )
     return 0
 

@@ -389,10 +389,12 @@ class Store:
         *,
         limit: int | None = None,
         since: datetime | None = None,
+        outcomes: Sequence[str] | None = None,
         with_timeline: bool = False,
     ) -> list[dict[str, Any]]:
         """Executions, oldest first: those of ``task`` (all if None), started at or after
-        ``since``, the latest ``limit`` of them.
+        ``since``, that ended in one of ``outcomes`` (any, and those in flight, if None), the
+        latest ``limit`` of them.
 
         Each is a dict with the keys of ``Execution.to_dict()`` (``timeline`` only with
         ``with_timeline=True``) plus ``run_id`` and ``task``. An execution still in flight has
@@ -408,6 +410,9 @@ class Store:
         if since is not None:
             clauses.append("started_at >= ?")
             params.append(timestamp(since, "since"))
+        if outcomes is not None:
+            clauses.append(f"outcome IN ({', '.join('?' * len(outcomes))})")
+            params.extend(outcomes)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM executions {where} ORDER BY started_at, id"
         if limit is not None:
@@ -462,6 +467,11 @@ class Store:
             " WHERE ended_at IS NULL ORDER BY started_at, id"
         )
         return self._read(lambda db: [in_flight_entry(row) for row in db.execute(sql)])
+
+    def task_names(self) -> list[str]:
+        """The names of the tasks with executions on record, sorted."""
+        sql = "SELECT DISTINCT task FROM executions ORDER BY task"
+        return self._read(lambda db: [row["task"] for row in db.execute(sql)])
 
     def tasks(self) -> list[dict[str, Any]]:
         """Saved task definitions by name: ``name``, ``definition`` (dict), ``fingerprint``,
