@@ -19,7 +19,7 @@ import atexit
 import functools
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from policies import Limits, RetryPolicy, Sandbox
 from runner import Enforcement, Execution
@@ -125,6 +125,24 @@ class Governed(Generic[P, T]):
 
     def __repr__(self) -> str:
         return f"<governed {getattr(self.__wrapped__, '__qualname__', self.__wrapped__)!r} {self.limits!r}>"
+
+
+@overload
+def governed(function: Callable[P, T], /) -> Governed[P, T]: ...
+
+
+@overload
+def governed(
+    function: None = None,
+    /,
+    *,
+    limits: Limits | None = None,
+    sandbox: Sandbox | bool | None = None,
+    enforcement: Enforcement | str = Enforcement.AUTO,
+    retry_policy: RetryPolicy | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Callable[[Callable[P, T]], Governed[P, T]]: ...
 
 
 def governed(

@@ -102,6 +102,14 @@ def test_top_against_a_server_shows_running_and_queued_work(tmp_path: Path) -> N
         server.wait_for("serving 2 task(s)")
         assert subprocess.run([*GOVERNOR, "fire", "go", "--db", str(db)], timeout=GUARD).returncode == 0
         wait_until(ready.exists, GUARD)
+
+        def sampled() -> bool:  # the first sample comes one interval after the start
+            status = subprocess.run([*GOVERNOR, "status", "--json", "--db", str(db)],
+                                    capture_output=True, text=True, timeout=GUARD)  # fmt: skip
+            running = json.loads(status.stdout)["running"] if status.returncode == 0 else []
+            return bool(running) and running[0]["memory_bytes"] is not None
+
+        wait_until(sampled, GUARD, interval=0.05)
         done = subprocess.run(
             [*GOVERNOR, "top", "--db", str(db)], capture_output=True, text=True, timeout=GUARD
         )
