@@ -220,3 +220,21 @@ def test_a_run_loads_only_what_running_one_command_needs() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=guard(60))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_shell_completion_completes_subcommands_and_options() -> None:
+    """bash, for real: the completion function the script installs answers as the shell asks."""
+    script = (
+        'eval "$(governor completion bash)"\n'
+        "COMP_WORDS=(governor ru); COMP_CWORD=1; COMP_LINE='governor ru'; COMP_POINT=11\n"
+        '_python_argcomplete governor ru governor; echo "[${COMPREPLY[*]}]"\n'
+        "COMP_WORDS=(governor run --mem); COMP_CWORD=2; COMP_LINE='governor run --mem'; COMP_POINT=18\n"
+        '_python_argcomplete governor --mem run; echo "[${COMPREPLY[*]}]"\n'
+    )
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=guard(60))
+    assert done.stdout.splitlines() == ["[run ]", "[--memory ]"], done.stdout + done.stderr
+    for shell, marker in (("zsh", "#compdef governor"), ("fish", "complete --command governor")):
+        generated = governor("completion", shell)
+        assert generated.returncode == 0 and marker in generated.stdout, generated.stdout[:300]

@@ -3,11 +3,13 @@
 run                                     cli/_run.py      one command, governed (exit statuses there)
 serve, status, fire, history, report    cli/_service.py  the service and its database
 top                                     cli/_top.py      the live view
+completion                              cli/__init__.py  the shell completion script (argcomplete)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -40,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     _run.add_command(commands)
     _service.add_commands(commands)
     _top.add_command(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script",
+        description='Print the completion script for SHELL: e.g. eval "$(governor completion bash)" in '
+        "~/.bashrc, governor completion fish > ~/.config/fish/completions/governor.fish.",
+    )
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help=", ".join(SHELLS))
+    completion.set_defaults(handler=_completion)
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)  # its own usage for its own mistakes
     return parser
@@ -60,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runner import RunnerError
 
     parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer, then exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     arguments, unknown = parser.parse_known_args(argv)
     if unknown:
         arguments.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -71,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as error:  # EnforcementUnavailable, ForkServerError
         print(f"governor: {error}", file=sys.stderr)
         return _run.EXIT_GOVERNOR_FAILED
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _completion(arguments: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["governor"], shell=arguments.shell))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
