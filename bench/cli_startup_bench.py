@@ -11,7 +11,6 @@ compiles the sources again, so this script warms the cache first and says if it 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -21,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from host_load import busy_loops
+from host_load import bench_arguments, busy_loops
 
 
 def timed(argv: list[str], runs: int) -> list[float]:
@@ -35,12 +34,7 @@ def timed(argv: list[str], runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--busy", action="store_true", help="two busy loops of ours on the host meanwhile")
-    arguments = parser.parse_args()
+    arguments = bench_arguments(__doc__ or "", 30)
     governor = str(Path(sys.executable).with_name("governor"))
     contenders = {
         "timeout 10 true": ["timeout", "10", "true"],

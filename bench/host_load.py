@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -20,3 +21,13 @@ def busy_loops(count: int) -> Iterator[list[int]]:
         for loop in loops:
             os.kill(loop.pid, signal.SIGKILL)
             loop.wait()
+
+
+def bench_arguments(description: str, runs: int) -> argparse.Namespace:
+    """``--runs N`` (default ``runs``) and ``--busy`` (two busy loops of ours meanwhile)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--busy", action="store_true", help="two busy loops of ours on the host meanwhile")
+    return parser.parse_args()

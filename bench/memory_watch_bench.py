@@ -17,7 +17,6 @@ Medians and maxima of ``--runs`` runs; ``--busy`` adds two busy loops of ours on
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import resource
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable
 
 import psutil
-from host_load import busy_loops
+from host_load import bench_arguments, busy_loops
 
 import governor
 from governor import Limits
@@ -89,12 +88,7 @@ def by_psutil(interval: float) -> Callable[[float], tuple[int, int | None]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--busy", action="store_true", help="two busy loops of ours on the host meanwhile")
-    arguments = parser.parse_args()
+    arguments = bench_arguments(__doc__ or "", 9)
     modes = ["auto", "rlimit", "watchdog"]
     contenders: dict[str, Callable[[float], tuple[int, int | None]]] = {}
     for mode in modes:
@@ -109,9 +103,9 @@ def main() -> None:
         print(f"{'contender':<34} {'pace':>10} {'peak median':>12} {'peak max':>9} {'bound median':>13}")
         for name, one in contenders.items():
             for pace, pause in PACES.items():
-                runs = [one(pause) for _ in range(arguments.runs)]
-                peaks = [peak / MiB for peak, _ in runs]
-                bounds = [bound / MiB for _, bound in runs if bound is not None]
+                measured = [one(pause) for _ in range(arguments.runs)]
+                peaks = [peak / MiB for peak, _ in measured]
+                bounds = [bound / MiB for _, bound in measured if bound is not None]
                 bound = f"{statistics.median(bounds):.1f}" if bounds else "-"
                 median = statistics.median(peaks)
                 print(f"{name:<34} {pace:>10} {median:>12.1f} {max(peaks):>9.1f} {bound:>13}")
