@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import signal
+import struct
 import subprocess
+import termios
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from conftest import wait_until
+from rich.console import Console
 from test_service import GOVERNOR, GUARD, Server, write
 
 from governor.service._store import Store
-from governor.views._top import render, snapshot
+from governor.views._top import arrange, render, snapshot
+from governor.views._top_live import State, style_for, view_of
 
 NOW = datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC)
 
@@ -157,3 +167,123 @@ def test_no_server_and_no_database_is_a_clear_error(tmp_path: Path) -> None:
         [*GOVERNOR, "top", "--db", str(tmp_path / "none.db")], capture_output=True, text=True, timeout=GUARD
     )
     assert done.returncode == 3 and "no server answers" in done.stderr
+
+
+def test_keys_sort_filter_and_quit() -> None:
+    state = State()
+    for key, sort, task in (("m", "memory", ""), ("c", "cpu", ""), ("c", None, ""), ("a", "age", "")):
+        state.key(key)
+        assert (state.sort, state.task) == (sort, task)
+    for key in "/hol\x7fld\r":  # typed, one mistake taken back, Enter
+        state.key(key)
+    assert state.task == "hold" and state.typing is None
+    state.key("\x1b")
+    assert state.task == "" and not state.done
+    state.key("q")
+    assert state.done
+
+
+def test_arrange_sorts_and_filters_the_running() -> None:
+    running = [
+        {"task": "small", "memory_bytes": 1, "cpu_rate": 0.9, "started_at": "2024-05-01T12:00:02+00:00"},
+        {"task": "Big", "memory_bytes": 9, "cpu_rate": 0.1, "started_at": "2024-05-01T12:00:01+00:00"},
+        {"task": "mid", "memory_bytes": 5, "cpu_rate": None, "started_at": "2024-05-01T12:00:03+00:00"},
+    ]
+    assert [run["task"] for run in arrange(running, sort="memory")] == ["Big", "mid", "small"]
+    assert [run["task"] for run in arrange(running, sort="cpu")] == ["small", "Big", "mid"]
+    assert [run["task"] for run in arrange(running, sort="age")] == ["Big", "small", "mid"]
+    assert [run["task"] for run in arrange(running, task="BI")] == ["Big"]
+    with pytest.raises(ValueError, match="sort"):
+        arrange(running, sort="size")
+
+
+def test_a_run_near_its_limit_is_coloured() -> None:
+    view = {
+        "source": "server", "pid": 1,
+        "running": [
+            {"task": "at-limit", "run_id": "a", "memory_bytes": 97 << 20, "cpu_rate": 0.1,
+             "started_at": "2024-05-01T12:00:00+00:00", "limits": {"memory": 100 << 20}},
+            {"task": "busy", "run_id": "b", "memory_bytes": 1 << 20, "cpu_rate": 0.85,
+             "started_at": "2024-05-01T12:00:00+00:00", "limits": {"cpu_rate": 1.0}},
+            {"task": "calm", "run_id": "c", "memory_bytes": 10 << 20, "cpu_rate": 0.1,
+             "started_at": "2024-05-01T12:00:00+00:00", "limits": {"memory": 100 << 20}},
+        ],
+        "queued": [],
+    }  # fmt: skip
+    assert (style_for(0.97), style_for(0.85), style_for(0.1), style_for(None)) == (
+        "bold red",
+        "yellow",
+        "",
+        "",
+    )
+    console = Console(record=True, width=120, force_terminal=True, color_system="standard")
+    console.print(view_of(view, State(), now=NOW))
+    lines = {line.split()[0]: line for line in console.export_text(styles=True).splitlines() if line.split()}
+    assert "\x1b[1;31m97.0 MiB" in lines["at-limit"] and "\x1b[33m0.85" in lines["busy"]
+    assert "\x1b[3" not in lines["calm"].split("calm", 1)[1]  # no colour for a run far from its limits
+
+
+def test_top_on_a_terminal_takes_keys_and_quits_on_q(tmp_path: Path) -> None:
+    """Real: ``governor top`` in a pseudo-terminal, against a database with a run in flight."""
+    db = tmp_path / "governor.db"
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        with Store(db) as store:
+            for run_id, task in (("run-1", "sleeper"), ("run-2", "other")):
+                store.started(
+                    run_id, task, 1, None, datetime.now(UTC), child.pid, None, [], {"memory": 1 << 30}
+                )
+            store.flush()
+        fd, terminal = pty.openpty()
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 40 rows, 160 columns
+        top = subprocess.Popen(
+            [*GOVERNOR, "top", "--db", str(db), "--interval", "0.2"],
+            stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+            env={**os.environ, "COLUMNS": "160", "LINES": "40"},  # pytest sets 80x24, which rich reads first
+        )  # fmt: skip
+        os.close(terminal)
+        screen = _Screen(fd)
+        try:
+            screen.wait_for("sleeper")
+            os.write(fd, b"/sle\r")  # filter by task
+            screen.wait_for("tasks matching 'sle'")
+            os.write(fd, b"m")
+            screen.wait_for("sorted by memory")
+            os.write(fd, b"q")
+            assert top.wait(timeout=GUARD) == 0
+        finally:
+            if top.poll() is None:
+                top.kill()
+                top.wait()
+            os.close(fd)
+    finally:
+        child.kill()
+        child.wait()
+
+
+class _Screen:
+    """What a pseudo-terminal's program has written, read until a text appears."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.seen = fd, b""
+
+    def wait_for(self, text: str) -> None:
+        deadline = time.monotonic() + GUARD  # a deadlock guard
+        while text.encode() not in self.seen:
+            assert time.monotonic() < deadline, self.seen[-2000:]
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                self.seen += os.read(self.fd, 65536)
+
+
+def test_piped_nothing_is_cut() -> None:
+    """Attack: piped, long task names and wait reasons were cut at 24 and 100 columns."""
+    name = "a-task-with-a-name-much-longer-than-twenty-four-characters"
+    reason = "waits for 1.2 GiB; 800.0 MiB free (expected in 4.0s), " + "and a long explanation " * 4
+    view = {
+        "source": "server", "pid": 1,
+        "running": [{"task": name, "run_id": "r", "started_at": "2026-11-28T12:00:00+00:00", "limits": {}}],
+        "queued": [{"task": name, "queued_at": "2026-11-28T12:00:00+00:00", "wait_reason": reason}],
+    }  # fmt: skip
+    text = render(view, now=NOW)
+    assert f"{name} " in text and reason.strip() in text and "…" not in text

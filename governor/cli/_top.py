@@ -10,7 +10,12 @@ from typing import Any
 
 def add_command(commands: Any) -> None:
     """Register ``top`` on the ``governor`` parser."""
-    top = commands.add_parser("top", help="running and queued executions, live")
+    top = commands.add_parser(
+        "top",
+        help="running and queued executions, live",
+        description="Running and queued executions, live. On a terminal: q quits, m/c/a sort by "
+        "memory/CPU/age, / filters by task; piped, plain text.",
+    )
     top.add_argument(
         "--db",
         type=Path,

@@ -2,9 +2,10 @@
 
 The view comes from a running ``governor serve`` (its control socket: live readings, queue,
 budget and wait reasons), or, with no server answering, from the database: executions it
-records in flight, measured here through their process trees. On a terminal the view is
-redrawn in place every ``--interval`` seconds until Ctrl-C; otherwise it is printed as plain
-text, ``--count`` times (default once), so that it can be logged or piped.
+records in flight, measured here through their process trees. On a terminal it is the
+interactive view (``_top_live``: keys sort and filter, colour marks a run near its limit);
+otherwise it is printed as plain text, every value whole, ``--count`` times (default once),
+so that it can be logged or piped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from governor.service._store import Store, StoreError
 from policies import format_duration, format_size
 
 EXIT_NO_SOURCE = 3
-_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+# How to order the running executions: by what they hold now, or by how long they have run.
+SORTS = ("memory", "cpu", "age")
+WARN_AT, ALARM_AT = 0.8, 0.95  # shares of a limit: a run nearing it, and one at it
 
 
 def watch(
@@ -36,7 +39,12 @@ def watch(
     live: bool,
     as_json: bool = False,
 ) -> int:
-    """Show ``source()`` ``count`` times (``None``: until interrupted), ``interval`` apart."""
+    """Show ``source()`` ``count`` times (``None``: until interrupted), ``interval`` apart; on
+    a terminal (``live``), the interactive view, until ``q``."""
+    if live and not as_json:
+        from governor.views._top_live import interactive
+
+        return interactive(source, interval=interval, count=count)
     previous: dict[str, tuple[float, float]] = {}  # run id -> (monotonic, cpu seconds): CPU rates
     shown = 0
     try:
@@ -48,12 +56,11 @@ def watch(
             except LookupError as error:
                 print(f"governor: {error}", file=sys.stderr)
                 return EXIT_NO_SOURCE
-            _add_cpu_rates(view, previous, time.monotonic())
+            add_cpu_rates(view, previous, time.monotonic())
             if as_json:
                 out.write(json.dumps(view) + "\n")
-            else:
-                text = render(view, width=_width() if live else 100)
-                out.write((_CLEAR + text) if live else (text + ("\n" if count != 1 else "")))
+            else:  # piped or logged: plain text, every value whole
+                out.write(render(view) + ("\n" if count != 1 else ""))
             out.flush()
             shown += 1
     except KeyboardInterrupt:
@@ -114,7 +121,7 @@ def _measure_tree(pid: int | None) -> tuple[int | None, float | None]:
     return memory, cpu
 
 
-def _add_cpu_rates(view: dict[str, Any], previous: dict[str, tuple[float, float]], now: float) -> None:
+def add_cpu_rates(view: dict[str, Any], previous: dict[str, tuple[float, float]], now: float) -> None:
     """Each running execution's CPU rate (cores) since the previous refresh, where known."""
     seen: dict[str, tuple[float, float]] = {}
     for run in view.get("running", []):
@@ -129,14 +136,52 @@ def _add_cpu_rates(view: dict[str, Any], previous: dict[str, tuple[float, float]
     previous.update(seen)
 
 
-def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = None) -> str:
-    """The view as plain text (no escape codes)."""
+def arrange(
+    running: list[dict[str, Any]], *, sort: str | None = None, task: str = ""
+) -> list[dict[str, Any]]:
+    """The running executions whose task name contains ``task`` (any case), largest first by
+    ``sort`` (``SORTS``; ``age``: the longest running first; ``None``: as they started)."""
+    shown = [run for run in running if task.lower() in name_of(run).lower()]
+    if sort == "memory":
+        shown.sort(key=lambda run: run.get("memory_bytes") or 0, reverse=True)
+    elif sort == "cpu":
+        shown.sort(key=lambda run: run.get("cpu_rate") or 0.0, reverse=True)
+    elif sort == "age":
+        shown.sort(key=lambda run: run.get("started_at") or "")
+    elif sort is not None:
+        raise ValueError(f"sort: one of {', '.join(SORTS)}, got {sort!r}")
+    return shown
+
+
+def limit_shares(run: dict[str, Any]) -> tuple[float | None, float | None]:
+    """How much of its memory and its CPU limit a run uses now (``None``: no limit, or not
+    measured yet)."""
+    limits = run.get("limits") or {}
+    memory, memory_limit = run.get("memory_bytes"), limits.get("memory")
+    rate, cpu_limit = run.get("cpu_rate"), limits.get("cpu_rate")
+    return (
+        memory / memory_limit if memory is not None and memory_limit else None,
+        rate / cpu_limit if rate is not None and cpu_limit else None,
+    )
+
+
+def render(
+    view: dict[str, Any],
+    *,
+    width: int | None = None,
+    now: datetime | None = None,
+    sort: str | None = None,
+    task: str = "",
+) -> str:
+    """The view as plain text (no escape codes); lines cut at ``width`` only if one is given."""
     now = now or datetime.now(UTC)
-    running, queued = view.get("running", []), view.get("queued", [])
+    running, queued = arrange(view.get("running", []), sort=sort, task=task), view.get("queued", [])
+    # Cut to fit a terminal's width; piped or logged, every name whole.
+    name_width = 24 if width is not None else max([24, *(len(name_of(item)) for item in [*running, *queued])])
     lines = []
     source = f"server pid {view['pid']}" if view.get("source") == "server" else f"database {view.get('db')}"
     header = f"governor top — {now.astimezone().strftime('%H:%M:%S')} — {source}"
-    lines.append(header[:width])
+    lines.append(header[:width])  # a slice to None keeps it whole
     slots = f" of {view['max_running_tasks']}" if "max_running_tasks" in view else ""
     summary = f"running {len(running)}{slots}, queued {view.get('queued_total', len(queued))}"
     budget = view.get("budget") or {}
@@ -153,7 +198,7 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
         summary += f" (from {read_from})" if read_from else ""
     lines.append(summary[:width])
     lines.append("")
-    lines.append(f"{'TASK':<24} {'TRY':>3} {'PID':>7} {'ELAPSED':>8} {'MEMORY':>10} {'LIMIT':>10} "
+    lines.append(f"{'TASK':<{name_width}} {'TRY':>3} {'PID':>7} {'ELAPSED':>8} {'MEMORY':>10} {'LIMIT':>10} "
                  f"{'%LIM':>5} {'CPU':>6} {'CPU LIM':>7}")  # fmt: skip
     for run in running:
         limits = run.get("limits") or {}
@@ -165,38 +210,34 @@ def render(view: dict[str, Any], *, width: int = 100, now: datetime | None = Non
         elapsed = (now - datetime.fromisoformat(run["started_at"])).total_seconds()
         flag = " evicting" if run.get("evicting") else ""
         cells = (
-            _cut(run.get("task") or run.get("name") or "-", 24), run.get("attempt", 1), run.get("pid") or "-",
-            format_duration(max(elapsed, 0.0)), _size(memory), _size(limit), share,
+            _cut(name_of(run), name_width), run.get("attempt", 1), run.get("pid") or "-",
+            format_duration(max(elapsed, 0.0)), size_text(memory), size_text(limit), share,
             "-" if rate is None else f"{rate:.2f}", "-" if cpu_limit is None else f"{cpu_limit:g}",
         )  # fmt: skip
-        lines.append("{:<24} {:>3} {:>7} {:>8} {:>10} {:>10} {:>5} {:>6} {:>7}".format(*cells) + flag)
+        row = "{:<{w}} {:>3} {:>7} {:>8} {:>10} {:>10} {:>5} {:>6} {:>7}".format(*cells, w=name_width)
+        lines.append(row + flag)
     if queued:
         lines.append("")
-        lines.append(f"{'QUEUED':<24} {'TRY':>3} {'PRIO':>5} {'WAITING':>8} {'NEEDS':>10}  WHY")
+        lines.append(f"{'QUEUED':<{name_width}} {'TRY':>3} {'PRIO':>5} {'WAITING':>8} {'NEEDS':>10}  WHY")
         for item in queued:
             waited = (now - datetime.fromisoformat(item["queued_at"])).total_seconds()
             reason = item.get("wait_reason") or "next in line"
             queued_cells = (
-                _cut(item.get("task") or item.get("name") or "-", 24), item.get("attempt", 1),
-                item.get("priority", 0), format_duration(max(waited, 0.0)), _size(item.get("estimate_bytes")),
-                reason,
+                _cut(name_of(item), name_width), item.get("attempt", 1), item.get("priority", 0),
+                format_duration(max(waited, 0.0)), size_text(item.get("estimate_bytes")), reason,
             )  # fmt: skip
-            lines.append("{:<24} {:>3} {:>5} {:>8} {:>10}  {}".format(*queued_cells)[:width])
+            lines.append("{:<{w}} {:>3} {:>5} {:>8} {:>10}  {}".format(*queued_cells, w=name_width)[:width])
     return "\n".join(lines) + "\n"
 
 
-def _size(value: int | None) -> str:
+def name_of(entry: dict[str, Any]) -> str:
+    """A running or queued entry's task name (an executor call's function name)."""
+    return str(entry.get("task") or entry.get("name") or "-")
+
+
+def size_text(value: int | None) -> str:
     return "-" if value is None else format_size(value)
 
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _width() -> int:
-    try:
-        import shutil
-
-        return shutil.get_terminal_size().columns
-    except OSError:
-        return 100
