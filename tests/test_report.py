@@ -409,7 +409,7 @@ def test_html_without_plotly_names_the_extra(
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "plotly", None)  # makes `import plotly` fail
     assert main(["report", "--db", str(db), "--format", "html"]) == 4
-    assert "pip install 'governor[report]'" in capsys.readouterr().err
+    assert "pip install 'resource-governor[report]'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- html
@@ -426,16 +426,35 @@ def html_report(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-CHARTS = 2 + 3  # peak memory and duration distributions; timelines of h3, n4, s1 (n2 has no samples)
+# Peak memory and duration distributions; all runs; timelines of h3, n4, s1 (n2 has no samples).
+CHARTS = 2 + 1 + 3
 
 
-def test_html_is_one_self_contained_file(html_report: Path) -> None:
+def test_html_is_one_self_contained_file(html_report: Path, db: Path) -> None:
     page = html_report.read_text()
     assert page.count("window.PlotlyConfig") == 1  # plotly.js inlined exactly once
     assert not re.search(r"<(script|link|img)\b[^>]*\b(src|href)=", page)  # nothing to fetch
     assert all(f'id="chart-{index}"' in page for index in range(CHARTS))
     assert "n2: no usage samples were recorded" in page  # asked for, but it has no timeline
     assert "<td>nightly</td>" in page and "37.5%" in page
+    # What did not succeed: one row each, newest first, with why.
+    with Store(db) as store:
+        failed = [row for row in store.history() if row["outcome"] not in (None, "succeeded")]
+    errors = page.split("<h2>What did not succeed</h2>", 1)[1].split("</table>", 1)[0]
+    assert errors.count("<tr>") == 1 + len(failed) and len(failed) >= 5  # a header, then one each
+    assert (
+        "<td>memory_exceeded</td>" in errors and "<td>timed_out</td>" in errors and "<td>lost</td>" in errors
+    )
+    assert "All runs (one bar per execution)" in page and "running at once" in page
+    assert "killed at its limit" in page  # n4 was killed for memory: its timeline marks where
+    from governor.views._report_html import _all_runs
+
+    with Store(db) as store:
+        rows = store.history()
+    figure = _all_runs(rows, T0 + timedelta(days=30))
+    at_once = next(trace for trace in figure.data if trace.name == "at once")
+    assert min(at_once.y) >= 0 and max(at_once.y) >= 1  # how many ran at once, never below none
+    assert {"succeeded", "memory_exceeded", "lost", "running"} <= {trace.name for trace in figure.data}
 
 
 def _chromium_processes(marker: str) -> list[psutil.Process]:
@@ -526,3 +545,22 @@ def test_what_held_runs_back_is_stored_summed_and_shown(tmp_path: Path) -> None:
         [squeezed]
     )
     assert json.loads(report.render_json([squeezed]))["tasks"][0]["held_back"]["memory_high"] == 6
+
+
+def test_the_all_runs_chart_ties_each_retry_to_the_attempt_before_it() -> None:
+    pytest.importorskip("plotly")
+    from governor.views._report_html import _all_runs
+
+    def row(run_id: str, attempt: int, start: int, end: int, outcome: str) -> dict[str, object]:
+        return {"run_id": run_id, "task": "flaky", "attempt": attempt, "outcome": outcome,
+                "started_at": (T0 + timedelta(seconds=start)).isoformat(),
+                "ended_at": (T0 + timedelta(seconds=end)).isoformat()}  # fmt: skip
+
+    rows = [row("a", 1, 0, 5, "failed"), row("b", 2, 8, 9, "succeeded"), row("c", 1, 20, 21, "succeeded")]
+    figure = _all_runs(rows, T0 + timedelta(hours=1))
+    [link] = [trace for trace in figure.data if trace.name == "retry of"]
+    assert list(link.x) == [
+        (T0 + timedelta(seconds=5)).isoformat(),
+        (T0 + timedelta(seconds=8)).isoformat(),
+        None,
+    ]

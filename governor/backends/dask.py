@@ -89,7 +89,8 @@ def connect(address: str, timeout: float = 10.0) -> Any:
         from distributed import Client
     except ImportError:
         raise RuntimeError(
-            "a Dask cluster needs the dask extra (the distributed package): pip install 'governor[dask]'"
+            "a Dask cluster needs the dask extra (the distributed package): "
+            "pip install 'resource-governor[dask]'"
         ) from None
     return Client(address, timeout=timeout)
 

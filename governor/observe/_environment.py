@@ -130,7 +130,7 @@ def _exporter_factory(signal_name: str, name: str) -> Callable[[], Any]:
     except ImportError as error:
         raise RuntimeError(
             f"OTEL_{signal_name.upper()}_EXPORTER=otlp needs the package {_OTLP_PACKAGE} "
-            f"(pip install 'governor[otlp]'): {error}"
+            f"(pip install 'resource-governor[otlp]'): {error}"
         ) from error
     exporter: Callable[[], Any] = getattr(module, class_name)
     return exporter

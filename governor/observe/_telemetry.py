@@ -196,7 +196,7 @@ class Telemetry(ExecutionListener):
         ``console``, ``otlp`` or ``none`` (or a comma-separated list); unlike the SDK's own
         auto-configuration, an unset variable means no exporter, so telemetry is opt-in.
         ``OTEL_SDK_DISABLED=true`` turns everything off. ``otlp`` needs the optional package
-        ``opentelemetry-exporter-otlp`` (``pip install 'governor[otlp]'``) and speaks the
+        ``opentelemetry-exporter-otlp`` (``pip install 'resource-governor[otlp]'``) and speaks the
         protocol ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL`` names (``grpc``, the Python SDK's
         default, or ``http/protobuf``); the exporters read their endpoint and headers from the
         environment themselves, as do batching (``OTEL_BSP_*``, ``OTEL_BLRP_*``), the metric

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import itertools
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from governor.views._report import (
@@ -31,9 +31,25 @@ from policies import format_duration, format_size
 
 __all__ = ["PLOTLY_MISSING", "MissingDependency", "render_html", "require_plotly"]
 
-PLOTLY_MISSING = "the html format needs plotly, which is not installed: pip install 'governor[report]'"
+PLOTLY_MISSING = (
+    "the html format needs plotly, which is not installed: pip install 'resource-governor[report]'"
+)
 
 _MIB = 1024 * 1024
+_ERRORS_SHOWN = 200
+# One colour per outcome, the same in every chart.
+_OUTCOME_COLOURS = {
+    "succeeded": "#2ca02c",
+    "failed": "#d62728",
+    "memory_exceeded": "#9467bd",
+    "cpu_time_exceeded": "#8c564b",
+    "timed_out": "#ff7f0e",
+    "crashed": "#e377c2",
+    "cancelled": "#7f7f7f",
+    "lost": "#17becf",
+    "evicted": "#bcbd22",
+    "running": "#1f77b4",
+}
 _ALL_POINTS_UP_TO = 500  # beyond this many executions per task, a box shows only its outliers
 
 _STYLE = """
@@ -81,10 +97,18 @@ def render_html(
             by_task.setdefault(row["task"], []).append(row)
         if row["run_id"] in data.timelines:
             charted[row["run_id"]] = row
-    figures = [
-        _distribution(reports, by_task, "peak_memory_bytes"),
-        _distribution(reports, by_task, "wall_seconds"),
-    ]
+    # No empty charts: each is drawn only when there is something to draw in it.
+    figures = []
+    if by_task:
+        figures += [
+            _distribution(reports, by_task, "peak_memory_bytes"),
+            _distribution(reports, by_task, "wall_seconds"),
+        ]
+    distributions = len(figures)
+    spans = [row for row in data.rows if row.get("started_at")]
+    if spans:
+        figures.append(_all_runs(spans, generated_at))
+    overview = len(figures)
     notes = []
     for run_id, samples in data.timelines.items():
         if samples:
@@ -121,11 +145,15 @@ def render_html(
         " Percentiles are nearest-rank.</p>",
         "<h2>Summary</h2>",
         _summary_table(reports),
-        "<h2>Peak memory and duration per task</h2>",
-        *(f'<div class="chart">{chart}</div>' for chart in charts[:2]),
-        "<h2>Timelines</h2>",
+        *(["<h2>Peak memory and duration per task</h2>"] if distributions else []),
+        *(f'<div class="chart">{chart}</div>' for chart in charts[:distributions]),
+        *(["<h2>All runs</h2>"] if overview > distributions else []),
+        *(f'<div class="chart">{chart}</div>' for chart in charts[distributions:overview]),
+        "<h2>What did not succeed</h2>",
+        _error_table(data.rows),
+        *(["<h2>Timelines</h2>"] if notes or len(charts) > overview else []),
         *(f"<p>{_e(note)}</p>" for note in notes),
-        *(f'<div class="chart">{chart}</div>' for chart in charts[2:]),
+        *(f'<div class="chart">{chart}</div>' for chart in charts[overview:]),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -141,14 +169,20 @@ def _distribution(reports: Sequence[TaskReport], by_task: dict[str, list[dict[st
     memory = key == "peak_memory_bytes"
     scale = _MIB if memory else 1.0
     figure = go.Figure()
+    # Memory: one box per task. Duration: one per task and outcome, side by side (a run killed
+    # at its limit and one that finished tell different stories about how long a task takes).
+    groups: dict[str, list[dict[str, Any]]] = {}
     for report in reports:
-        rows = [row for row in by_task.get(report.task, ()) if row.get(key) is not None]
-        if not rows:
-            continue
+        for row in by_task.get(report.task, ()):
+            if row.get(key) is not None:
+                groups.setdefault("all" if memory else str(row.get("outcome")), []).append(row)
+    for group, rows in groups.items():
         figure.add_trace(
             go.Box(
+                x=[row["task"] for row in rows],
                 y=[row[key] / scale for row in rows],
-                name=report.task,
+                name="runs" if memory else group,
+                marker={"color": _OUTCOME_COLOURS.get(group, "#1f77b4")},
                 text=[f"{row['run_id']} ({row['outcome']})" for row in rows],
                 boxpoints="all" if len(rows) <= _ALL_POINTS_UP_TO else "outliers",
                 jitter=0.4,
@@ -171,7 +205,8 @@ def _distribution(reports: Sequence[TaskReport], by_task: dict[str, list[dict[st
     figure.update_layout(
         title="Peak memory per execution" if memory else "Duration per execution (wall time)",
         yaxis_title="MiB" if memory else "seconds",
-        showlegend=memory and bool(limits),
+        showlegend=bool(limits) if memory else True,
+        boxmode="group",
         height=440,
         margin={"t": 60, "b": 40},
     )
@@ -221,6 +256,21 @@ def _timeline(row: dict[str, Any], samples: Sequence[dict[str, Any]]) -> Any:
             row=1,
             col=1,
         )
+    if limits.get("memory") and row.get("breached_limit") == "memory":
+        figure.add_trace(
+            go.Scatter(
+                x=[seconds[-1]],
+                y=[limits["memory"] / _MIB],
+                mode="markers+text",
+                marker={"symbol": "x", "size": 14, "color": "crimson"},
+                text=["killed at its limit"],
+                textposition="top left",
+                name="killed",
+                hovertemplate="killed at %{x:.2f}s, at its limit %{y:.1f} MiB<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     if limits.get("cpu_rate"):
         figure.add_hline(
             y=limits["cpu_rate"],
@@ -241,6 +291,112 @@ def _timeline(row: dict[str, Any], samples: Sequence[dict[str, Any]]) -> Any:
     figure.update_yaxes(title_text="cores", rangemode="tozero", row=2, col=1)
     figure.update_xaxes(title_text="seconds since start", row=2, col=1)
     return figure
+
+
+def _all_runs(rows: Sequence[dict[str, Any]], now: datetime) -> Any:
+    """Every execution as a bar from its start to its end, coloured by outcome, each retry
+    tied to the attempt before it by a dotted line; beneath, how many ran at once."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.06,
+        subplot_titles=("executions", "running at once"),
+    )  # fmt: skip
+    # A run in flight reaches to the latest moment the data knows of (not to now: a database
+    # read long after would squeeze every other bar to nothing). A lost run's end is when
+    # recovery found it, which may be days later: it is drawn as long as its measured wall
+    # time, if it has one.
+    known = [_when(row[key]) for row in rows for key in ("started_at", "ended_at")
+             if row.get(key) and row.get("outcome") != "lost"]  # fmt: skip
+    latest = max(known) if known else now
+    spans = []
+    for row in rows:
+        start = _when(row["started_at"])
+        if row.get("ended_at") and row.get("outcome") != "lost":
+            end = _when(row["ended_at"])
+        elif row.get("outcome") is None:
+            end = latest
+        else:
+            end = start + timedelta(seconds=row.get("wall_seconds") or 0.0)
+        spans.append((row, start, max(end, start)))  # a clock stepped back must not end it first
+    by_outcome: dict[str, list[tuple[dict[str, Any], datetime, datetime]]] = {}
+    for span in spans:
+        by_outcome.setdefault(str(span[0].get("outcome") or "running"), []).append(span)
+    for outcome, group in by_outcome.items():
+        figure.add_trace(
+            go.Bar(
+                y=[row["task"] for row, _, _ in group],
+                x=[max((end - start).total_seconds(), 0.001) * 1000 for _, start, end in group],
+                base=[start.isoformat() for _, start, _ in group],
+                orientation="h",
+                name=outcome,
+                marker={"color": _OUTCOME_COLOURS.get(outcome, "#7f7f7f")},
+                customdata=[
+                    [row["run_id"], row.get("attempt", 1), format_duration((end - start).total_seconds())]
+                    for row, start, end in group
+                ],
+                hovertemplate="%{y} · %{customdata[0]} · attempt %{customdata[1]}<br>%{base|%H:%M:%S}, "
+                "%{customdata[2]}<extra>" + outcome + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    # A retry (attempt n) follows the latest earlier attempt n-1 of the same task.
+    links_x: list[str | None] = []
+    links_y: list[str | None] = []
+    ordered = sorted(spans, key=lambda span: span[1])
+    for index, (row, start, _) in enumerate(ordered):
+        attempt = row.get("attempt") or 1
+        if attempt <= 1:
+            continue
+        earlier = [
+            (other, end) for other, _, end in ordered[:index]
+            if other["task"] == row["task"] and (other.get("attempt") or 1) == attempt - 1
+        ]  # fmt: skip
+        if earlier:
+            previous_end = earlier[-1][1]
+            links_x += [previous_end.isoformat(), start.isoformat(), None]
+            links_y += [row["task"], row["task"], None]
+    if links_x:
+        figure.add_trace(
+            go.Scatter(
+                x=links_x, y=links_y, mode="lines", name="retry of", hoverinfo="skip",
+                line={"dash": "dot", "color": "#555", "width": 1},
+            ),
+            row=1,
+            col=1,
+        )  # fmt: skip
+    # At one instant starts come before ends: a run that starts and ends then (or one ending
+    # as the next starts) never makes the count go below what runs.
+    events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans],
+                    key=lambda event: (event[0], -event[1]))  # fmt: skip
+    times, counts, running = [], [], 0
+    for when, change in events:
+        running += change
+        times.append(when.isoformat())
+        counts.append(running)
+    figure.add_trace(
+        go.Scatter(
+            x=times, y=counts, mode="lines", line_shape="hv", name="at once", showlegend=False,
+            hovertemplate="%{x|%H:%M:%S}: %{y} running<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )  # fmt: skip
+    figure.update_layout(
+        title="All runs (one bar per execution)", barmode="overlay",
+        height=max(380, 200 + 36 * len({row["task"] for row in rows})),
+        margin={"t": 70, "b": 40},
+    )  # fmt: skip
+    figure.update_xaxes(type="date", row=1, col=1)
+    figure.update_xaxes(type="date", row=2, col=1)
+    figure.update_yaxes(title_text="runs", rangemode="tozero", row=2, col=1)
+    return figure
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text)
 
 
 def _cpu_rate(samples: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
@@ -267,6 +423,28 @@ _FIGURE_HEADERS = (
     "CPU total",
 )  # fmt: skip
 _DETAIL_HEADERS = ("task", "outcomes", "kills", "admission wait", "learned estimate")
+
+
+def _error_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Every execution that ended otherwise than ``succeeded``, the newest first (at most
+    ``_ERRORS_SHOWN``): when, task, attempt, outcome and why."""
+    failed = [row for row in rows if row.get("outcome") not in (None, "succeeded")]
+    if not failed:
+        return "<p>Every execution succeeded.</p>"
+    failed.sort(key=lambda row: row.get("started_at") or "", reverse=True)
+    shown = failed[:_ERRORS_SHOWN]
+    lines = [
+        (
+            (row.get("started_at") or "-")[:19].replace("T", " "),
+            row["task"],
+            str(row.get("attempt") or 1),
+            str(row["outcome"]),
+            ((row.get("error") or {}).get("message") or "-"),
+        )
+        for row in shown
+    ]
+    more = f"<p>{len(failed) - len(shown)} older ones are not shown.</p>" if len(failed) > len(shown) else ""
+    return _table(("started", "task", "attempt", "outcome", "why"), lines, text_columns=5) + more
 
 
 def _summary_table(reports: Sequence[TaskReport]) -> str:
