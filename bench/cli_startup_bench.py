@@ -3,10 +3,11 @@ in for, each timed as a fresh process from this script (median and p90 of ``--ru
 
     python bench/cli_startup_bench.py [--runs 30] [--busy]
 
-``governor`` is the console script of the interpreter running this benchmark (an editable
-install carries setuptools' import finder; a wheel install does not). Python's byte-code cache
-matters here: with ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__`` yet, every start
-compiles the sources again, so this script warms the cache first and says if it could not.
+``governor`` is the console script beside the interpreter running this benchmark: run it
+with a venv's python to time that venv's install (``pip install .`` for a wheel; the
+checkout's ``.venv`` is an editable one). Python's byte-code cache matters here: with
+``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__`` yet, every start compiles the sources
+again, so this script unsets it, compiles the checkout, and says so.
 """
 
 from __future__ import annotations

@@ -181,12 +181,6 @@ class _CallOptions:
         future: GovernedFuture[T] = GovernedFuture()
         run = scheduler._submit(spec, self.priority, self.retry_policy, _Call(future))
         future._stop = lambda: scheduler._cancel_call(run)
-
-        def withdraw(settled: Future[Any]) -> None:
-            if settled.cancelled():
-                scheduler._withdraw(run)
-
-        future.add_done_callback(withdraw)
         return future
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> GovernedFuture[T]:

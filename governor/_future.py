@@ -38,9 +38,10 @@ class GovernedFuture(Future[T]):
                 for waiter in self._waiters:
                     waiter.add_cancelled(self)
                 self._condition.notify_all()
-        if not running:
-            return super().cancel()
-        assert self._stop is not None
-        self._stop()
-        self._invoke_callbacks()  # type: ignore[attr-defined]  # as Future.cancel does
+        if running:
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # as Future.cancel does
+        elif not super().cancel():
+            return False
+        if self._stop is not None:
+            self._stop()  # out of the queue, or its tree killed: the loop knows which
         return True

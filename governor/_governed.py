@@ -43,7 +43,6 @@ def _shared_pool() -> GovernedExecutor:
             from governor._executor import GovernedExecutor
 
             _pool = GovernedExecutor()
-            atexit.register(close_shared_pool)
         return _pool
 
 
@@ -55,6 +54,9 @@ def close_shared_pool() -> None:
         pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown()
+
+
+atexit.register(close_shared_pool)
 
 
 class Governed(Generic[P, T]):
@@ -76,7 +78,7 @@ class Governed(Generic[P, T]):
         if limits is not None and not isinstance(limits, Limits):
             raise ValueError(f"limits: expected a Limits, got {limits!r}")
         functools.update_wrapper(self, function)
-        self.__wrapped__ = function
+        self.__wrapped__ = function  # update_wrapper sets it too; said here for type checkers
         self.limits = limits or Limits()
         self.sandbox = Sandbox.coerce(sandbox)
         self.enforcement = Enforcement(enforcement)
@@ -104,14 +106,7 @@ class Governed(Generic[P, T]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> GovernedFuture[T]:
         """One governed call on a shared pool (as many at once as CPUs); its future."""
-        options = _shared_pool().options(
-            limits=self.limits,
-            retry_policy=self.retry_policy,
-            enforcement=self.enforcement,
-            env=self.env,
-            cwd=self.cwd,
-            sandbox=self.sandbox if self.sandbox is not None else False,
-        )
+        options = _shared_pool().options(retry_policy=self.retry_policy, **self._options())
         return options.submit(self.__wrapped__, *args, **kwargs)
 
     def _options(self) -> dict[str, Any]:

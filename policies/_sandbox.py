@@ -131,12 +131,8 @@ class Sandbox:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        settings = dict(values)
-        for name in ("pass_env", "writable", "hide"):
-            if isinstance(settings.get(name), list):
-                settings[name] = tuple(settings[name])
         try:
-            return cls(**settings)
+            return cls(**values)  # TOML's lists become tuples in __post_init__
         except ValueError as error:
             raise ValueError(f"{where}.{error}") from None
 

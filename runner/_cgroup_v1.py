@@ -125,6 +125,7 @@ class CgroupV1:
         self._dir: dict[str, str] = {}
         self._dirs: list[str] = []
         self._counters: tuple[CounterFile, ...] = ()
+        self._pids_events: CounterFile | None = None
         try:
             for controller in wanted:
                 path = os.path.join(parent_dir(controller), name)
@@ -216,8 +217,10 @@ class CgroupV1:
     def refused_forks(self) -> int:
         if "pids" not in self._dir:
             return 0
+        if self._pids_events is None:  # read at every sample with a pids limit: held open
+            self._pids_events = CounterFile(self._file("pids", "pids.events"))
         try:
-            return keyed(read_file(self._file("pids", "pids.events"))).get(b"max", 0)
+            return keyed(self._pids_events.read()).get(b"max", 0)
         except (OSError, ValueError):
             return 0
 
@@ -241,7 +244,7 @@ class CgroupV1:
         return False
 
     def remove(self) -> bool:
-        for counter in self._counters:
+        for counter in (*self._counters, *([self._pids_events] if self._pids_events else [])):
             counter.close()
         self._dirs = [path for path in self._dirs if not remove_cgroup(path)]
         return not self._dirs

@@ -157,6 +157,7 @@ class CgroupV2:
         self._memory = CounterFile(self._file("memory.current"))
         self._cpu = CounterFile(self._file("cpu.stat"))
         self._procs = CounterFile(self._file("cgroup.procs"))
+        self._pids_events = CounterFile(self._file("pids.events"))  # read each sample under a pids limit
         os.makedirs(self.path)
         try:
             self._configure(limits)
@@ -237,7 +238,7 @@ class CgroupV2:
 
     def refused_forks(self) -> int:
         try:
-            return self._keyed("pids.events").get("max", 0)
+            return _keyed(self._pids_events.read()).get("max", 0)
         except (OSError, ValueError):
             return 0
 
@@ -265,7 +266,7 @@ class CgroupV2:
         return True
 
     def remove(self) -> bool:
-        for counter in (self._memory, self._cpu, self._procs):
+        for counter in (self._memory, self._cpu, self._procs, self._pids_events):
             counter.close()
         return remove_cgroup(self.path)
 

@@ -367,7 +367,6 @@ def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
 def _clone_tree(path: bytes) -> int:
     """A detached copy of the mounts at ``path`` (``open_tree(OPEN_TREE_CLONE)``), to attach
     elsewhere once what hides it is mounted."""
-    import ctypes
 
     assert _libc is not None
     fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
@@ -377,18 +376,19 @@ def _clone_tree(path: bytes) -> int:
     return int(fd)
 
 
+class _MountAttr(ctypes.Structure):
+    """``struct mount_attr``; built once, in the zygote, not in every sandboxed child."""
+
+    _fields_ = (
+        ("set", ctypes.c_uint64),
+        ("clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns", ctypes.c_uint64),
+    )
+
+
 def _mount_setattr(path: bytes, flags: int, set_: int, clear: int, what: str) -> None:
-    import ctypes
-
-    class MountAttr(ctypes.Structure):
-        _fields_ = (
-            ("set", ctypes.c_uint64),
-            ("clr", ctypes.c_uint64),
-            ("propagation", ctypes.c_uint64),
-            ("userns", ctypes.c_uint64),
-        )
-
-    attr = MountAttr(set_, clear, 0, 0)
+    attr = _MountAttr(set_, clear, 0, 0)
     _libc_call(
         "syscall",
         SYS_MOUNT_SETATTR,
@@ -480,7 +480,6 @@ def compile_seccomp() -> None:
 
 
 def _sock_fprog(program: bytes) -> ctypes.Structure:
-    import ctypes
 
     class SockFprog(ctypes.Structure):
         _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
@@ -496,7 +495,6 @@ def _filter_syscalls() -> None:
     compiled in the zygote, loaded with prctl (no_new_privs is already set)."""
     if _seccomp_fprog is None:
         raise SetupError(f"sandbox: no seccomp filter: {_seccomp_failure}")
-    import ctypes
 
     _libc_call(
         "prctl",
@@ -510,7 +508,6 @@ def _filter_syscalls() -> None:
 
 
 def _libc_call(name: str, *args: object, what: str) -> None:
-    import ctypes
 
     if _libc is None:
         preload()
@@ -624,7 +621,6 @@ def libc() -> ctypes.CDLL:
 def preload() -> None:
     """Import what every child needs, once, in the zygote, so that forks inherit it."""
     global _libc
-    import ctypes
     import linecache  # noqa: F401  # a child that raises formats its traceback, which reads
     import tokenize  # noqa: F401  # source lines (3.13's linecache imports tokenize only then)
     import traceback  # noqa: F401
@@ -634,7 +630,6 @@ def preload() -> None:
 
 def prctl(option: int, value: int) -> None:
     """Call prctl(2) with one argument; ``OSError`` if the kernel refuses."""
-    import ctypes
 
     if _libc is None:
         preload()

@@ -1,16 +1,23 @@
 """Choosing, per limit, the mechanism that enforces it on this host.
 
     limit        cgroup2           cgroup1               rlimit mode               watchdog mode
-    memory       memory.max        memory.limit(+memsw)  RLIMIT_DATA + tree check  tree check
-    memory_high  memory.high       (not enforced: v1 has no throttle below the limit; the record says so)
+    memory       memory.max        memory.limit(+memsw)  RLIMIT_DATA + tree watch  tree watch
+                 (+swap.max=0,                           (runner._watch: looks sooner near the
+                 oom.group=1)                            limit; the record states its bound)
+    memory_high  memory.high       not enforced anywhere else (v1 has no throttle below the
+                                   limit); listed in the record's unenforced
     cpu_time     cpu.stat check    cpuacct check         RLIMIT_CPU + tree check   tree check
                  + RLIMIT_CPU      + RLIMIT_CPU
     cpu_rate     cpu.max           cfs quota             SIGSTOP/SIGCONT duty cycle (all non-cgroup)
-    pids         pids.max          pids.max              tree check (RLIMIT_NPROC is per user
-                                                         and ignored for root: unfit)
+    pids         pids.max          pids.max (if the      tree check (RLIMIT_NPROC is per user
+                                   controller is there)  and ignored for root: unfit)
+                 a fork the kernel refuses at pids.max stops the tree: failed, pids breached
     wall_time    a monotonic deadline in the supervisor, everywhere
     open_files   RLIMIT_NOFILE, everywhere (a per-process limit by nature)
     file_size    RLIMIT_FSIZE, everywhere
+
+The README's enforcement table says the same for users; tests/readme_table.py checks it
+against real records.
 
 RLIMIT_CORE is always 0: a killed task must not fill the disk with cores.
 """

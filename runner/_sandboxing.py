@@ -30,7 +30,6 @@ from runner._identity import Identity, resolve
 from runner._owners import registry
 
 PAYLOAD_FILE = "GOVERNOR_EVENT_PAYLOAD_FILE"  # an event payload's file (governor.scheduling._payloads)
-WORK_ROOT = "/run/governor/work"  # private work directories (root supervisors only)
 
 
 class SandboxUnavailable(RunnerError):
@@ -161,8 +160,6 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
             workdir, owns = tempfile.mkdtemp(prefix="sandbox-", dir=root), True
         if not user_namespace:
             os.chown(workdir, identity.uid, identity.gid)
-        if owns:
-            os.chmod(workdir, 0o700)
     except OSError as error:
         identity.release()
         raise SandboxUnavailable(f"sandbox: cannot prepare its work directory: {error}") from None
@@ -201,9 +198,10 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
 
 
 def work_root() -> str:
-    """Where private work directories are made: not under /tmp for root (the sandbox mounts
-    a /tmp of its own over it); beside the owner registry for anyone else (carried in)."""
-    return WORK_ROOT if os.geteuid() == 0 else os.path.join(os.path.dirname(registry()), "work")
+    """Where private work directories are made: beside the owner registry (root's is
+    /run/governor/work: not under /tmp, over which the sandbox mounts a /tmp of its own;
+    anyone else's is carried into the sandbox)."""
+    return os.path.join(os.path.dirname(registry()), "work")
 
 
 def _covered(sandbox: Sandbox, user_namespace: bool) -> tuple[str, ...]:

@@ -166,9 +166,6 @@ def _fork(
     return pid
 
 
-CLONE_NEWPID = 0x20000000
-
-
 def _open_own_pid_namespace() -> int:
     """The zygote's own PID namespace, to return to after forking into a new one; -1 where it
     may not make one (not root: a sandboxed child then makes its own, in a user namespace)."""
@@ -186,8 +183,8 @@ _own_pid_namespace = -1  # opened in main()
 def _unshare_pid() -> None:
     """The next child forked is the first (PID 1) of a new PID namespace."""
     if hasattr(os, "unshare"):  # 3.12+
-        os.unshare(CLONE_NEWPID)
-    elif _child.libc().unshare(CLONE_NEWPID) != 0:
+        os.unshare(_child.CLONE_NEWPID)
+    elif _child.libc().unshare(_child.CLONE_NEWPID) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare(CLONE_NEWPID): {os.strerror(errno)}")
 
@@ -198,8 +195,8 @@ def _restore_pid_namespace() -> None:
     zygote ends instead (its supervisor starts another)."""
     try:
         if hasattr(os, "setns"):  # 3.12+
-            os.setns(_own_pid_namespace, CLONE_NEWPID)
-        elif _child.libc().setns(_own_pid_namespace, CLONE_NEWPID) != 0:
+            os.setns(_own_pid_namespace, _child.CLONE_NEWPID)
+        elif _child.libc().setns(_own_pid_namespace, _child.CLONE_NEWPID) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"setns: {os.strerror(errno)}")
     except OSError as error:

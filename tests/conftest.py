@@ -5,6 +5,7 @@ or during which a scheduler's loop caught an error of its own (a bug it carried 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -210,3 +211,13 @@ def cgroup_mode_or_skip() -> object:
         if cgroup_unavailable(mode) is None:
             return mode
     pytest.skip("this host offers no writable cgroup hierarchy")
+
+
+async def until_ready(path: Path, call: asyncio.Future[object]) -> None:
+    """Await a readiness file written by ``call``'s child (a deadlock guard, not a delay);
+    fail at once if the call ended without writing it."""
+    deadline = time.monotonic() + guard(30)
+    while not path.exists():
+        assert not call.done(), call.result()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.01)

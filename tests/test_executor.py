@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import task_helpers as th
-from conftest import gone
+from conftest import gone, until_ready, wait_until
 from guards import guard
 
 from governor import ExecutionFailed, GovernedExecutor, Limits, Outcome, RemoteTraceback, RetryPolicy
@@ -135,18 +135,24 @@ def test_asyncio_cancellation_and_wait_for_kill_the_call(tmp_path: Path) -> None
 
     async def scenario(executor: GovernedExecutor) -> int:
         task = asyncio.ensure_future(executor.asubmit(th.say_pid_and_wait, str(ready)))
-        while not ready.exists():
-            await asyncio.sleep(0.01)  # a poll for the readiness file, not a timing assumption
+        await until_ready(ready, task)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        with pytest.raises(TimeoutError):  # the call can never end: only the timeout ends it
-            await asyncio.wait_for(executor.asubmit(th.wait_for_ever, str(tmp_path / "other")), 0.5)
+        # A timeout (what asyncio.wait_for is built on), due once the call surely runs.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as deadline:
+                call = asyncio.ensure_future(executor.asubmit(th.say_pid_and_wait, str(other)))
+                await until_ready(other, call)
+                deadline.reschedule(asyncio.get_running_loop().time())
+                await call  # the call can never end: only the timeout ends it
         return await executor.asubmit(th.add, 2, 2)
 
+    other = tmp_path / "other"
     with GovernedExecutor(1) as executor:
         assert asyncio.run(scenario(executor)) == 4
     assert gone(int(ready.read_text()))
+    wait_until(lambda: gone(int(other.read_text())))  # the timeout killed its child too
 
 
 def test_options_limits_merge_with_the_pools_field_by_field() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import task_helpers as th
-from conftest import gone
+from conftest import gone, until_ready
 from governed_helpers import governed_pid
 from guards import guard
 
@@ -78,15 +78,21 @@ def test_arun_returns_the_record_and_its_cancellation_kills_the_tree(tmp_path: P
     async def scenario() -> tuple[governor.Execution, int]:
         record = await governor.arun(th.add, 2, 3, limits=Limits(memory="128MiB"))
         task = asyncio.ensure_future(governor.arun(th.say_pid_and_wait, str(ready)))
-        while not ready.exists():
-            await asyncio.sleep(0.01)  # a poll for the readiness file
+        await until_ready(ready, task)
         pid = int(ready.read_text())
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert gone(pid)  # the tree is gone by the time the cancellation arrives
-        with pytest.raises(TimeoutError):  # the call can never end: only the timeout ends it
-            await asyncio.wait_for(governor.arun(th.wait_for_ever, str(tmp_path / "other")), 0.5)
+        # A timeout (what asyncio.wait_for is built on), due once the call surely runs.
+        other = tmp_path / "other"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as deadline:
+                call = asyncio.ensure_future(governor.arun(th.say_pid_and_wait, str(other)))
+                await until_ready(other, call)
+                deadline.reschedule(asyncio.get_running_loop().time())
+                await call  # the call can never end: only the timeout ends it
+        assert gone(int(other.read_text()))  # killed before the timeout went on
         return record, pid
 
     record, pid = asyncio.run(scenario())

@@ -24,14 +24,21 @@ SHIPPED = ("pyproject.toml", "README.md", "LICENSE", "governor", "runner", "poli
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(sdist, wheel), built from a copy of what the distribution ships."""
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what the distribution ships: builds write beside their sources, and two test
+    runs at once must not build in the same checkout."""
     source = tmp_path_factory.mktemp("source")
     for name in SHIPPED:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
+    return source
+
+
+@pytest.fixture(scope="module")
+def built(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel), built from the copy."""
     out = tmp_path_factory.mktemp("dist")
     build = [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(out)]
     done = subprocess.run([*build, str(source)], capture_output=True, text=True, timeout=guard(300))
@@ -84,13 +91,13 @@ def test_the_sdist_carries_the_license_readme_and_sources(built: tuple[Path, Pat
     assert {"LICENSE", "README.md", "pyproject.toml", "governor/__init__.py", "runner/py.typed"} <= names
 
 
-def test_an_editable_install_is_a_path_a_type_checker_follows(tmp_path: Path) -> None:
+def test_an_editable_install_is_a_path_a_type_checker_follows(source: Path, tmp_path: Path) -> None:
     """Attack: the flat layout's editable install was an import hook, which mypy cannot
     follow ("Cannot find implementation or library stub for module named governor")."""
     # The editable wheel, built as pip builds it (PEP 660), by this environment's setuptools.
     build = (
         "from build import ProjectBuilder; "
-        f"print(ProjectBuilder({str(ROOT)!r}).build('editable', {str(tmp_path)!r}))"
+        f"print(ProjectBuilder({str(source)!r}).build('editable', {str(tmp_path)!r}))"
     )
     done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, timeout=guard(300))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -100,5 +107,5 @@ def test_an_editable_install_is_a_path_a_type_checker_follows(tmp_path: Path) ->
     subprocess.run(install, check=True, capture_output=True, timeout=guard(300))
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
     [pth] = site.glob("__editable__.resource_governor-*.pth")
-    assert pth.read_text().strip() == str(ROOT)  # a plain path entry
+    assert pth.read_text().strip() == str(source)  # a plain path entry
     assert not list(site.glob("__editable___*_finder.py"))

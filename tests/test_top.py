@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -269,7 +270,7 @@ class _Screen:
 
     def wait_for(self, text: str) -> None:
         deadline = time.monotonic() + GUARD  # a deadlock guard
-        while text.encode() not in self.seen:
+        while text.encode() not in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", self.seen):  # styles apart
             assert time.monotonic() < deadline, self.seen[-2000:]
             ready, _, _ = select.select([self.fd], [], [], 0.1)
             if ready:

@@ -18,6 +18,8 @@ from governor import __version__
 
 __all__ = ["main"]
 
+SHELLS = ("bash", "zsh", "fish")  # those argcomplete writes a completion script for
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, exiting 125 (the governor's own failure, as the README's exit table says)
@@ -85,9 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as error:  # EnforcementUnavailable, ForkServerError
         print(f"governor: {error}", file=sys.stderr)
         return _run.EXIT_GOVERNOR_FAILED
-
-
-SHELLS = ("bash", "zsh", "fish")
 
 
 def _completion(arguments: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """``governor run``: one command, governed, like ``timeout`` and ``/usr/bin/time -v`` in one.
 
-``governor run [limits] [--enforce MODE] [--json | -o FILE] [-q] -- COMMAND [ARG...]`` runs one command
+``governor run [limits] [--enforce MODE] [--json] [-o FILE] [-q] -- COMMAND [ARG...]`` runs one command
 governed, like ``timeout`` and ``/usr/bin/time -v`` in one, with memory, CPU and process
 limits. Exit status (documented in the README):
 
@@ -174,9 +174,7 @@ def _run(arguments: argparse.Namespace) -> int:
         raise UsageError("--sandbox: not yet on a Dask cluster; run it locally")
     if arguments.dask:
         return _run_on_cluster(arguments, command, limits)
-    from runner._forkserver import default_fork_server
-
-    default_fork_server().start()  # the zygote boots while the imports below load
+    # main() has started the fork server already: it boots while these load.
     from runner._enforcement import resolve
     from runner._run import run_spec
     from runner._spec import ExecutionSpec

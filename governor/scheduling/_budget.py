@@ -160,6 +160,8 @@ class HostPressure:
         """Others' pressure since the previous reading (none at the first), before the gates."""
         now = time.monotonic() if now is None else now
         cgroup = self._cgroup() if callable(self._cgroup) else self._cgroup
+        if cgroup and callable(self._cgroup):
+            self._cgroup = cgroup  # found once v2 made it; its path does not change after
         current = _Totals(
             at=now,
             busy=_host_busy_seconds(self._stat),

@@ -273,17 +273,16 @@ class Loop:
 
     def cancel_call(self, run: Run) -> None:
         """Its caller cancelled a call: out of the queue, or its tree killed if it runs."""
-        if run in self._work.running_set():
-            if run.handle is not None and not run.cancelling:
-                self._cancel(run)
-        else:
+        if not self._work.is_running(run):
             self.withdraw(run)
+        elif run.handle is not None and not run.cancelling:
+            self._cancel(run)
 
     def cancel_running_calls(self) -> None:
         """Kill every running call of an executor (``shutdown(cancel_futures=True)``)."""
         for run in self._work.running():
-            if run.owner is not None and run.handle is not None and not run.cancelling:
-                self._cancel(run)
+            if run.owner is not None:
+                self.cancel_call(run)
 
     def cancel_queued_calls(self) -> None:
         for run in self._work.drain_queue():
@@ -487,8 +486,15 @@ def _again(run: Run, record: Execution, **changes: Any) -> Run:
 
 
 def _hooks(listeners: tuple[ExecutionListener, ...], name: str) -> list[Callable[..., None]]:
-    """The listeners' ``name`` methods, for those that have one."""
-    return [hook for listener in listeners if callable(hook := getattr(listener, name, None))]
+    """The listeners' ``name`` methods, for those that have one of their own (the base class's
+    does nothing: not worth a call on every run)."""
+    unset = getattr(ExecutionListener, name)
+    return [
+        hook
+        for listener in listeners
+        if callable(hook := getattr(listener, name, None))
+        and getattr(type(listener), name, None) is not unset
+    ]
 
 
 def _abandon(run: Run) -> None:

@@ -277,10 +277,6 @@ class Scheduler:
         self._post(self._loop.queue, run)
         return run
 
-    def _withdraw(self, run: Run) -> None:
-        """The caller gave up on a queued call: take it out now, not when the start path meets it."""
-        self._post(self._loop.withdraw, run)
-
     def _cancel_call(self, run: Run) -> None:
         """The caller cancelled a call: take it out of the queue, or kill its tree."""
         self._post(self._loop.cancel_call, run)

@@ -219,9 +219,9 @@ class Work:
         """Running runs, in the order they started."""
         return list(self._running)
 
-    def running_set(self) -> dict[Run, None]:
-        """Running runs, to look one up (not to change)."""
-        return self._running
+    def is_running(self, run: Run) -> bool:
+        """Whether ``run`` is running now."""
+        return run in self._running
 
     # -- per-task counts ------------------------------------------------------------------------
 

@@ -345,19 +345,14 @@ def _all_runs(rows: Sequence[dict[str, Any]], now: datetime) -> Any:
     # A retry (attempt n) follows the latest earlier attempt n-1 of the same task.
     links_x: list[str | None] = []
     links_y: list[str | None] = []
-    ordered = sorted(spans, key=lambda span: span[1])
-    for index, (row, start, _) in enumerate(ordered):
+    ended: dict[tuple[str, int], datetime] = {}  # (task, attempt) -> end of the latest started so far
+    for row, start, end in sorted(spans, key=lambda span: span[1]):
         attempt = row.get("attempt") or 1
-        if attempt <= 1:
-            continue
-        earlier = [
-            (other, end) for other, _, end in ordered[:index]
-            if other["task"] == row["task"] and (other.get("attempt") or 1) == attempt - 1
-        ]  # fmt: skip
-        if earlier:
-            previous_end = earlier[-1][1]
+        previous_end = ended.get((row["task"], attempt - 1))
+        if attempt > 1 and previous_end is not None:
             links_x += [previous_end.isoformat(), start.isoformat(), None]
             links_y += [row["task"], row["task"], None]
+        ended[(row["task"], attempt)] = end
     if links_x:
         figure.add_trace(
             go.Scatter(

@@ -141,7 +141,7 @@ def arrange(
 ) -> list[dict[str, Any]]:
     """The running executions whose task name contains ``task`` (any case), largest first by
     ``sort`` (``SORTS``; ``age``: the longest running first; ``None``: as they started)."""
-    shown = [run for run in running if task.lower() in name_of(run).lower()]
+    shown = matching(running, task)
     if sort == "memory":
         shown.sort(key=lambda run: run.get("memory_bytes") or 0, reverse=True)
     elif sort == "cpu":
@@ -165,25 +165,22 @@ def limit_shares(run: dict[str, Any]) -> tuple[float | None, float | None]:
     )
 
 
-def render(
-    view: dict[str, Any],
-    *,
-    width: int | None = None,
-    now: datetime | None = None,
-    sort: str | None = None,
-    task: str = "",
-) -> str:
-    """The view as plain text (no escape codes); lines cut at ``width`` only if one is given."""
-    now = now or datetime.now(UTC)
-    running, queued = arrange(view.get("running", []), sort=sort, task=task), view.get("queued", [])
-    # Cut to fit a terminal's width; piped or logged, every name whole.
-    name_width = 24 if width is not None else max([24, *(len(name_of(item)) for item in [*running, *queued])])
-    lines = []
+def matching(entries: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """The entries whose task name contains ``task``, in any case."""
+    return [entry for entry in entries if task.lower() in name_of(entry).lower()]
+
+
+def header_text(view: dict[str, Any], now: datetime) -> str:
+    """The view's first line: when, and where it comes from."""
     source = f"server pid {view['pid']}" if view.get("source") == "server" else f"database {view.get('db')}"
-    header = f"governor top — {now.astimezone().strftime('%H:%M:%S')} — {source}"
-    lines.append(header[:width])  # a slice to None keeps it whole
+    return f"governor top — {now.astimezone().strftime('%H:%M:%S')} — {source}"
+
+
+def summary_text(view: dict[str, Any]) -> str:
+    """What runs and waits, the memory held against the budget, and others' pressure."""
+    running = view.get("running", [])
     slots = f" of {view['max_running_tasks']}" if "max_running_tasks" in view else ""
-    summary = f"running {len(running)}{slots}, queued {view.get('queued_total', len(queued))}"
+    summary = f"running {len(running)}{slots}, queued {view.get('queued_total', len(view.get('queued', [])))}"
     budget = view.get("budget") or {}
     held = sum(run.get("memory_bytes") or 0 for run in running)
     if budget.get("memory_bytes"):
@@ -196,15 +193,26 @@ def render(
         memory, cpu = pressure.get("memory", 0), pressure.get("cpu", 0)
         summary += f"; others' pressure memory {memory:.0%} cpu {cpu:.0%}"
         summary += f" (from {read_from})" if read_from else ""
+    return summary
+
+
+def render(view: dict[str, Any], *, width: int | None = None, now: datetime | None = None) -> str:
+    """The view as plain text (no escape codes); lines cut at ``width`` only if one is given."""
+    now = now or datetime.now(UTC)
+    running, queued = view.get("running", []), view.get("queued", [])
+    # Cut to fit a terminal's width; piped or logged, every name whole.
+    name_width = 24 if width is not None else max([24, *(len(name_of(item)) for item in [*running, *queued])])
+    lines = [header_text(view, now)[:width]]  # a slice to None keeps it whole
+    summary = summary_text(view)
     lines.append(summary[:width])
     lines.append("")
     lines.append(f"{'TASK':<{name_width}} {'TRY':>3} {'PID':>7} {'ELAPSED':>8} {'MEMORY':>10} {'LIMIT':>10} "
                  f"{'%LIM':>5} {'CPU':>6} {'CPU LIM':>7}")  # fmt: skip
     for run in running:
         limits = run.get("limits") or {}
-        memory = run.get("memory_bytes")
-        limit = limits.get("memory")
-        share = f"{memory / limit:.0%}" if memory is not None and limit else "-"
+        memory, limit = run.get("memory_bytes"), limits.get("memory")
+        memory_share = limit_shares(run)[0]
+        share = "-" if memory_share is None else f"{memory_share:.0%}"
         rate = run.get("cpu_rate")
         cpu_limit = limits.get("cpu_rate")
         elapsed = (now - datetime.fromisoformat(run["started_at"])).total_seconds()

@@ -34,9 +34,12 @@ from governor.views._top import (
     WARN_AT,
     add_cpu_rates,
     arrange,
+    header_text,
     limit_shares,
+    matching,
     name_of,
     size_text,
+    summary_text,
 )
 from policies import format_duration
 
@@ -87,15 +90,9 @@ def view_of(view: dict[str, Any], state: State, now: datetime | None = None) -> 
     """The whole screen for one refresh."""
     now = now or datetime.now(UTC)
     running = arrange(view.get("running", []), sort=state.sort, task=state.task)
-    queued = [item for item in view.get("queued", []) if state.task.lower() in name_of(item).lower()]
-    source = f"server pid {view['pid']}" if view.get("source") == "server" else f"database {view.get('db')}"
-    slots = f" of {view['max_running_tasks']}" if "max_running_tasks" in view else ""
-    header = Text(f"governor top — {now.astimezone():%H:%M:%S} — {source}", style="bold")
-    summary = f"running {len(view.get('running', []))}{slots}, queued {view.get('queued_total', len(queued))}"
-    budget = view.get("budget") or {}
-    if budget.get("memory_bytes"):
-        held = sum(run.get("memory_bytes") or 0 for run in view.get("running", []))
-        summary += f"; memory {size_text(held)} of {size_text(budget['memory_bytes'])} budget"
+    queued = matching(view.get("queued", []), state.task)
+    header = Text(header_text(view, now), style="bold")
+    summary = summary_text(view)
     table = Table(expand=False, box=None, header_style="bold reverse", pad_edge=False)
     for title, justify in (("TASK", "left"), ("TRY", "right"), ("PID", "right"), ("ELAPSED", "right"),
                            ("MEMORY", "right"), ("LIMIT", "right"), ("%LIM", "right"), ("CPU", "right"),
