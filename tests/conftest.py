@@ -221,3 +221,14 @@ async def until_ready(path: Path, call: asyncio.Future[object]) -> None:
         assert not call.done(), call.result()
         assert time.monotonic() < deadline, f"{path} never appeared"
         await asyncio.sleep(0.01)
+
+
+async def time_out_once_running(call: asyncio.Future[object], ready: Path) -> None:
+    """An asyncio timeout (what ``asyncio.wait_for`` is built on) on ``call``, due once its
+    child has written ``ready``: never before it surely runs, however slow the host. The call
+    can never end by itself, so only the timeout ends it; ``TimeoutError`` must come."""
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(None) as deadline:
+            await until_ready(ready, call)
+            deadline.reschedule(asyncio.get_running_loop().time())
+            await call

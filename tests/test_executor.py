@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import task_helpers as th
-from conftest import gone, until_ready, wait_until
+from conftest import gone, time_out_once_running, until_ready, wait_until
 from guards import guard
 
 from governor import ExecutionFailed, GovernedExecutor, Limits, Outcome, RemoteTraceback, RetryPolicy
@@ -139,13 +139,9 @@ def test_asyncio_cancellation_and_wait_for_kill_the_call(tmp_path: Path) -> None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # A timeout (what asyncio.wait_for is built on), due once the call surely runs.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(None) as deadline:
-                call = asyncio.ensure_future(executor.asubmit(th.say_pid_and_wait, str(other)))
-                await until_ready(other, call)
-                deadline.reschedule(asyncio.get_running_loop().time())
-                await call  # the call can never end: only the timeout ends it
+        await time_out_once_running(
+            asyncio.ensure_future(executor.asubmit(th.say_pid_and_wait, str(other))), other
+        )
         return await executor.asubmit(th.add, 2, 2)
 
     other = tmp_path / "other"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import task_helpers as th
-from conftest import gone, until_ready
+from conftest import gone, time_out_once_running, until_ready
 from governed_helpers import governed_pid
 from guards import guard
 
@@ -84,14 +84,10 @@ def test_arun_returns_the_record_and_its_cancellation_kills_the_tree(tmp_path: P
         with pytest.raises(asyncio.CancelledError):
             await task
         assert gone(pid)  # the tree is gone by the time the cancellation arrives
-        # A timeout (what asyncio.wait_for is built on), due once the call surely runs.
         other = tmp_path / "other"
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(None) as deadline:
-                call = asyncio.ensure_future(governor.arun(th.say_pid_and_wait, str(other)))
-                await until_ready(other, call)
-                deadline.reschedule(asyncio.get_running_loop().time())
-                await call  # the call can never end: only the timeout ends it
+        await time_out_once_running(
+            asyncio.ensure_future(governor.arun(th.say_pid_and_wait, str(other))), other
+        )
         assert gone(int(other.read_text()))  # killed before the timeout went on
         return record, pid
 
