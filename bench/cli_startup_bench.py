@@ -34,14 +34,28 @@ def timed(argv: list[str], runs: int) -> list[float]:
     return times
 
 
+def loaded_by_a_run() -> list[str]:
+    """The modules, not ours, that ``governor run -q -- true`` loads (standard library and
+    cgroup-utils): imported alone, they are the floor of any run that uses them."""
+    code = (
+        "import sys; from governor.cli import main; sys.argv[1:] = ['run', '-q', '--', 'true']; main(); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - {'governor', 'runner', 'policies', "
+        "'__main__'} - set(sys.builtin_module_names))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [name for name in done.stdout.split() if not name.startswith("_")]
+
+
 def main() -> None:
     arguments = bench_arguments(__doc__ or "", 30)
     governor = str(Path(sys.executable).with_name("governor"))
+    floor = loaded_by_a_run()
     contenders = {
         "timeout 10 true": ["timeout", "10", "true"],
         "prlimit --as=1G true": ["prlimit", "--as=1073741824", "true"],
         "python3 -c pass": [sys.executable, "-c", "pass"],
         "python3 -S -c pass": [sys.executable, "-S", "-c", "pass"],
+        "python3 importing what a run loads, but ours": [sys.executable, "-c", "import " + ", ".join(floor)],
         "governor --version": [governor, "--version"],
         "governor run -q -- true": [governor, "run", "-q", "--", "true"],
         "governor run -q --enforce rlimit -- true": [
@@ -74,6 +88,7 @@ def main() -> None:
         median = statistics.median(times)
         p90 = statistics.quantiles(times, n=10)[-1]
         print(f"| {name:<44} | {median:>9.1f} | {p90:>7.1f} | {median / base:>17.1f} |")
+    print(f"\n(what a run loads, but ours: {', '.join(floor)})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``python -m governor`` is the ``governor`` command."""
 
-from governor.cli import main
+from governor.cli import console
 
-raise SystemExit(main())
+console()

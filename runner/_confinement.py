@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import logging
 import os
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -219,7 +218,6 @@ def remove_cgroup(path: str) -> bool:
 
 _parents: set[str] = set()  # the ``governor`` parent cgroups this process made or used
 _parents_of = 0  # the pid they belong to: a forked copy of this process has none of its own
-_log = logging.getLogger("runner.cgroups")
 
 
 def release_at_exit(parent: str) -> None:
@@ -244,5 +242,9 @@ def release_parents() -> None:
             # ENOENT: a supervisor that shared it left last and removed it; EBUSY: another one's
             # executions are still in it, and it removes it as it exits. Both are as they should be.
             if error.errno not in (errno.ENOENT, errno.EBUSY):
-                _log.warning("could not remove the cgroup %s: %s", parent, error.strerror)
+                import logging  # here: only this rare path needs it, and every run would load it
+
+                logging.getLogger("runner.cgroups").warning(
+                    "could not remove the cgroup %s: %s", parent, error.strerror
+                )
     _parents.clear()

@@ -28,6 +28,7 @@ import socket
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from policies import Sandbox
 from runner import _enforcement
@@ -41,12 +42,14 @@ from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, fr
 from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
-from runner._sandboxing import Prepared, SandboxUnavailable, prepare
 from runner._spec import ExecutionSpec
 from runner._throttle import DutyCycle
 from runner._tree import COOKIE_VARIABLE, ProcessTree
 from runner._watch import MemoryWatch
 from runner._wire import FrameReader
+
+if TYPE_CHECKING:
+    from runner._sandboxing import Prepared
 
 MAX_SAMPLES = 4096  # then the timeline halves its resolution
 KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
@@ -125,18 +128,27 @@ class ExecutionHandle:
             self._finish_early(error, "the call could not be pickled")
             return
         if isinstance(spec.sandbox, Sandbox):  # coerced when the spec was built
+            # Here: a run without a sandbox need not load it (nor tempfile, shutil, pwd).
+            from runner._sandboxing import SandboxUnavailable, prepare
+
             try:
-                self._sandbox = prepare(spec.sandbox, os.environ if spec.env is None else spec.env)
+                self._sandbox = prepare(
+                    spec.sandbox, os.environ if spec.env is None else spec.env, command=spec.is_command
+                )
             except SandboxUnavailable as error:  # asked for and not possible: never run unconfined
                 self.execution = Execution.unstarted(spec.limits, error, outcome=Outcome.CRASHED)
                 self.phase = Phase.FINISHED
                 return
-        self._confinement = self._confine()
         try:
+            self._confinement = self._confine()
             self._spawn(payload, imports)
         except BaseException:
+            # Nothing was started: give back all that was taken for it (cgroups, descriptors,
+            # the sandbox's uid lease and work directory) before the error goes on.
             self._close_fds()
             self._remove_confinement()
+            self._release_sandbox()
+            self._sandbox = None
             raise
 
     # -- starting -------------------------------------------------------------------------
@@ -163,7 +175,7 @@ class ExecutionHandle:
         spec = self.spec
         assert self._confinement is not None
         sandbox = self._sandbox
-        if sandbox is not None and not spec.is_command:
+        if sandbox is not None:
             self._notes.extend(sandbox.notes)
         child = ChildSpec(
             argv=spec.target if spec.is_command else None,  # type: ignore[arg-type]

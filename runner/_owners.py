@@ -21,11 +21,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import logging
 import os
-import secrets
 
-_log = logging.getLogger("governor.owners")
 _claimed: tuple[int, str, int | None] | None = None  # (pid, token, lock fd) of this process
 
 
@@ -47,7 +44,7 @@ def owner_token() -> str:
     global _claimed
     if _claimed is not None and _claimed[0] == os.getpid():
         return _claimed[1]
-    token = secrets.token_hex(8)
+    token = os.urandom(8).hex()  # not secrets: its import (hashlib, random) costs every run 4 ms
     fd: int | None = None
     try:
         os.makedirs(registry(), mode=0o700, exist_ok=True)
@@ -58,7 +55,11 @@ def owner_token() -> str:
         os.write(fd, f"{os.getpid()}\n".encode())  # for people reading the registry
         os.rename(hidden, os.path.join(registry(), token))
     except OSError as error:
-        _log.warning("could not register owner %s in %s: %s", token, registry(), error)
+        import logging  # here: only this rare path needs it, and every run would load it
+
+        logging.getLogger("governor.owners").warning(
+            "could not register owner %s in %s: %s", token, registry(), error
+        )
         if fd is not None:
             os.close(fd)
             fd = None

@@ -122,14 +122,15 @@ class Prepared:
             self.owns_workdir = False
 
 
-def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
+def prepare(sandbox: Sandbox, caller_env: Mapping[str, str], *, command: bool = False) -> Prepared:
     """Lease the identity, make the work directory, scrub the environment; raises
     ``SandboxUnavailable`` when this host cannot apply the protections.
 
     A root supervisor gives each run a uid of its own. Any other gets the same namespaces
     through a user namespace, where the task keeps the supervisor's uid: so it also covers
     what that uid may read and a task has no business reading (the home directory, the
-    runtime directory), and carries back in, read-only, the code it runs."""
+    runtime directory), and carries back in, read-only, the code it runs. Its notes say what
+    the task will miss (for a ``command``, the standard library's reach does not matter)."""
     user_namespace = os.geteuid() != 0
     hint = ""
     if user_namespace:
@@ -182,7 +183,7 @@ def prepare(sandbox: Sandbox, caller_env: Mapping[str, str]) -> Prepared:
         env[PAYLOAD_FILE] = copy
     notes = []
     stdlib = os.path.dirname(os.__file__)
-    if not user_namespace and not _others_can_read(stdlib):
+    if not command and not user_namespace and not _others_can_read(stdlib):
         notes.append(
             f"the interpreter's standard library ({stdlib}) is not readable by the sandbox's user: "
             "a callable can use what the fork server has loaded, and import nothing else from it"

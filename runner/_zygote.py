@@ -3,7 +3,8 @@
 Why our own fork server: the supervisor has threads and may hold gigabytes, so forking it is
 unsafe and slow (31 ms from a 1 GiB process against 0.7 ms from a small one); the stock
 ``multiprocessing`` forkserver re-runs preparation in every child. This process imports only
-the standard library and the modules asked to be preloaded, then loops:
+the standard library and the modules asked to be preloaded (the command line, small and with
+one thread at its start, forks it from itself instead and saves its boot), then loops:
 
     supervisor ──Request (header + fds via SCM_RIGHTS, then a pickled ChildSpec)──> zygote
     zygote ──imports what the child's payload needs and it lacks (once: later forks inherit it)
@@ -50,9 +51,10 @@ PRUNE_AT = 64  # reaped children's cgroups kept in mind before those already rem
 MAX_FDS = 8
 
 
-def main() -> None:
-    """Entry point: ``python -c 'from runner._zygote import main; main()' CONTROL_FD``."""
-    control = socket.socket(fileno=int(sys.argv[1]))
+def main(control_fd: int | None = None) -> None:
+    """Entry point: ``python -c 'from runner._zygote import main; main()' CONTROL_FD``, or
+    ``main(fd)`` in a fork (``ForkServer.start(fork_here=True)``)."""
+    control = socket.socket(fileno=int(sys.argv[1]) if control_fd is None else control_fd)
     settings = pickle.loads(_recv_exact(control, REQUEST.unpack(_recv_exact(control, REQUEST.size))[0]))
     sys.path[:] = settings["sys_path"]
     os.chdir(settings["cwd"])
@@ -74,7 +76,10 @@ def main() -> None:
     # pid -> its cgroup directories; once reaped (pid 0), until the supervisor removes them:
     # its setsid'd descendants may still be in them.
     cgroups: dict[int, list[str]] = {0: []}
-    control.sendall(b"R")  # ready
+    try:
+        control.sendall(b"R")  # ready
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the supervisor left before we were up (a mistyped option): nothing to serve
     try:
         while True:
             readable, _, _ = select.select([control.fileno(), wake_r], [], [])
@@ -82,8 +87,10 @@ def main() -> None:
                 drain(wake_r)
                 _reap(children, cgroups, statuses)
             if control.fileno() in readable:
-                header = socket.recv_fds(control, REQUEST.size, MAX_FDS)
-                data, fds = header[0], header[1]
+                try:
+                    data, fds, _flags, _address = socket.recv_fds(control, REQUEST.size, MAX_FDS)
+                except ConnectionResetError:  # closed with our "R" unread: gone, as at EOF
+                    return
                 if not data:
                     return
                 if len(data) < REQUEST.size:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import psutil
 import task_helpers as th
+from guards import guard
 
 import governor
 from governor import Outcome
@@ -95,6 +98,46 @@ def test_fork_server_restarts_after_dying() -> None:
     assert governor.run(th.add, 2, 2, fork_server=server).result == 4
     assert server.pid != first
     server.close()
+
+
+FORKED_HERE = """
+import os, signal, sys
+import governor, task_helpers
+from runner import ForkServer
+
+server = ForkServer()
+server.start(fork_here=True)
+forked = server.pid
+with open(f"/proc/{forked}/cmdline", "rb") as cmdline:
+    assert cmdline.read() == open("/proc/self/cmdline", "rb").read(), "not a fork of this process"
+record = governor.run(["sh", "-c", "echo $PPID"], fork_server=server)
+assert record.ok and int(record.stdout) == forked, record
+assert governor.run(task_helpers.add, 1, 2, fork_server=server).result == 3
+os.kill(forked, signal.SIGKILL)
+os.waitid(os.P_PID, forked, os.WEXITED | os.WNOWAIT)  # dead, and left for the server to reap
+assert governor.run(["true"], fork_server=server).ok  # restarted: a fresh interpreter now
+with open(f"/proc/{server.pid}/cmdline", "rb") as cmdline:
+    assert b"runner._zygote" in cmdline.read()
+server.close()
+try:
+    os.waitpid(-1, os.WNOHANG)
+except ChildProcessError:
+    print("no child left")
+"""
+
+
+def test_a_fork_server_forked_from_a_small_process_serves_it_and_restarts_as_an_interpreter() -> None:
+    """What the command line does at its start (``start(fork_here=True)``), in a process of its
+    own: pytest's has threads, which a forked zygote must not be made from."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run([sys.executable, "-c", FORKED_HERE], capture_output=True, text=True,
+                          env=environment, timeout=guard(60))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "no child left\n"
 
 
 def test_bad_definitions_are_refused_with_the_field_named() -> None:

@@ -271,3 +271,16 @@ def test_nul_bytes_are_refused_where_the_call_is_defined() -> None:
         governor.run(["echo", "a\0b"])
     with pytest.raises(ValueError, match="env: 'X' contains a NUL byte"):
         governor.run(["true"], env={"X": "a\0b"})
+
+
+def test_stdin_must_be_an_open_descriptor_where_the_call_is_defined() -> None:
+    """A closed one failed at the fork server as "Bad file descriptor", which also restarted it."""
+    reader, writer = os.pipe()
+    os.close(writer)
+    assert ExecutionSpec(target=["true"], stdin=reader).stdin == reader
+    os.close(reader)
+    with pytest.raises(ValueError, match=f"stdin: {reader} is not an open file descriptor"):
+        ExecutionSpec(target=["true"], stdin=reader)
+    for bad in (-1, True, "0"):
+        with pytest.raises(ValueError, match="stdin: expected a file descriptor"):
+            ExecutionSpec(target=["true"], stdin=bad)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ nothing. Needs a root supervisor (a non-root one refuses to start a sandbox)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ from sandbox_attacks import (
 
 import governor
 from governor import Outcome, Sandbox
+from runner import ExecutionHandle, ExecutionSpec, ForkServerError
+from runner._sandboxing import work_root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs a root supervisor")
 
@@ -403,3 +406,50 @@ def test_its_exit_status_signal_and_limits_are_reported_as_for_any_run() -> None
     hog = governor.run(allocate, 400 << 20, sandbox=True, limits=governor.Limits(memory="100MiB"))
     assert hog.outcome is Outcome.MEMORY_EXCEEDED, hog
     assert governor.run(os.getpid, sandbox=True).result == 2  # the task, under its init
+
+
+def test_a_command_is_told_when_the_directory_it_is_found_in_is_covered(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command's record carried no sandbox notes: hiding the directory a command lives in
+    failed it with 127 and no word why."""
+    tools = open_dir / "bin"
+    tools.mkdir()
+    (tools / "governor-test-tool").write_text("#!/bin/sh\necho found\n")
+    (tools / "governor-test-tool").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    assert governor.run(["governor-test-tool"], sandbox=True).stdout == b"found\n"
+    hidden = governor.run(["governor-test-tool"], sandbox=Sandbox(hide=(str(tools),)))
+    assert hidden.outcome is Outcome.FAILED and hidden.exit_code in (126, 127), hidden  # execvp's own
+    assert any(note.startswith(f"{tools} is on the import path or PATH but the sandbox covers it")
+               for note in hidden.notes), hidden.notes  # fmt: skip
+
+
+def test_a_start_that_fails_gives_back_the_sandboxs_uid_and_work_directory() -> None:
+    """The start fails after the sandbox was prepared (here: its stdin was closed after the
+    spec was checked, so the fork server refuses the descriptor). The uid lease and the work
+    directory taken for it stayed held for the life of the supervisor."""
+    reader, writer = os.pipe()
+    stdin = os.dup2(reader, 1000)  # far above what opens next: the number is not reused
+    os.close(reader)
+    os.close(writer)
+    spec = ExecutionSpec(target=["true"], sandbox=True, stdin=stdin)
+    os.close(stdin)
+    os.makedirs(work_root(), exist_ok=True)
+    workdirs = set(os.listdir(work_root()))
+    assert not _leases_held()
+    with pytest.raises(ForkServerError, match="Bad file descriptor"):
+        ExecutionHandle(spec)
+    assert set(os.listdir(work_root())) == workdirs  # none left behind
+    assert not _leases_held()
+
+
+def _leases_held() -> list[str]:
+    """The uid leases this process holds open (a lease is a locked file in the uids directory)."""
+    uids = os.path.join(os.path.dirname(work_root()), "uids")
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, closed by now
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(uids + "/"):
+                held.append(fd)
+    return held

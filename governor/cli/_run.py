@@ -16,7 +16,6 @@ limits. Exit status (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from typing import Any
@@ -212,7 +211,7 @@ def _run(arguments: argparse.Namespace) -> int:
     if arguments.json:
         assert echo is not None
         echo.finish()
-        print(json.dumps({"command": command, **_json_record(record)}), flush=True)
+        print(_json_line(command, record), flush=True)
     _report(arguments, command, record)
     return exit_status(record, received[0] if received else None)
 
@@ -222,7 +221,7 @@ def _report(arguments: argparse.Namespace, command: list[str], record: Execution
     if arguments.output:
         try:
             with open(arguments.output, "w") as output:
-                output.write(json.dumps({"command": command, **_json_record(record)}) + "\n")
+                output.write(_json_line(command, record) + "\n")
         except OSError as error:
             print(f"governor: -o {arguments.output}: {error.strerror}", file=sys.stderr)
     if not arguments.quiet and not arguments.json:
@@ -273,7 +272,7 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
         if output and not output.endswith(b"\n"):
             sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
-        print(json.dumps({"command": command, **_json_record(record)}), flush=True)
+        print(_json_line(command, record), flush=True)
     sys.stdout.flush()
     _report(arguments, command, record)
     return exit_status(record, received[0] if received else None)
@@ -298,10 +297,11 @@ class _Echo:
             sys.stdout.flush()
 
 
-def _json_record(record: Execution) -> dict[str, Any]:
-    data = record.to_dict()
-    data["enforcement"] = record.enforcement
-    return data
+def _json_line(command: list[str], record: Execution) -> str:
+    """The record as ``--json`` and ``-o`` write it: one line, the command first."""
+    import json  # here: a run that writes no record need not load it
+
+    return json.dumps({"command": command, **record.to_dict(), "enforcement": record.enforcement})
 
 
 def exit_status(record: Execution, cancelled_by: int | None = None) -> int:
