@@ -116,7 +116,7 @@ def populate(path: Path) -> None:
                 breached=breached,
                 wait=wait,
                 wait_reason=reason,
-                timeline=ramp(peak, 3, 1.0) if run_id == "n4" else (),
+                timeline=ramp(peak, 3, 1.0) if run_id in ("n4", "n6") else (),
             )
             store.finished(run_id, "nightly", record)
         limits = NIGHTLY_LIMITS.as_dict()
@@ -244,11 +244,37 @@ def test_cancelled_minor_limits_and_unstarted_runs(reports: dict[str, TaskReport
     assert sweep.duration == Spread(count=2, p50=1.0, p95=2.0, max=2.0)
 
 
-def test_the_charted_runs_are_each_tasks_largest_peak_then_those_asked_for(data: ReportInput) -> None:
-    assert report.chosen_runs(data.rows) == ["h3", "n4", "s1"]
-    assert report.chosen_runs(data.rows, ["n2", "h3"]) == ["h3", "n4", "s1", "n2"]
+def test_the_charted_runs_are_each_tasks_largest_peak_and_killed_ones_then_those_asked_for(
+    data: ReportInput,
+) -> None:
+    """Each task's largest, then its runs enforcement ended, the latest first: n7 (evicted) and
+    n6 (timed out) beside n4 (killed for memory, and the largest); s2 (pids) beside s1."""
+    assert report.chosen_runs(data.rows) == ["h3", "n4", "n7", "n6", "s1", "s2"]
+    assert report.chosen_runs(data.rows, ["n2", "h3"]) == ["h3", "n4", "n7", "n6", "s1", "s2", "n2"]
     with pytest.raises(ReportError, match="--run nope"):
         report.chosen_runs(data.rows, ["nope"])
+
+
+def test_at_most_the_latest_killed_runs_are_charted_and_the_rest_are_counted(tmp_path: Path) -> None:
+    """A task killed a hundred times would have drawn a hundred charts."""
+    pytest.importorskip("plotly")
+    from governor.views._report_html import render_html
+
+    with Store(tmp_path / "governor.db", batch_interval=0) as store:
+        store.finished("big", "hog", execution(Outcome.SUCCEEDED, started_at=T0, peak_mib=300, wall=1.0,
+                                               cpu_user=0.5))  # fmt: skip
+        for index in range(report.KILLED_CHARTED + 3):
+            killed = execution(Outcome.MEMORY_EXCEEDED, started_at=T0 + timedelta(minutes=index + 1),
+                               peak_mib=256, wall=1.0, cpu_user=0.5, breached="memory",
+                               timeline=ramp(256, 2, 1.0))  # fmt: skip
+            store.finished(f"k{index}", "hog", killed)
+        store.flush()
+        data = report.read(store, chart_runs=[])
+    latest = [f"k{index}" for index in range(report.KILLED_CHARTED + 2, 2, -1)]
+    assert list(data.timelines) == ["big", *latest]
+    page = render_html(report.build_reports(data.rows), data, generated_at=T0 + timedelta(hours=1))
+    assert page.count("killed at its limit") == report.KILLED_CHARTED  # each charted one marked
+    assert "hog: 3 earlier run(s) that enforcement ended are not charted" in page
 
 
 def test_read_filters_by_task_and_since_and_reads_the_charted_timelines(db: Path) -> None:
@@ -262,12 +288,12 @@ def test_read_filters_by_task_and_since_and_reads_the_charted_timelines(db: Path
             progress=lambda what, done, total: seen.append((what, done, total)),
         )
     assert [row["run_id"] for row in found.rows] == ["h1", "h2", "h3", "n4", "n5", "n6", "n7", "n8", "n9"]
-    assert list(found.timelines) == ["h3", "n4", "n5"]
+    assert list(found.timelines) == ["h3", "n4", "n7", "n6", "n5"]
     assert [sample["memory_bytes"] for sample in found.timelines["n4"]] == [
         int(256 * MiB * t / 3) for t in (1, 2, 3)
     ]
     assert found.timelines["n5"] == []
-    assert seen[-1] == ("reading timelines", 3, 3)
+    assert seen[-1] == ("reading timelines", 5, 5)
 
 
 class _Terminal(io.StringIO):
@@ -426,8 +452,9 @@ def html_report(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# Peak memory and duration distributions; all runs; timelines of h3, n4, s1 (n2 has no samples).
-CHARTS = 2 + 1 + 3
+# Peak memory and duration distributions; all runs; timelines of h3, n4, n6, s1 (n2, n7 and s2
+# have no samples: n2, asked for, is named as such; the others are left out).
+CHARTS = 2 + 1 + 4
 
 
 def test_html_is_one_self_contained_file(html_report: Path, db: Path) -> None:
@@ -447,6 +474,8 @@ def test_html_is_one_self_contained_file(html_report: Path, db: Path) -> None:
     )
     assert "All runs (one bar per execution)" in page and "running at once" in page
     assert "killed at its limit" in page  # n4 was killed for memory: its timeline marks where
+    assert "ended: timed_out" in page  # and n6 where its wall time ran out
+    assert "n7: no usage samples" not in page and "s2: no usage samples" not in page
     from governor.views._report_html import _all_runs
 
     with Store(db) as store:
@@ -455,6 +484,23 @@ def test_html_is_one_self_contained_file(html_report: Path, db: Path) -> None:
     at_once = next(trace for trace in figure.data if trace.name == "at once")
     assert min(at_once.y) >= 0 and max(at_once.y) >= 1  # how many ran at once, never below none
     assert {"succeeded", "memory_exceeded", "lost", "running"} <= {trace.name for trace in figure.data}
+
+
+def test_every_number_a_hover_shows_is_rounded_for_people(html_report: Path) -> None:
+    """Plotly shows a raw float (``0.30000000000000004``) wherever a hover template gives a
+    number no format: each x, y and base shown is formatted, or is a task name or a count."""
+    found = re.findall(r'"hovertemplate":("(?:[^"\\]|\\.)*")', html_report.read_text())
+    templates = {json.loads(template) for template in found}
+    assert len(templates) >= 6  # distributions, limits, memory, CPU, kill marks, bars, at once
+    shown = {placeholder for template in templates for placeholder in re.findall(r"%\{([^}]*)\}", template)}
+    unformatted = {name for name in shown if name in ("x", "y", "base")}
+    assert unformatted == {"x", "y"}, shown  # the task (limit lines, bars) and runs at once:
+    for template in templates:
+        for match in re.finditer(r"%\{(x|y)\}", template):
+            context = template[match.end() : match.end() + 12]
+            assert context.startswith((" running", "</extra>", " · ")), template
+    data = {name for name in shown if name.startswith("customdata")}
+    assert data == {"customdata[0]", "customdata[1]", "customdata[2]"}  # run id, attempt, format_duration
 
 
 def _chromium_processes(marker: str) -> list[psutil.Process]:

@@ -53,6 +53,8 @@ __all__ = [
     "admission_wait",
     "build_reports",
     "chosen_runs",
+    "kill_reason",
+    "killed_runs",
     "measured",
     "parse_since",
     "percentile",
@@ -195,7 +197,7 @@ def task_report(task: str, rows: Sequence[dict[str, Any]]) -> TaskReport:
     ended = [row for row in rows if row.get("outcome") is not None]
     usage = [row for row in ended if measured(row)]
     outcomes = Counter(row["outcome"] for row in ended)
-    kills = Counter(reason for reason in map(_kill_reason, ended) if reason is not None)
+    kills = Counter(reason for reason in map(kill_reason, ended) if reason is not None)
     cpu = [_cpu_seconds(row) for row in usage]
     waits = [wait for wait in map(admission_wait, rows) if wait is not None]
     shares = [
@@ -252,7 +254,8 @@ def measured(row: dict[str, Any]) -> bool:
     )
 
 
-def _kill_reason(row: dict[str, Any]) -> str | None:
+def kill_reason(row: dict[str, Any]) -> str | None:
+    """Why enforcement ended ``row``'s execution, or ``None`` (``observe._facts.kill_reason``)."""
     return facts.kill_reason(row.get("outcome"), row.get("breached_limit"))
 
 
@@ -302,11 +305,12 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ReportInput:
-    """What a report is made of: history rows (oldest first) and the timelines of the
-    executions to chart, by run id."""
+    """What a report is made of: history rows (oldest first), the timelines of the
+    executions to chart, by run id, and which of those were asked for by id."""
 
     rows: list[dict[str, Any]]
     timelines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    requested: tuple[str, ...] = ()
 
 
 def read(
@@ -338,12 +342,16 @@ def read(
         finally:  # the last call erases the progress line, also before an error is printed
             if progress is not None:
                 progress("reading timelines", len(chosen), len(chosen))
-    return ReportInput(rows=rows, timelines=timelines)
+    return ReportInput(rows=rows, timelines=timelines, requested=tuple(chart_runs or ()))
+
+
+KILLED_CHARTED = 5  # per task: its latest runs killed by enforcement, charted beside its largest
 
 
 def chosen_runs(rows: Sequence[dict[str, Any]], requested: Sequence[str] = ()) -> list[str]:
     """The executions whose timelines a report charts: per task (by name) the measured one
-    with the largest peak memory (the latest among equals), then ``requested`` ones.
+    with the largest peak memory (the latest among equals) and its latest ``KILLED_CHARTED``
+    measured runs that enforcement ended (each chart marks where), then ``requested`` ones.
 
     ``ReportError`` for a requested run id that is not in ``rows``.
     """
@@ -360,8 +368,24 @@ def chosen_runs(rows: Sequence[dict[str, Any]], requested: Sequence[str] = ()) -
         best = largest.get(row["task"])
         if best is None or row["peak_memory_bytes"] >= best["peak_memory_bytes"]:
             largest[row["task"]] = row
-    chosen = [largest[task]["run_id"] for task in sorted(largest)]
+    killed = killed_runs(rows)
+    chosen = []
+    for task in sorted(largest):
+        chosen.append(largest[task]["run_id"])
+        others = [row["run_id"] for row in killed.get(task, []) if row is not largest[task]]
+        chosen += others[:KILLED_CHARTED]
     return list(dict.fromkeys([*chosen, *requested]))
+
+
+def killed_runs(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task, its measured runs that enforcement ended, the latest first."""
+    killed: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if measured(row) and kill_reason(row) is not None:
+            killed.setdefault(row["task"], []).append(row)
+    for runs in killed.values():
+        runs.sort(key=lambda row: row.get("started_at") or "", reverse=True)
+    return killed
 
 
 def terminal_progress(stream: TextIO) -> Progress | None:

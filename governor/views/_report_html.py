@@ -22,6 +22,8 @@ from governor.views._report import (
     TaskReport,
     counts_text,
     estimate_text,
+    kill_reason,
+    killed_runs,
     measured,
     percent,
     scope_text,
@@ -113,8 +115,13 @@ def render_html(
     for run_id, samples in data.timelines.items():
         if samples:
             figures.append(_timeline(charted[run_id], samples))
-        else:
+        elif run_id in data.requested:  # one chosen for the reader has nothing to draw: left out
             notes.append(f"{charted[run_id]['task']} {run_id}: no usage samples were recorded")
+    for task, runs in sorted(killed_runs(data.rows).items()):
+        left = sum(row["run_id"] not in data.timelines for row in runs)
+        if left:
+            notes.append(f"{task}: {left} earlier run(s) that enforcement ended are not charted "
+                         "(governor report --run RUN_ID charts one)")  # fmt: skip
 
     charts = []
     for index, figure in enumerate(figures):
@@ -256,17 +263,23 @@ def _timeline(row: dict[str, Any], samples: Sequence[dict[str, Any]]) -> Any:
             row=1,
             col=1,
         )
-    if limits.get("memory") and row.get("breached_limit") == "memory":
+    reason = kill_reason(row)
+    if reason is not None:  # where enforcement ended it: at the memory limit it hit, or its last sample
+        at_limit = bool(limits.get("memory")) and row.get("breached_limit") == "memory"
         figure.add_trace(
             go.Scatter(
                 x=[seconds[-1]],
-                y=[limits["memory"] / _MIB],
+                y=[(limits["memory"] if at_limit else samples[-1]["memory_bytes"]) / _MIB],
                 mode="markers+text",
                 marker={"symbol": "x", "size": 14, "color": "crimson"},
-                text=["killed at its limit"],
+                text=["killed at its limit" if at_limit else f"ended: {reason}"],
                 textposition="top left",
                 name="killed",
-                hovertemplate="killed at %{x:.2f}s, at its limit %{y:.1f} MiB<extra></extra>",
+                hovertemplate=(
+                    "killed at %{x:.2f}s, at its limit %{y:.1f} MiB<extra></extra>"
+                    if at_limit
+                    else f"{reason} at %{{x:.2f}}s, using %{{y:.1f}} MiB<extra></extra>"
+                ),
             ),
             row=1,
             col=1,
