@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 CGROUP2_VM ?= ../shared/tools/cgroup2-vm.sh
 CGROUP2_TESTS := tests/test_limits_enforced.py tests/test_outcomes.py tests/test_isolation.py \
 	tests/test_recovery.py tests/test_sandbox.py tests/test_sandbox_unprivileged.py \
-	tests/test_cgroup_v2_files.py tests/test_cgroup_v2_delegated.py tests/test_pressure.py
+	tests/test_cgroup_v2_files.py tests/test_cgroup_v2_delegated.py tests/test_pressure.py tests/test_cli.py
 
 .PHONY: demo test test-cgroup2 bench lint clean
 
