@@ -39,6 +39,18 @@ _SIG_DFL = int(signal.SIG_DFL)
 _F_DUPFD = fcntl.F_DUPFD
 _RLIMIT_NOFILE = resource.RLIMIT_NOFILE
 
+
+def _kernel_setting(path: str, default: int) -> int:
+    """A number the kernel states under /proc/sys, or ``default`` where it cannot be read."""
+    try:
+        with open(path) as setting:
+            return int(setting.read())
+    except (OSError, ValueError):
+        return default
+
+
+_NR_OPEN = _kernel_setting("/proc/sys/fs/nr_open", 1 << 20)  # once, as the zygote imports this
+
 # Exit statuses the child uses for its own failures, before the task runs.
 EXIT_SETUP_FAILED = 70
 EXIT_EXEC_NOT_FOUND = 127
@@ -328,10 +340,8 @@ def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
     and exits (the kernel then kills whatever is left in the namespace); the outer relay reads
     that status from ``keep`` and ends the same way: by the same signal, or the same code."""
     try:
-        limit = resource.getrlimit(_RLIMIT_NOFILE)[1]
-        limit = limit if 0 < limit < 1 << 20 else 1 << 20
         os.closerange(0, keep)  # the task's pipes are the task's alone
-        os.closerange(keep + 1, limit)
+        os.closerange(keep + 1, _descriptor_ceiling())
 
         def forward(signum: int, frame: object) -> None:
             # The supervisor may signal the whole tree at once: the task may be gone already.
@@ -368,12 +378,12 @@ def _clone_tree(path: bytes) -> int:
     """A detached copy of the mounts at ``path`` (``open_tree(OPEN_TREE_CLONE)``), to attach
     elsewhere once what hides it is mounted."""
 
-    assert _libc is not None
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
-    if fd < 0:
-        errno = ctypes.get_errno()
-        raise SetupError(f"sandbox: cannot carry {path.decode()} into its /tmp: {os.strerror(errno)}")
-    return int(fd)
+    try:
+        return call_libc(
+            "syscall", SYS_OPEN_TREE, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+        )
+    except OSError as error:
+        raise SetupError(f"sandbox: cannot carry {path.decode()} into its /tmp: {error.strerror}") from None
 
 
 class _MountAttr(ctypes.Structure):
@@ -401,15 +411,7 @@ def _mount_setattr(path: bytes, flags: int, set_: int, clear: int, what: str) ->
     )
 
 
-def _last_capability() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as last:
-            return int(last.read())
-    except OSError:
-        return 63
-
-
-_LAST_CAP = _last_capability()  # read once, as the zygote imports this module
+_LAST_CAP = _kernel_setting("/proc/sys/kernel/cap_last_cap", 63)  # once, as the zygote imports this
 
 
 def _drop_privileges(uid: int, gid: int, user_namespace: bool) -> None:
@@ -508,12 +510,11 @@ def _filter_syscalls() -> None:
 
 
 def _libc_call(name: str, *args: object, what: str) -> None:
-
-    if _libc is None:
-        preload()
-    if getattr(_libc, name)(*args) != 0:
-        errno = ctypes.get_errno()
-        raise SetupError(f"sandbox: cannot {what}: {os.strerror(errno)} (errno {errno})")
+    """``call_libc`` during sandbox set-up: a refusal fails the start, saying ``what`` failed."""
+    try:
+        call_libc(name, *args)
+    except OSError as error:
+        raise SetupError(f"sandbox: cannot {what}: {error.strerror} (errno {error.errno})") from None
 
 
 def _arrange_fds(sources: list[int]) -> None:
@@ -522,9 +523,14 @@ def _arrange_fds(sources: list[int]) -> None:
     high = [fcntl.fcntl(fd, _F_DUPFD, 64) for fd in sources]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=True)
-    # One close_range(2) call on Linux 5.9+; no descriptor can sit above the hard limit.
+    os.closerange(len(sources), _descriptor_ceiling())  # one close_range(2) on Linux 5.9+
+
+
+def _descriptor_ceiling() -> int:
+    """One above the highest descriptor this process may hold: its hard RLIMIT_NOFILE, or
+    where that is unlimited (or past it) the kernel's own ceiling, fs.nr_open."""
     hard = resource.getrlimit(_RLIMIT_NOFILE)[1]
-    os.closerange(len(sources), hard if 0 < hard < 1 << 24 else 1 << 20)
+    return hard if 0 < hard <= _NR_OPEN else _NR_OPEN
 
 
 def _exec(spec: ChildSpec) -> None:
@@ -628,11 +634,17 @@ def preload() -> None:
     _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def call_libc(name: str, *args: object) -> int:
+    """Call the C library's ``name`` (a system call's wrapper, or ``syscall`` itself) and
+    return what it returned; ``OSError`` with its errno when it returns -1, as they all do
+    to say they failed."""
+    result = int(getattr(libc(), name)(*args))
+    if result == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+    return result
+
+
 def prctl(option: int, value: int) -> None:
     """Call prctl(2) with one argument; ``OSError`` if the kernel refuses."""
-
-    if _libc is None:
-        preload()
-    assert _libc is not None
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+    call_libc("prctl", option, value, 0, 0, 0)

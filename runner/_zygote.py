@@ -30,7 +30,6 @@ signal is SIGKILL; their descendants would not).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import pickle
@@ -191,9 +190,8 @@ def _unshare_pid() -> None:
     """The next child forked is the first (PID 1) of a new PID namespace."""
     if hasattr(os, "unshare"):  # 3.12+
         os.unshare(_child.CLONE_NEWPID)
-    elif _child.libc().unshare(_child.CLONE_NEWPID) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"unshare(CLONE_NEWPID): {os.strerror(errno)}")
+    else:
+        _child.call_libc("unshare", _child.CLONE_NEWPID)
 
 
 def _restore_pid_namespace() -> None:
@@ -203,9 +201,8 @@ def _restore_pid_namespace() -> None:
     try:
         if hasattr(os, "setns"):  # 3.12+
             os.setns(_own_pid_namespace, _child.CLONE_NEWPID)
-        elif _child.libc().setns(_own_pid_namespace, _child.CLONE_NEWPID) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns: {os.strerror(errno)}")
+        else:
+            _child.call_libc("setns", _own_pid_namespace, _child.CLONE_NEWPID)
     except OSError as error:
         raise SystemExit(f"the zygote could not return to its own PID namespace: {error}") from None
 
