@@ -7,7 +7,8 @@ import os
 import secrets
 import subprocess
 
-from conftest import cgroup_mode_or_skip
+from conftest import cgroup_mode_or_skip, wait_until
+from guards import guard
 
 from runner import _cgroup_v2, kill_leftovers, run, sweep_orphan_cgroups
 from runner._cgroup_v1 import parent_dir
@@ -43,9 +44,9 @@ def test_a_reused_pid_is_not_killed() -> None:
         bystander.wait()
 
 
-def _registered_owner(*, alive: bool) -> tuple[str, int | None]:
+def _registered_owner(*, alive: bool, token: str | None = None) -> tuple[str, int | None]:
     """A token in the owner registry: held by a live owner (its lock fd) or left by a dead one."""
-    token = secrets.token_hex(8)
+    token = token or secrets.token_hex(8)
     os.makedirs(registry(), exist_ok=True)
     fd = os.open(os.path.join(registry(), token), os.O_RDWR | os.O_CREAT, 0o600)
     if alive:
@@ -67,7 +68,11 @@ def _execution_parent() -> str:
 
 
 def test_cgroups_of_a_dead_supervisor_are_swept_and_no_others() -> None:
-    dead, _ = _registered_owner(alive=False)
+    """Tests running in parallel start services, which sweep too: the dead owner is registered
+    only once its cgroup holds its stray (registered first, it was once forgotten by such a
+    sweep as an owner with nothing left, and its cgroup was then never swept), and what
+    another sweep may be doing at the same moment is waited for."""
+    dead = secrets.token_hex(8)
     # A live governor in another pid namespace: its pid means nothing here (it is dead in ours).
     living, lock = _registered_owner(alive=True)
     unknown = secrets.token_hex(8)  # a governor with another registry: nothing proves it dead
@@ -81,13 +86,13 @@ def test_cgroups_of_a_dead_supervisor_are_swept_and_no_others() -> None:
             os.mkdir(path)
             with open(os.path.join(path, "cgroup.procs"), "w") as procs:
                 procs.write(str(strays[owner].pid))
+        _registered_owner(alive=False, token=dead)
         swept = sweep_orphan_cgroups()
-        # A governor serve started by a test running in parallel may sweep the dead one first.
         assert swept.get(paths[dead], [strays[dead].pid]) == [strays[dead].pid]
         assert paths[living] not in swept and paths[unknown] not in swept
-        assert strays[dead].wait(timeout=10) == -9
-        assert not os.path.exists(paths[dead])
-        assert not os.path.exists(os.path.join(registry(), dead))  # forgotten once swept
+        assert strays[dead].wait(timeout=guard(10)) == -9
+        wait_until(lambda: not os.path.exists(paths[dead]))
+        wait_until(lambda: not os.path.exists(os.path.join(registry(), dead)))  # forgotten once swept
         assert strays[living].poll() is None and strays[unknown].poll() is None
     finally:
         for stray in strays.values():
