@@ -57,6 +57,7 @@ def test_without_cgroups_a_fast_hog_is_seen_near_the_limit_at_the_default_interv
     bound = record.usage.memory_overshoot_bound_bytes
     assert bound is not None and bound < 40 * MiB, record.usage
     assert record.usage.peak_memory_bytes <= limit + 40 * MiB
+    assert record.usage.peak_memory_bytes - limit <= bound, record.usage  # the bound covers the peak
     assert record.to_dict()["memory_overshoot_bound_bytes"] == bound
 
 
