@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 import task_helpers as th
 from conftest import gone, time_out_once_running, until_ready
@@ -94,6 +96,36 @@ def test_arun_returns_the_record_and_its_cancellation_kills_the_tree(tmp_path: P
     record, pid = asyncio.run(scenario())
     assert record.ok and record.result == 5 and record.outcome is Outcome.SUCCEEDED
     assert gone(pid)
+
+
+def test_under_anyio_a_cancelled_scope_kills_the_tree_before_it_is_left(tmp_path: Path) -> None:
+    """anyio's asyncio backend: a cancel scope around a task group, and ``fail_after`` due once
+    the child surely runs. The README said both work; nothing had tried them."""
+    ready, other = tmp_path / "ready", tmp_path / "other"
+
+    async def cancel_once_running(scope: anyio.CancelScope, path: Path) -> None:
+        deadline = time.monotonic() + guard(30)
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            await anyio.sleep(0.01)
+        scope.deadline = anyio.current_time()  # due now: the scope cancels what it holds
+
+    async def scenario() -> int:
+        result = await governor.arun(th.add, 2, 3)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_once_running, scope, ready)
+                await governor.arun(th.say_pid_and_wait, str(ready))
+        assert scope.cancelled_caught and gone(int(ready.read_text()))  # gone once the scope is left
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(None) as deadline:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(cancel_once_running, deadline, other)
+                    await governor.arun(th.say_pid_and_wait, str(other))
+        assert gone(int(other.read_text()))
+        return result.result  # type: ignore[no-any-return]
+
+    assert anyio.run(scenario, backend="asyncio") == 5
 
 
 def test_the_decorators_arun_gives_the_value_or_raises() -> None:
