@@ -222,7 +222,8 @@ class ForkServer:
             self._control.close()  # EOF tells the zygote to exit
             self._control = self._starting = None
         if self._process is not None:
-            if not _exits_within(self._process.pid, 5.0):
+            # Asked first: a zygote already reaped (by poll) has a pid that may be another's now.
+            if self._process.poll() is None and not _exits_within(self._process.pid, 5.0):
                 self._process.kill()
             self._process.wait()
             self._process = None

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 from guards import guard
 
@@ -191,6 +192,24 @@ def test_sigterm_to_the_governor_cancels_the_command(tmp_path: os.PathLike[str])
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 143
     assert json.loads(stdout.splitlines()[-1])["outcome"] == "cancelled"
+
+
+def test_kill_9_of_the_governor_takes_its_command_and_fork_server_with_it(tmp_path: os.PathLike[str]) -> None:
+    """The fork server is a fork of the command line now: killed without a word, the command
+    line leaves nothing behind, neither the command's setsid'd grandchild nor the server."""
+    from conftest import gone, wait_until
+
+    ready = os.path.join(tmp_path, "ready")
+    script = f"setsid sleep 60 & echo $! > {ready}.tmp; mv {ready}.tmp {ready}; exec sleep 60"
+    process = subprocess.Popen([*GOVERNOR, "run", "--", "sh", "-c", script], stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.exists(ready), timeout=guard(30))
+    with open(ready) as written:
+        grandchild = int(written.read())
+    server = [child.pid for child in psutil.Process(process.pid).children()]
+    assert len(server) == 1
+    process.kill()
+    process.wait(timeout=guard(30))
+    wait_until(lambda: gone(grandchild) and gone(server[0]), timeout=guard(30))
 
 
 def test_the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss() -> None:
