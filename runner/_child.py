@@ -341,7 +341,7 @@ def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
     that status from ``keep`` and ends the same way: by the same signal, or the same code."""
     try:
         os.closerange(0, keep)  # the task's pipes are the task's alone
-        os.closerange(keep + 1, _descriptor_ceiling())
+        os.closerange(keep + 1, descriptor_ceiling())
 
         def forward(signum: int, frame: object) -> None:
             # The supervisor may signal the whole tree at once: the task may be gone already.
@@ -523,10 +523,10 @@ def _arrange_fds(sources: list[int]) -> None:
     high = [fcntl.fcntl(fd, _F_DUPFD, 64) for fd in sources]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=True)
-    os.closerange(len(sources), _descriptor_ceiling())  # one close_range(2) on Linux 5.9+
+    os.closerange(len(sources), descriptor_ceiling())  # one close_range(2) on Linux 5.9+
 
 
-def _descriptor_ceiling() -> int:
+def descriptor_ceiling() -> int:
     """One above the highest descriptor this process may hold: its hard RLIMIT_NOFILE, or
     where that is unlimited (or past it) the kernel's own ceiling, fs.nr_open."""
     hard = resource.getrlimit(_RLIMIT_NOFILE)[1]
@@ -641,7 +641,7 @@ def call_libc(name: str, *args: object) -> int:
     result = int(getattr(libc(), name)(*args))
     if result == -1:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+        raise OSError(errno, os.strerror(errno))
     return result
 
 

@@ -122,6 +122,11 @@ class ExecutionHandle:
         self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
         self._spawn_by = self._t0 + SPAWN_GIVE_UP
         self._sandbox: Prepared | None = None
+        if spec.stdin is not None and not _is_open(spec.stdin):
+            closed = ValueError(f"stdin: {spec.stdin} is not an open file descriptor")
+            self.execution = Execution.unstarted(spec.limits, closed, outcome=Outcome.CRASHED)
+            self.phase = Phase.FINISHED
+            return
         try:
             payload, imports = self._payload()
         except Exception as error:
@@ -734,6 +739,14 @@ class ExecutionHandle:
         report = self._sandbox.report()
         self._sandbox.release()
         return report
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 _devnull_fd: tuple[int, int] | None = None  # (pid, fd): a forked copy of this process opens its own

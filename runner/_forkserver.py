@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import pickle
 import select
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from runner._child import ChildSpec
+from runner._child import ChildSpec, descriptor_ceiling
 from runner._errors import ForkServerError
 from runner._messages import REPLY, REQUEST
 
@@ -178,12 +179,12 @@ class ForkServer:
 
     def _spawn(self, fork_here: bool = False) -> None:
         self._discard()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = map(_above_standard, socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
         self._base = dict(os.environ._data)  # type: ignore[attr-defined]  # the zygote's, from now on
         self._changes = None
         try:
             if fork_here:
-                self._process = _Forked(_fork_zygote(theirs.fileno(), keep=ours.fileno()))
+                self._process = _Forked(self._fork_zygote(theirs.fileno(), keep=ours.fileno()))
             else:
                 import subprocess  # here: the command line forks its zygote and need not load it
 
@@ -204,6 +205,42 @@ class ForkServer:
         blob = pickle.dumps(settings)
         ours.sendall(REQUEST.pack(len(blob), 0) + blob)
         self._control, self._starting = ours, ours
+
+    def _fork_zygote(self, control: int, keep: int) -> int:
+        """Fork this process into a zygote serving ``control``; its pid. The fork keeps stderr,
+        takes /dev/null for stdin and stdout, closes every other descriptor (as ``Popen``'s
+        ``close_fds``), and never returns: it leaves by ``os._exit``, running none of this
+        process's exit handlers, with the status (and the message) it would have had as an
+        interpreter of its own."""
+        pid = os.fork()
+        if pid:
+            return pid
+        self._lock = threading.Lock()  # held by start() as it forked: a child calling run needs it
+        status = 1
+        try:
+            os.close(keep)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.closerange(3, control)
+            os.closerange(control + 1, descriptor_ceiling())
+            from runner import _zygote
+
+            _zygote.main(control)
+            status = 0
+        except SystemExit as leaving:  # the supervisor left mid-message, or a fatal word
+            if isinstance(leaving.code, str):
+                print(leaving.code, file=sys.stderr)
+                status = 1
+            else:
+                status = leaving.code or 0
+        except BaseException:  # said on stderr, and the exit status says it failed
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
 
     def _await_ready(self) -> None:
         """The zygote's word that it has loaded and listens (``R``), once after each spawn."""
@@ -229,33 +266,14 @@ class ForkServer:
             self._process = None
 
 
-def _fork_zygote(control: int, keep: int) -> int:
-    """Fork this process into a zygote serving ``control``; its pid. The fork keeps stderr,
-    takes /dev/null for stdin and stdout, closes every other descriptor (as ``Popen``'s
-    ``close_fds``), and never returns: it leaves by ``os._exit``, running none of this
-    process's exit handlers."""
-    pid = os.fork()
-    if pid:
-        return pid
-    status = 1
-    try:
-        os.close(keep)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.closerange(3, control)
-        os.closerange(control + 1, os.sysconf("SC_OPEN_MAX"))
-        from runner import _zygote
-
-        _zygote.main(control)
-        status = 0
-    except BaseException:  # said on stderr, and the exit status says it failed
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(status)
+def _above_standard(sock: socket.socket) -> socket.socket:
+    """``sock``, moved above descriptors 0 to 2 if it took one of them (in a process started
+    without them): the zygote's stdin and stdout are made there, a command's stdio too."""
+    if sock.fileno() > 2:
+        return sock
+    moved = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
+    sock.close()
+    return moved
 
 
 class _Forked:

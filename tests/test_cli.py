@@ -140,6 +140,25 @@ def test_a_usage_error_exits_125_with_the_subcommands_usage(arguments: list[str]
     assert "Traceback" not in done.stderr and "Error:" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&-", "<&- >&- 2>&-"])
+def test_started_without_standard_descriptors_it_runs_the_same(
+    closed: str, tmp_path: os.PathLike[str]
+) -> None:
+    """As a cron job or a daemon's child may be. ``--version`` without stdout exited 1 with a
+    traceback; with stdin and stdout closed, the fork server's socket took their numbers, the
+    fork server died, and ``governor run`` failed with a ConnectionResetError traceback."""
+    record = os.path.join(tmp_path, "record.json")
+    closing = ["sh", "-c", f'"$@" {closed}', "sh", *GOVERNOR]
+    assert subprocess.run([*closing, "--version"], timeout=guard(60)).returncode == 0
+    command = ["sh", "-c", "read line; echo out; echo err >&2; exit 3"]
+    done = subprocess.run([*closing, "run", "-o", record, "--", *command],
+                          capture_output=True, text=True, timeout=guard(60))  # fmt: skip
+    assert done.returncode == 3, (closed, done.stderr)
+    with open(record) as written:
+        assert json.loads(written.read())["exit_code"] == 3
+    assert "Traceback" not in done.stderr
+
+
 def test_quiet_and_the_record_to_a_file(tmp_path: os.PathLike[str]) -> None:
     record = os.path.join(tmp_path, "record.json")
     done = governor("run", "-q", "-o", record, "--kill-grace", "2s", "--sample-interval", "50ms",

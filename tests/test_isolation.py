@@ -103,9 +103,9 @@ def test_fork_server_restarts_after_dying() -> None:
 FORKED_HERE = """
 import os, signal, sys
 import governor, task_helpers
-from runner import ForkServer
+from runner import default_fork_server
 
-server = ForkServer()
+server = default_fork_server()  # the command line's: the one a call in a child finds too
 server.start(fork_here=True)
 forked = server.pid
 with open(f"/proc/{forked}/cmdline", "rb") as cmdline:
@@ -113,6 +113,8 @@ with open(f"/proc/{forked}/cmdline", "rb") as cmdline:
 record = governor.run(["sh", "-c", "echo $PPID"], fork_server=server)
 assert record.ok and int(record.stdout) == forked, record
 assert governor.run(task_helpers.add, 1, 2, fork_server=server).result == 3
+# A child of this zygote inherits the server's lock as start() held it while forking.
+assert governor.run(task_helpers.run_a_governor_inside, fork_server=server).result["inner"] == "succeeded"
 os.kill(forked, signal.SIGKILL)
 os.waitid(os.P_PID, forked, os.WEXITED | os.WNOWAIT)  # dead, and left for the server to reap
 assert governor.run(["true"], fork_server=server).ok  # restarted: a fresh interpreter now

@@ -16,7 +16,7 @@ from guards import guard
 
 import governor
 from governor import Limits, Outcome
-from runner import ExecutionHandle, ExecutionSpec, RemoteTraceback
+from runner import ExecutionHandle, ExecutionSpec, RemoteTraceback, run_spec
 
 
 def test_callable_result_comes_back() -> None:
@@ -223,8 +223,6 @@ def test_cpu_time_exceeded(mode: object) -> None:
 
 
 def test_keyboard_interrupt_cancels_then_propagates(ready_file: str) -> None:
-    from runner._run import run_spec
-
     def interrupt_when_ready() -> None:
         wait_until(lambda: Path(ready_file).exists())
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
@@ -273,14 +271,18 @@ def test_nul_bytes_are_refused_where_the_call_is_defined() -> None:
         governor.run(["true"], env={"X": "a\0b"})
 
 
-def test_stdin_must_be_an_open_descriptor_where_the_call_is_defined() -> None:
-    """A closed one failed at the fork server as "Bad file descriptor", which also restarted it."""
-    reader, writer = os.pipe()
-    os.close(writer)
-    assert ExecutionSpec(target=["true"], stdin=reader).stdin == reader
-    os.close(reader)
-    with pytest.raises(ValueError, match=f"stdin: {reader} is not an open file descriptor"):
-        ExecutionSpec(target=["true"], stdin=reader)
+def test_stdin_must_be_a_descriptor_and_open_when_the_run_starts() -> None:
+    """A closed one failed at the fork server as "Bad file descriptor", which also restarted
+    it. Its type is checked where the call is defined; whether it is open, as the run starts
+    (a spec outlives descriptors: a task's is copied for every run it makes)."""
     for bad in (-1, True, "0"):
         with pytest.raises(ValueError, match="stdin: expected a file descriptor"):
             ExecutionSpec(target=["true"], stdin=bad)  # type: ignore[arg-type]
+    reader, writer = os.pipe()
+    os.close(writer)
+    spec = ExecutionSpec(target=["cat"], stdin=reader)
+    assert run_spec(spec).ok
+    os.close(reader)
+    record = run_spec(spec)
+    assert record.outcome is Outcome.CRASHED and record.error is not None, record
+    assert record.error.message == f"could not start: stdin: {reader} is not an open file descriptor"

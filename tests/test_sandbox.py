@@ -34,7 +34,7 @@ from sandbox_attacks import (
 
 import governor
 from governor import Outcome, Sandbox
-from runner import ExecutionHandle, ExecutionSpec, ForkServerError
+from runner import ExecutionHandle, ExecutionSpec, ForkServer, ForkServerError
 from runner._sandboxing import work_root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs a root supervisor")
@@ -426,20 +426,18 @@ def test_a_command_is_told_when_the_directory_it_is_found_in_is_covered(
 
 
 def test_a_start_that_fails_gives_back_the_sandboxs_uid_and_work_directory() -> None:
-    """The start fails after the sandbox was prepared (here: its stdin was closed after the
-    spec was checked, so the fork server refuses the descriptor). The uid lease and the work
-    directory taken for it stayed held for the life of the supervisor."""
-    reader, writer = os.pipe()
-    stdin = os.dup2(reader, 1000)  # far above what opens next: the number is not reused
-    os.close(reader)
-    os.close(writer)
-    spec = ExecutionSpec(target=["true"], sandbox=True, stdin=stdin)
-    os.close(stdin)
+    """The start fails after the sandbox was prepared (here: the fork server cannot start, as
+    one asked to preload a module that does not exist). The uid lease and the work directory
+    taken for it stayed held for the life of the supervisor."""
+    server = ForkServer(preload=["governor_test_no_such_module"])
     os.makedirs(work_root(), exist_ok=True)
     workdirs = set(os.listdir(work_root()))
     assert not _leases_held()
-    with pytest.raises(ForkServerError, match="Bad file descriptor"):
-        ExecutionHandle(spec)
+    try:
+        with pytest.raises(ForkServerError, match="failed to start"):
+            ExecutionHandle(ExecutionSpec(target=["true"], sandbox=True), fork_server=server)
+    finally:
+        server.close()
     assert set(os.listdir(work_root())) == workdirs  # none left behind
     assert not _leases_held()
 

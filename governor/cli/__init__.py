@@ -72,12 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words == ["--version"]:  # asked by scripts that probe the tool: answered without loading it
         print(f"governor {__version__}")
         return 0
-    if words[:1] == ["run"] and "--dask" not in words:
-        # A local run needs the fork server: forked now, while this process is small and has
-        # no other thread, it is up while the rest of the CLI loads.
+    options = words[: words.index("--")] if "--" in words else words  # not the command's own
+    if words[:1] == ["run"] and "--dask" not in options:
+        # A local run needs the fork server: it boots while the rest of the CLI loads. The
+        # console script, small and with no other thread yet, forks it from itself; a caller
+        # of main() (an application, a test) may be neither, and gets a fresh interpreter.
+        import threading
+
         from runner._forkserver import default_fork_server
 
-        default_fork_server().start(fork_here=True)
+        default_fork_server().start(fork_here=argv is None and threading.active_count() == 1)
     from governor.cli import _run
     from runner import RunnerError
 
@@ -117,16 +121,32 @@ def console() -> NoReturn:
     import atexit
     import threading
 
+    _open_standard_descriptors()
     code = main()
     if threading.active_count() > 1:
         sys.exit(code)  # threads to join first: Python's own exit does that
+    atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except OSError:
         sys.exit(code)  # a closed pipe: reported by Python's own exit, as always
-    atexit._run_exitfuncs()
     os._exit(code)
+
+
+def _open_standard_descriptors() -> None:
+    """/dev/null on any of descriptors 0, 1 and 2 that this process was started without: else
+    the next descriptor opened takes that number (the fork server's socket, a cgroup file)
+    and a command given "our stdout" would write into it. Python made ``None`` of such a
+    stream (and ``print(file=None)`` writes to stdout): each gets a stream again."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one (those below are open)
+        if getattr(sys, name) is None:
+            stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115  # for the process's life
+            setattr(sys, name, stream)
 
 
 if __name__ == "__main__":  # pragma: no cover
