@@ -32,9 +32,13 @@ PR_SET_PDEATHSIG = 1
 # is kept to C functions called with plain ints, bound here once (``signal.signal`` alone would
 # run the enum machinery; the import statement, the import system).
 _SIGKILL = int(signal.SIGKILL)
-_RESET_SIGNALS = tuple(
-    int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
-)
+_RESET_SIGNALS = tuple(  # what the zygote (or Python) ignores or handles, as a task finds it by default
+    int(s)
+    for s in (
+        signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
+        signal.SIGXFSZ,
+    )
+)  # fmt: skip
 _SIG_DFL = int(signal.SIG_DFL)
 _F_DUPFD = fcntl.F_DUPFD
 _RLIMIT_NOFILE = resource.RLIMIT_NOFILE

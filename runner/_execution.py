@@ -37,7 +37,7 @@ from runner._cgroup_v2 import CgroupV2
 from runner._child import ChildSpec
 from runner._confinement import Confinement, Reading, proc_stat, split_cpu
 from runner._errors import ForkServerError
-from runner._forkserver import ForkServer, default_fork_server
+from runner._forkserver import ForkServer, default_fork_server, reserve_standard_descriptors
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
@@ -74,6 +74,7 @@ class ExecutionHandle:
     def __init__(
         self, spec: ExecutionSpec, *, fork_server: ForkServer | None = None, run_id: str | None = None
     ) -> None:
+        reserve_standard_descriptors()  # before this run opens anything (its owner's lock, a socket)
         self.spec = spec
         self._server = fork_server
         self.id = run_id or new_execution_id()

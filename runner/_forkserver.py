@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import pickle
 import select
@@ -179,7 +178,8 @@ class ForkServer:
 
     def _spawn(self, fork_here: bool = False) -> None:
         self._discard()
-        ours, theirs = map(_above_standard, socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+        reserve_standard_descriptors()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._base = dict(os.environ._data)  # type: ignore[attr-defined]  # the zygote's, from now on
         self._changes = None
         try:
@@ -266,14 +266,16 @@ class ForkServer:
             self._process = None
 
 
-def _above_standard(sock: socket.socket) -> socket.socket:
-    """``sock``, moved above descriptors 0 to 2 if it took one of them (in a process started
-    without them): the zygote's stdin and stdout are made there, a command's stdio too."""
-    if sock.fileno() > 2:
-        return sock
-    moved = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
-    sock.close()
-    return moved
+def reserve_standard_descriptors() -> None:
+    """/dev/null on any of descriptors 0, 1 and 2 this process lacks (a cron job, a daemon's
+    child may start so). Else the next socket opened takes that number: the zygote makes its
+    stdin and stdout there, and a command given "the supervisor's stdout" would write into the
+    zygote's control socket (a pickled request: code run by the zygote, as root)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one (those below are open)
 
 
 class _Forked:

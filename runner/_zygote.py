@@ -69,7 +69,11 @@ def main(control_fd: int | None = None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal ^C is the supervisor's to handle
+    # What a terminal or a service manager sends the whole process group (^C, a hangup,
+    # ^\, systemctl stop) is the supervisor's to handle: killed by it here, this process would
+    # leave every tree it forked behind. It ends when the supervisor does, as its socket closes.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
     children: dict[int, socket.socket] = {}  # pid -> its reply socket, for its exit status
     statuses: dict[int, int] = {}  # pid -> the read end its init reports the task's status on
     # pid -> its cgroup directories; once reaped (pid 0), until the supervisor removes them:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -229,6 +230,34 @@ def test_kill_9_of_the_governor_takes_its_command_and_fork_server_with_it(tmp_pa
     process.kill()
     process.wait(timeout=guard(30))
     wait_until(lambda: gone(grandchild) and gone(server[0]), timeout=guard(30))
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGHUP, 129), (signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGQUIT, -signal.SIGQUIT)],
+)
+def test_a_signal_to_the_whole_process_group_leaves_nothing_behind(
+    signum: int, status: int, tmp_path: os.PathLike[str]
+) -> None:
+    """A closed terminal (HUP), ``timeout`` or ``systemctl stop`` (TERM) and ^\\ (QUIT) reach
+    every process of the group: they killed the fork server, which left the command's
+    setsid'd processes running for good, and TERM's record said ``crashed``, status 125."""
+    from conftest import gone, wait_until
+
+    ready, record = os.path.join(tmp_path, "ready"), os.path.join(tmp_path, "record.json")
+    script = f"setsid sleep 60 & echo $! > {ready}.tmp; mv {ready}.tmp {ready}; exec sleep 60"
+    process = subprocess.Popen([*GOVERNOR, "run", "-q", "-o", record, "--", "sh", "-c", script],
+                               start_new_session=True)  # fmt: skip
+    wait_until(lambda: os.path.exists(ready), timeout=guard(30))
+    with open(ready) as written:
+        grandchild = int(written.read())
+    server = psutil.Process(process.pid).children()[0].pid
+    os.killpg(process.pid, signum)
+    assert process.wait(timeout=guard(30)) == status
+    wait_until(lambda: gone(grandchild) and gone(server), timeout=guard(30))
+    if status > 0:  # cancelled, and the record says so
+        with open(record) as written:
+            assert json.loads(written.read())["outcome"] == "cancelled"
 
 
 def test_the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss() -> None:

@@ -142,6 +142,27 @@ def test_a_fork_server_forked_from_a_small_process_serves_it_and_restarts_as_an_
     assert done.stdout == "no child left\n"
 
 
+WITHOUT_STDOUT = """
+import os, sys
+import governor
+os.close(1)  # as a daemon's child may be: the next descriptor opened takes number 1
+where = "import os, sys; print(os.readlink('/proc/self/fd/1'), file=sys.stderr)"
+record = governor.run([sys.executable, "-c", where], capture=False)
+other = governor.run(["true"])
+sys.stderr.write(f"{record.outcome} {record.exit_code} {other.outcome}\\n")
+"""
+
+
+def test_a_supervisor_without_stdout_never_hands_a_command_its_own_socket() -> None:
+    """Started without fd 1, the fork server's control socket took it, and a command given the
+    supervisor's stdout wrote into the zygote's requests (the zygote hung; a pickled request
+    would have run as root)."""
+    done = subprocess.run([sys.executable, "-c", WITHOUT_STDOUT], capture_output=True, text=True,
+                          timeout=guard(60))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["/dev/null", "succeeded 0 succeeded"]  # its stdout, ours
+
+
 def test_bad_definitions_are_refused_with_the_field_named() -> None:
     import pytest
 

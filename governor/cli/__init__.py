@@ -135,15 +135,13 @@ def console() -> NoReturn:
 
 
 def _open_standard_descriptors() -> None:
-    """/dev/null on any of descriptors 0, 1 and 2 that this process was started without: else
-    the next descriptor opened takes that number (the fork server's socket, a cgroup file)
-    and a command given "our stdout" would write into it. Python made ``None`` of such a
-    stream (and ``print(file=None)`` writes to stdout): each gets a stream again."""
+    """Descriptors 0, 1 and 2 on /dev/null where this process was started without them
+    (``runner``'s ``reserve_standard_descriptors`` says why), and streams on them: Python
+    made ``None`` of each such stream, and ``print(file=None)`` writes to stdout."""
+    from runner._forkserver import reserve_standard_descriptors
+
+    reserve_standard_descriptors()
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one (those below are open)
         if getattr(sys, name) is None:
             stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115  # for the process's life
             setattr(sys, name, stream)

@@ -33,6 +33,8 @@ EXIT_TIMEOUT = 124
 EXIT_GOVERNOR_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+# What cancels the command (its tree killed, the record kept), the exit status 128 + its number.
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class UsageError(Exception):
@@ -202,7 +204,7 @@ def _run(arguments: argparse.Namespace) -> int:
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)  # a flag, not an exception: the loop is never cut mid-step
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOPPING_SIGNALS}
     try:
         record = run_spec(spec, raise_interrupt=False, cancel_requested=lambda: bool(received))
     finally:
@@ -252,7 +254,7 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOPPING_SIGNALS}
     try:
         backend = DaskBackend(client)
         try:
