@@ -37,7 +37,7 @@ from runner._cgroup_v2 import CgroupV2
 from runner._child import ChildSpec
 from runner._confinement import Confinement, Reading, proc_stat, split_cpu
 from runner._errors import ForkServerError
-from runner._forkserver import ForkServer, default_fork_server, reserve_standard_descriptors
+from runner._forkserver import ForkServer, default_fork_server, is_open, reserve_standard_descriptors
 from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
@@ -123,7 +123,7 @@ class ExecutionHandle:
         self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
         self._spawn_by = self._t0 + SPAWN_GIVE_UP
         self._sandbox: Prepared | None = None
-        if spec.stdin is not None and not _is_open(spec.stdin):
+        if spec.stdin is not None and not is_open(spec.stdin):
             closed = ValueError(f"stdin: {spec.stdin} is not an open file descriptor")
             self.execution = Execution.unstarted(spec.limits, closed, outcome=Outcome.CRASHED)
             self.phase = Phase.FINISHED
@@ -740,14 +740,6 @@ class ExecutionHandle:
         report = self._sandbox.report()
         self._sandbox.release()
         return report
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 _devnull_fd: tuple[int, int] | None = None  # (pid, fd): a forked copy of this process opens its own

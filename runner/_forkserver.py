@@ -272,10 +272,17 @@ def reserve_standard_descriptors() -> None:
     stdin and stdout there, and a command given "the supervisor's stdout" would write into the
     zygote's control socket (a pickled request: code run by the zygote, as root)."""
     for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
+        if not is_open(fd):
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one (those below are open)
+
+
+def is_open(fd: int) -> bool:
+    """Whether descriptor ``fd`` is open in this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class _Forked:
