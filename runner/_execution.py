@@ -90,6 +90,7 @@ class ExecutionHandle:
         self._message: Message | None = None
         self._output = {"stdout": bytearray(), "stderr": bytearray()}
         self._dropped = {"stdout": 0, "stderr": 0}
+        self._forwarding = {"stdout": spec.on_output is not None, "stderr": spec.on_output is not None}
         self._exit: Exited | None = None
         self._zygote_died = False
         self._pidfd: int | None = None
@@ -430,12 +431,32 @@ class ExecutionHandle:
             if not chunk:
                 self._close(fd)
                 return
-            if self.spec.on_output is not None:
-                self.spec.on_output(name, chunk)
             room = self.spec.output_cap - len(buffer)
             if room > 0:
                 buffer += chunk[:room]
             self._dropped[name] += max(0, len(chunk) - max(room, 0))
+            if self._forwarding[name]:
+                self._forward(fd, name, chunk)
+                if fd not in self._fds:
+                    return
+
+    def _forward(self, fd: int, name: str, chunk: bytes) -> None:
+        """``on_output`` for ``chunk``; once it failed, it is not called again for this
+        stream. Its failure is a note in the record, never the run's end: a broken callback
+        does not leave the task unwatched. A reader gone (EPIPE: ``governor run --json | head``)
+        closes the stream, so the task's next write there fails as a write to that reader
+        itself would have: ``yes`` ends by SIGPIPE rather than run for ever, unread."""
+        assert self.spec.on_output is not None
+        try:
+            self.spec.on_output(name, chunk)
+        except Exception as error:
+            self._forwarding[name] = False
+            if isinstance(error, BrokenPipeError):
+                self._close(fd)
+                self._notes.append(f"{name}: its reader went away (on_output: {error}); it was closed")
+            else:
+                failure = f"{type(error).__name__}: {error}"
+                self._notes.append(f"{name}: on_output failed ({failure}); the rest was kept, not passed on")
 
     def _close(self, fd: int) -> None:
         kind = self._fds.pop(fd, None)

@@ -59,6 +59,8 @@ class ExecutionSpec:
             if self.args or self.kwargs:
                 raise ValueError("args/kwargs: only a callable target takes arguments; put them in argv")
             argv = [os.fspath(part) for part in argv]
+            if not argv[0]:  # execve would refuse it in the child, as a traceback
+                raise ValueError("target: argv[0], the program to run, is an empty string")
             for index, part in enumerate(argv):
                 if "\0" in part:  # execve could not pass it: refuse now, not in the child
                     raise ValueError(f"target: argv[{index}] contains a NUL byte: {part!r}")

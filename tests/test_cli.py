@@ -127,6 +127,7 @@ def test_version() -> None:
         (["run", "--kill-grace", "0s", "--", "true"], "usage: governor run"),
         (["run", "--signal", "NOPE", "--", "true"], "usage: governor run"),
         (["run", "--signal", "STOP", "--", "true"], "usage: governor run"),
+        (["run", "--", ""], "usage: governor run"),
         (["history", "--bogus"], "usage: governor history"),
         (["report", "--format", "pdf"], "usage: governor report"),
     ],
@@ -310,3 +311,76 @@ def test_shell_completion_completes_subcommands_and_options() -> None:
     for shell, marker in (("zsh", "#compdef governor"), ("fish", "complete --command governor")):
         generated = governor("completion", shell)
         assert generated.returncode == 0 and marker in generated.stdout, generated.stdout[:300]
+
+
+@pytest.mark.parametrize("options", [["--json"], ["--enforce", "rlimit", "--memory", "1G"]])
+def test_a_reader_gone_from_stdout_ends_the_command_as_it_would_without_us(
+    options: list[str], tmp_path: os.PathLike[str]
+) -> None:
+    """``--json`` and an rlimit memory limit read the command's output to pass it on: when
+    ``head`` had its line, writing on raised a BrokenPipeError traceback, status 1, and the
+    ``-o`` record was lost. Now the command meets the closed pipe itself, as ``yes`` does."""
+    record = os.path.join(tmp_path, "record.json")
+    pipeline = ["bash", "-c", '"$@" | head -1; exit "${PIPESTATUS[0]}"', "bash"]
+    done = subprocess.run([*pipeline, *GOVERNOR, "run", *options, "-o", record, "--", "yes"],
+                          capture_output=True, text=True, timeout=guard(60))  # fmt: skip
+    assert done.stdout == "y\n" and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 128 + signal.SIGPIPE, done.stderr
+    with open(record) as written:
+        saved = json.loads(written.read())
+    assert saved["signal"] == signal.SIGPIPE
+    assert any(note.startswith("stdout: its reader went away") for note in saved["notes"])
+
+
+def test_a_full_stdout_is_the_governors_failure_and_the_record_is_kept(tmp_path: os.PathLike[str]) -> None:
+    """The same with ENOSPC (``> /dev/full``): the command's output and the record cannot
+    reach stdout; that is said, the status is 125, and ``-o`` has the record."""
+    record = os.path.join(tmp_path, "record.json")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*GOVERNOR, "run", "--json", "-o", record, "--", "echo", "hi"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=guard(60))  # fmt: skip
+    assert done.returncode == 125, done.stderr
+    said = "governor: stdout: the command's output could not be passed on: No space left on device\n"
+    assert done.stderr == said
+    with open(record) as written:
+        assert json.loads(written.read())["exit_code"] == 0
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/record.json", ""])
+def test_a_record_file_that_cannot_be_written_stops_the_run_before_it_starts(
+    path: str, tmp_path: os.PathLike[str]
+) -> None:
+    """As ``time -o``: it was found only after the command had run, and the status was the
+    command's, as if the record had been written."""
+    marker = os.path.join(tmp_path, "ran")
+    done = governor("run", "-o", path, "--", "touch", marker)
+    assert done.returncode == 125, done.stderr
+    assert f"governor: -o {path!r}: No such file or directory" in done.stderr
+    assert not os.path.exists(marker)
+
+
+def test_interrupted_while_it_loads_it_exits_130_and_leaves_no_server(tmp_path: os.PathLike[str]) -> None:
+    """^C before the run has set its handlers (the first ~150 ms) printed a KeyboardInterrupt
+    traceback. SIGINT is sent as the parser is built, the fork server already started."""
+    from conftest import gone, wait_until
+
+    server = os.path.join(tmp_path, "server")
+    script = f"""
+import os, signal, sys
+import governor.cli as cli
+from runner._forkserver import default_fork_server
+build = cli._parser
+def interrupted(*args, **kwargs):
+    with open({server!r}, "w") as written:
+        written.write(str(default_fork_server().pid))
+    os.kill(os.getpid(), signal.SIGINT)
+    return build(*args, **kwargs)
+cli._parser = interrupted
+sys.argv = ["governor", "run", "--", "true"]
+cli.console()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=guard(60))
+    assert done.returncode == 130 and done.stderr == "", done.stderr
+    with open(server) as written:
+        pid = int(written.read())
+    wait_until(lambda: gone(pid), timeout=guard(30))

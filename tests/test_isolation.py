@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -186,6 +187,32 @@ def test_output_callback_sees_every_chunk_even_beyond_the_cap() -> None:
     assert record.stdout == b"ab"
     assert b"".join(c for s, c in seen if s == "stdout") == b"abcdef"
     assert b"".join(c for s, c in seen if s == "stderr") == b"err"
+
+
+def test_a_failing_output_callback_is_noted_and_the_run_goes_on() -> None:
+    """Its exception escaped the run's loop: the call raised it mid-run, the output and the
+    record lost."""
+
+    def callback(stream: str, chunk: bytes) -> None:
+        raise ValueError("no room")
+
+    record = governor.run(["sh", "-c", "echo one; echo two >&2; exit 3"], on_output=callback)
+    assert (record.exit_code, record.stdout, record.stderr) == (3, b"one\n", b"two\n")
+    for stream in ("stdout", "stderr"):
+        note = f"{stream}: on_output failed (ValueError: no room); the rest was kept, not passed on"
+        assert note in record.notes
+
+
+def test_an_output_callback_whose_reader_is_gone_closes_the_stream() -> None:
+    """As ``governor run --json -- yes | head -1`` meets: the task writes on to a closed pipe,
+    and ends by SIGPIPE as it would have written to that reader itself."""
+
+    def callback(stream: str, chunk: bytes) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    record = governor.run(["yes"], on_output=callback, limits=governor.Limits(wall_time=guard(60)))
+    assert record.signal == signal.SIGPIPE, record
+    assert "stdout: its reader went away (on_output: [Errno 32] Broken pipe); it was closed" in record.notes
 
 
 def test_stdin_can_be_given(tmp_path: Path) -> None:

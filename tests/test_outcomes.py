@@ -264,7 +264,11 @@ def test_a_command_that_cannot_be_executed_says_why(tmp_path: Path, program: str
     assert f"cannot execute: {argv[0]!r}: {why}" in execution.error.message
 
 
-def test_nul_bytes_are_refused_where_the_call_is_defined() -> None:
+def test_argv_execve_would_refuse_is_refused_where_the_call_is_defined() -> None:
+    """An empty program name failed in the child, as a ValueError traceback on its stderr
+    and a ``failed`` record saying "exited with status 1"."""
+    with pytest.raises(ValueError, match=r"target: argv\[0\], the program to run, is an empty string"):
+        governor.run(["", "x"])
     with pytest.raises(ValueError, match=r"target: argv\[1\] contains a NUL byte"):
         governor.run(["echo", "a\0b"])
     with pytest.raises(ValueError, match="env: 'X' contains a NUL byte"):

@@ -122,7 +122,14 @@ def console() -> NoReturn:
     import threading
 
     _open_standard_descriptors()
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        # ^C before a run set its own handler (while the command line loads) or in a
+        # subcommand that does not catch it: no traceback, the status a cancelled run has.
+        import signal
+
+        code = 128 + signal.SIGINT
     if threading.active_count() > 1:
         sys.exit(code)  # threads to join first: Python's own exit does that
     atexit._run_exitfuncs()

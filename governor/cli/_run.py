@@ -16,6 +16,7 @@ limits. Exit status (documented in the README):
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -199,6 +200,7 @@ def _run(arguments: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    record_file = _open_record_file(arguments.output)
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -207,27 +209,76 @@ def _run(arguments: argparse.Namespace) -> int:
     previous = {signum: signal.signal(signum, interrupt) for signum in STOPPING_SIGNALS}
     try:
         record = run_spec(spec, raise_interrupt=False, cancel_requested=lambda: bool(received))
+        status = exit_status(record, received[0] if received else None)
+        return _report(arguments, command, record, record_file, status, echo)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if arguments.json:
-        assert echo is not None
-        echo.finish()
-        print(_json_line(command, record), flush=True)
-    _report(arguments, command, record)
-    return exit_status(record, received[0] if received else None)
 
 
-def _report(arguments: argparse.Namespace, command: list[str], record: Execution) -> None:
-    """The record to ``-o FILE`` and the summary to stderr (unless ``-q`` or ``--json``)."""
-    if arguments.output:
+def _open_record_file(path: str | None) -> Any:
+    """``-o FILE`` opened before the command runs, as ``time -o`` does: a path that cannot be
+    written is the governor's failure (125), found before the command has done anything."""
+    if path is None:
+        return None
+    try:
+        return open(path, "w")  # written and closed by _report
+    except OSError as error:
+        raise UsageError(f"-o {path!r}: {error.strerror}") from None
+
+
+def _report(arguments: argparse.Namespace, command: list[str], record: Execution, record_file: Any,
+            status: int, echo: _Echo | None = None) -> int:  # fmt: skip
+    """The record to ``-o FILE`` first (it is kept whatever becomes of stdout), to stdout with
+    ``--json`` (on a line of its own after ``echo``'s), and the summary to stderr (unless
+    ``-q`` or ``--json``). Returns the exit status: ``status``, or 125 where a write failed.
+    A reader gone from stdout or stderr (a closed pipe) is no failure: it took what it
+    wanted, as from any pipeline's writer."""
+    for name, error in (echo.failed if echo else {}).items():
+        if not isinstance(error, BrokenPipeError):
+            _say(f"{name}: the command's output could not be passed on: {error.strerror}")
+            status = EXIT_GOVERNOR_FAILED
+    line = _json_line(command, record) + "\n" if record_file is not None or arguments.json else ""
+    writes = []
+    if record_file is not None:
+        writes.append((f"-o {arguments.output}", record_file, line))
+    if arguments.json and (echo is None or "stdout" not in echo.failed):
+        writes.append(("stdout", sys.stdout, (echo.unended_line() if echo else "") + line))
+    for name, stream, text in writes:
         try:
-            with open(arguments.output, "w") as output:
-                output.write(_json_line(command, record) + "\n")
+            stream.write(text)
+            stream.flush()
         except OSError as error:
-            print(f"governor: -o {arguments.output}: {error.strerror}", file=sys.stderr)
+            _discard(stream)
+            if not isinstance(error, BrokenPipeError):
+                _say(f"{name}: the record could not be written: {error.strerror}")
+                status = EXIT_GOVERNOR_FAILED
+        if stream is record_file:
+            stream.close()  # flushed, or its descriptor on /dev/null
     if not arguments.quiet and not arguments.json:
-        _print_summary(record, sys.stderr)
+        try:
+            _print_summary(record, sys.stderr)
+        except OSError as error:
+            _discard(sys.stderr)
+            if not isinstance(error, BrokenPipeError):
+                status = EXIT_GOVERNOR_FAILED  # stderr itself failed: nowhere left to say so
+    return status
+
+
+def _discard(stream: Any) -> None:
+    """Point ``stream``'s descriptor at /dev/null: its reader is gone, and what is still
+    buffered for it (or written later, up to the exit's flush) has nowhere to go."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def _say(text: str) -> None:
+    """``governor: text`` on stderr, where it can still be written."""
+    try:
+        print(f"governor: {text}", file=sys.stderr, flush=True)
+    except OSError:
+        _discard(sys.stderr)  # it failed too: the exit status, 125, is left to say so
 
 
 def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: Limits) -> int:
@@ -245,6 +296,7 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    record_file = _open_record_file(arguments.output)
     try:
         client = connect(arguments.dask)
     except (RuntimeError, OSError, TimeoutError) as error:
@@ -266,37 +318,40 @@ def _run_on_cluster(arguments: argparse.Namespace, command: list[str], limits: L
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         client.close()
-    sys.stderr.buffer.write(record.stderr or b"")
-    sys.stderr.flush()
-    output = record.stdout or b""
-    sys.stdout.buffer.write(output)
-    if arguments.json:
-        if output and not output.endswith(b"\n"):
-            sys.stdout.buffer.write(b"\n")
-        sys.stdout.flush()
-        print(_json_line(command, record), flush=True)
-    sys.stdout.flush()
-    _report(arguments, command, record)
-    return exit_status(record, received[0] if received else None)
+    echo = _Echo()
+    for stream in ("stderr", "stdout"):
+        try:
+            echo(stream, getattr(record, stream) or b"")
+        except OSError:
+            continue  # in echo.failed: _report says what it means
+    status = exit_status(record, received[0] if received else None)
+    return _report(arguments, command, record, record_file, status, echo)
 
 
 class _Echo:
-    """Forwards a captured command's output as it arrives; remembers if stdout ended a line."""
+    """Forwards a captured command's output as it arrives; remembers if stdout ended a line,
+    and which of our streams failed (its descriptor then points at /dev/null; the error goes
+    on to the runner, which notes it and, for a reader gone, closes the command's stream)."""
 
     def __init__(self) -> None:
         self.last = b"\n"
+        self.failed: dict[str, OSError] = {}
 
     def __call__(self, stream: str, chunk: bytes) -> None:
-        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
-        target.write(chunk)
-        target.flush()
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        try:
+            target.buffer.write(chunk)
+            target.buffer.flush()
+        except OSError as error:
+            self.failed[stream] = error
+            _discard(target)
+            raise
         if stream == "stdout" and chunk:
             self.last = chunk[-1:]
 
-    def finish(self) -> None:
-        if self.last != b"\n":
-            sys.stdout.buffer.write(b"\n")
-            sys.stdout.flush()
+    def unended_line(self) -> str:
+        """What ends the command's last line of stdout, where it left one open."""
+        return "" if self.last == b"\n" else "\n"
 
 
 def _json_line(command: list[str], record: Execution) -> str:
