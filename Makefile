@@ -14,7 +14,8 @@ CGROUP2_TESTS := tests/test_limits_enforced.py tests/test_outcomes.py tests/test
 	$(addprefix tests/test_cli.py::test_,readme_promise_memory_hog_ends_as_memory_exceeded \
 	  json_record_is_the_last_line_of_stdout exit_statuses the_polite_signal_is_the_one_asked_for \
 	  sigterm_to_the_governor_cancels_the_command kill_9_of_the_governor_takes_its_command_and_fork_server_with_it \
-	  the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss)
+	  the_summary_shows_the_cgroups_charge_and_the_largest_processs_rss \
+	  a_command_that_stops_its_fork_server_is_still_held_to_its_limits a_reader_gone_from_stdout_ends_the_command_as_it_would_without_us)
 
 .PHONY: demo test test-cgroup2 bench lint clean
 

@@ -23,6 +23,7 @@ import itertools
 import math
 import os
 import pickle
+import select
 import signal
 import socket
 import time
@@ -93,6 +94,7 @@ class ExecutionHandle:
         self._forwarding = {"stdout": spec.on_output is not None, "stderr": spec.on_output is not None}
         self._exit: Exited | None = None
         self._zygote_died = False
+        self._revived = False
         self._pidfd: int | None = None
         self._violation: str | None = None
         self._cancelled = False
@@ -477,6 +479,7 @@ class ExecutionHandle:
 
     def _sample(self, now: float) -> None:
         assert self._confinement is not None
+        self._continue_stopped_fork_server()
         reading = self._confinement.read()
         self._next_sample = _next_tick(now, self._sample_every)
         if reading is None:
@@ -566,6 +569,7 @@ class ExecutionHandle:
 
     def _kill_pass(self, now: float) -> None:
         assert self._confinement is not None
+        self._continue_stopped_fork_server()
         exited = self._exit is not None or self._zygote_died
         if not self._confinement.kill_all():
             self._signal_members(signal.SIGKILL, thorough=True)
@@ -580,6 +584,24 @@ class ExecutionHandle:
             self._finish(now)
             return
         self._next_kill_pass = now + KILL_RECHECK
+
+    def _continue_stopped_fork_server(self) -> None:
+        """The child's status comes from the fork server, once it has reaped the child: a task
+        that stopped the fork server (SIGSTOP to its parent, as the same uid may) held that
+        back, and the run waited past every limit for it. A child that has exited (its pidfd
+        readable) with no status yet: the fork server is continued, if it was stopped."""
+        if self._pidfd is None or self._exit is not None or self._revived:
+            return
+        if not select.select([self._pidfd], [], [], 0)[0]:
+            return
+        server = self._server_or_default().pid
+        stat = proc_stat(server) if server is not None else None
+        if server is not None and stat is not None and stat.stopped:
+            os.kill(server, signal.SIGCONT)
+            self._revived = True
+            self._notes.append(
+                "the fork server had been stopped (SIGSTOP) when the task ended; it was continued"
+            )
 
     def _signal_members(self, signum: int, thorough: bool = False) -> None:
         assert self._confinement is not None

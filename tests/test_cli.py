@@ -384,3 +384,15 @@ cli.console()
     with open(server) as written:
         pid = int(written.read())
     wait_until(lambda: gone(pid), timeout=guard(30))
+
+
+@pytest.mark.parametrize("ending", ["exit 3", "exec sleep 60"])
+def test_a_command_that_stops_its_fork_server_is_still_held_to_its_limits(ending: str) -> None:
+    """A command's exit status comes through the fork server, its parent, which the same uid
+    may stop (without ``--sandbox``): ``kill -STOP $PPID`` held the status back, and the run
+    hung past ``--timeout`` for ever. Now the fork server is continued, and that is noted."""
+    timeout = f"{guard(5):.1f}s"
+    done = governor("run", "--timeout", timeout, "--kill-grace", "0.2s", "--", "sh", "-c",
+                    f"kill -STOP $PPID; {ending}", timeout=guard(60))  # fmt: skip
+    assert done.returncode == (3 if ending == "exit 3" else 124), done.stderr
+    assert "the fork server had been stopped (SIGSTOP) when the task ended; it was continued" in done.stderr
