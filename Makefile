@@ -38,7 +38,7 @@ test: $(BIN)/.installed
 
 test-cgroup2: $(BIN)/.installed
 	@test -f $(CGROUP2_VM) || { echo "no $(CGROUP2_VM): set CGROUP2_VM to the VM runner" >&2; exit 2; }
-	CGROUP2_VM_TIMEOUT=$${CGROUP2_VM_TIMEOUT:-1500} bash $(CGROUP2_VM) -- \
+	CGROUP2_VM_TIMEOUT=$${CGROUP2_VM_TIMEOUT:-2400} bash $(CGROUP2_VM) -- \
 	  env GOVERNOR_TEST_LANE=cgroup2 python -m pytest -n 2 -q -p no:cacheprovider $(CGROUP2_TESTS)
 
 bench: $(BIN)/.installed

@@ -157,7 +157,7 @@ class ProcStat(NamedTuple):
     session: int
     start: int  # clock ticks since boot
     zombie: bool  # a zombie, or dead and about to vanish
-    stopped: bool  # by a signal (SIGSTOP, SIGTSTP) or a tracer
+    stopped: bool  # by a signal (SIGSTOP, SIGTSTP), which SIGCONT ends; not a tracer's stop
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -177,9 +177,7 @@ def proc_stat(pid: int) -> ProcStat | None:
     # After the parenthesised command name, from 0: state, ppid, pgrp, session, ..., starttime.
     fields = data[data.rindex(b")") + 2 :].split()
     state = fields[0]
-    return ProcStat(
-        int(fields[1]), int(fields[3]), int(fields[19]), state in (b"Z", b"X"), state in (b"T", b"t")
-    )
+    return ProcStat(int(fields[1]), int(fields[3]), int(fields[19]), state in (b"Z", b"X"), state == b"T")
 
 
 def is_zombie(pid: int) -> bool:

@@ -23,7 +23,6 @@ import itertools
 import math
 import os
 import pickle
-import select
 import signal
 import socket
 import time
@@ -57,6 +56,11 @@ KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
 KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop waiting
 RELEASE_GIVE_UP = 5.0  # a cgroup that stays busy this long is left behind, with a note
 SPAWN_GIVE_UP = 30.0  # a fork server that has not answered by then is taken for dead
+# A task may stop the fork server (SIGSTOP to its parent, as the same uid may): look whether it
+# is stopped when a start has had no answer this long, and again this often after the child
+# has ended while its status, which the fork server sends, has not come.
+SPAWN_LOOK = 0.5
+STATUS_LOOK = 0.02
 _serial = itertools.count(1)
 
 
@@ -94,7 +98,7 @@ class ExecutionHandle:
         self._forwarding = {"stdout": spec.on_output is not None, "stderr": spec.on_output is not None}
         self._exit: Exited | None = None
         self._zygote_died = False
-        self._revived = False
+        self._next_server_look: float | None = None  # when to see whether the fork server is stopped
         self._pidfd: int | None = None
         self._violation: str | None = None
         self._cancelled = False
@@ -125,6 +129,7 @@ class ExecutionHandle:
         self._release_by = 0.0
         self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
         self._spawn_by = self._t0 + SPAWN_GIVE_UP
+        self._next_server_look = self._t0 + SPAWN_LOOK
         self._sandbox: Prepared | None = None
         if spec.stdin is not None and not is_open(spec.stdin):
             closed = ValueError(f"stdin: {spec.stdin} is not an open file descriptor")
@@ -234,6 +239,8 @@ class ExecutionHandle:
         if forked is None:
             return  # not yet
         self.pid, self._pidfd, forked_at = forked
+        self._fds[self._pidfd] = "pidfd"  # readable once the child has exited
+        self._next_server_look = None
         self._confinement.attach(self.pid, reaper=self._server_or_default().pid)
         stat = proc_stat(self.pid)
         self.pid_start_ticks = stat.start if stat is not None else None
@@ -308,6 +315,11 @@ class ExecutionHandle:
         exited = self._exit is not None or self._zygote_died
         if self.phase is Phase.FINISHED:
             return None
+        own = self._own_deadline(exited)
+        look = self._next_server_look
+        return own if look is None else look if own is None else min(own, look)
+
+    def _own_deadline(self, exited: bool) -> float | None:
         if self.phase is Phase.SPAWNING:
             return self._spawn_by
         if self.phase in (Phase.KILLING, Phase.RELEASING):
@@ -341,10 +353,16 @@ class ExecutionHandle:
                 self._close(fd)
         elif kind in ("stdout", "stderr"):
             self._read_output(fd, kind)
+        elif kind == "pidfd":  # the child has exited: its status should follow at once
+            del self._fds[fd]  # the pidfd stays open (for signals) but is watched no longer
+            if self._exit is None and not self._zygote_died:
+                self._look_at_fork_server(time.monotonic())
 
     def on_time(self, now: float | None = None) -> None:
         """Advance sampling, limits, throttling and the kill protocol to ``now``."""
         now = time.monotonic() if now is None else now
+        if self._next_server_look is not None and now >= self._next_server_look:
+            self._look_at_fork_server(now)
         exited = self._exit is not None or self._zygote_died
         if self.phase is Phase.SPAWNING and now >= self._spawn_by:
             self._start_failed(f"could not start: the fork server did not answer within {SPAWN_GIVE_UP:.0f}s")
@@ -419,9 +437,7 @@ class ExecutionHandle:
         else:
             self._zygote_died = True
         self._close(self._reply.fileno())
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._close_pidfd()
 
     def _read_output(self, fd: int, name: str) -> None:
         buffer = self._output[name]
@@ -469,9 +485,13 @@ class ExecutionHandle:
             os.close(fd)
 
     def _close_fds(self) -> None:
+        self._close_pidfd()
         for fd in list(self._fds):
             self._close(fd)
+
+    def _close_pidfd(self) -> None:
         if self._pidfd is not None:
+            self._fds.pop(self._pidfd, None)
             os.close(self._pidfd)
             self._pidfd = None
 
@@ -479,7 +499,6 @@ class ExecutionHandle:
 
     def _sample(self, now: float) -> None:
         assert self._confinement is not None
-        self._continue_stopped_fork_server()
         reading = self._confinement.read()
         self._next_sample = _next_tick(now, self._sample_every)
         if reading is None:
@@ -569,7 +588,6 @@ class ExecutionHandle:
 
     def _kill_pass(self, now: float) -> None:
         assert self._confinement is not None
-        self._continue_stopped_fork_server()
         exited = self._exit is not None or self._zygote_died
         if not self._confinement.kill_all():
             self._signal_members(signal.SIGKILL, thorough=True)
@@ -585,23 +603,25 @@ class ExecutionHandle:
             return
         self._next_kill_pass = now + KILL_RECHECK
 
-    def _continue_stopped_fork_server(self) -> None:
-        """The child's status comes from the fork server, once it has reaped the child: a task
-        that stopped the fork server (SIGSTOP to its parent, as the same uid may) held that
-        back, and the run waited past every limit for it. A child that has exited (its pidfd
-        readable) with no status yet: the fork server is continued, if it was stopped."""
-        if self._pidfd is None or self._exit is not None or self._revived:
+    def _look_at_fork_server(self, now: float) -> None:
+        """The fork server answers a start and sends the child's status once it has reaped it:
+        a task that stopped it (SIGSTOP to its parent, as the same uid may) held back every
+        start, its own status, and the run, past every limit. Asked while a start waits for an
+        answer, and while an ended child's status has not come: a stopped server is continued."""
+        spawning = self.phase is Phase.SPAWNING
+        if not spawning and (self._exit is not None or self._zygote_died or self.phase is Phase.FINISHED):
+            self._next_server_look = None
             return
-        if not select.select([self._pidfd], [], [], 0)[0]:
-            return
+        self._next_server_look = now + (SPAWN_LOOK if spawning else STATUS_LOOK)
         server = self._server_or_default().pid
         stat = proc_stat(server) if server is not None else None
-        if server is not None and stat is not None and stat.stopped:
-            os.kill(server, signal.SIGCONT)
-            self._revived = True
-            self._notes.append(
-                "the fork server had been stopped (SIGSTOP) when the task ended; it was continued"
-            )
+        if server is None or stat is None or not stat.stopped:
+            return
+        os.kill(server, signal.SIGCONT)
+        waited = "this run asked it to start the task" if spawning else "the task ended"
+        note = f"the fork server had been stopped (SIGSTOP) when {waited}; it was continued"
+        if note not in self._notes:
+            self._notes.append(note)
 
     def _signal_members(self, signum: int, thorough: bool = False) -> None:
         assert self._confinement is not None

@@ -89,6 +89,39 @@ def test_children_die_with_the_fork_server(ready_file: str) -> None:
     assert gone(child.pid)
 
 
+def test_a_task_that_stops_the_fork_server_holds_back_no_other_start(tmp_path: Path) -> None:
+    """A task may stop its parent, the fork server (SIGSTOP, as the same uid may without a
+    sandbox), and go on running: every other start then waited for a server that forked
+    nothing, until the start gave up (30 s) or that task ended. A start that has had no answer
+    now continues a stopped fork server."""
+    import threading
+
+    from conftest import wait_until
+
+    ready = tmp_path / "ready"
+    server = ForkServer()
+    hostile: list[governor.Execution] = []
+    worker = threading.Thread(target=lambda: hostile.append(governor.run(
+        ["sh", "-c", f"kill -STOP $PPID; echo $$ > {ready}.new; mv {ready}.new {ready}; exec sleep 100000"],
+        fork_server=server,
+    )))  # fmt: skip
+    worker.start()
+    try:
+        wait_until(ready.exists, timeout=guard(30))
+        assert server.pid is not None
+        wait_until(lambda: psutil.Process(server.pid).status() == psutil.STATUS_STOPPED, timeout=guard(30))
+        other = governor.run(th.add, 1, 1, fork_server=server)
+        assert other.result == 2, other.error
+        continued = "the fork server had been stopped (SIGSTOP) when this run asked it to start the task"
+        assert any(note.startswith(continued) for note in other.notes), other.notes
+    finally:
+        if ready.exists():
+            os.kill(int(ready.read_text()), signal.SIGKILL)
+        worker.join(timeout=guard(60))
+        server.close()
+    assert hostile and hostile[0].outcome is Outcome.CRASHED, hostile
+
+
 def test_fork_server_restarts_after_dying() -> None:
     server = ForkServer()
     assert governor.run(th.add, 1, 1, fork_server=server).result == 2

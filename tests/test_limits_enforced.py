@@ -17,6 +17,7 @@ from readme_table import enforcement_column
 
 import governor
 from governor import Enforcement, Limits, Outcome
+from runner import ExecutionSpec, run_spec
 from runner._enforcement import resolve
 
 MiB = 1 << 20
@@ -147,7 +148,9 @@ def _tree_script(pidfile_dir: Path) -> list[str]:
 sleep 1000 & echo $! > {pidfile_dir}/grandchild
 ( sleep 1000 & echo $! > {pidfile_dir}/double ) &
 setsid sh -c 'sleep 1000 & echo $! > {pidfile_dir}/setsid; wait' &
-touch {pidfile_dir}/ready
+cd {pidfile_dir}
+until [ -s grandchild ] && [ -s double ] && [ -s setsid ]; do sleep 0.01; done
+touch ready
 wait
 """
     return ["sh", "-c", script]
@@ -155,12 +158,10 @@ wait
 
 @pytest.mark.parametrize("mode", [m for m in pytest.importorskip("conftest").MODES if m.id != "watchdog"])
 def test_kill_reaches_grandchildren_double_forked_and_setsid(mode: Enforcement, tmp_path: Path) -> None:
-    # Long enough for the script to set its tree up first, on a slow host too.
-    record = governor.run(
-        _tree_script(tmp_path), limits=Limits(wall_time=guard(1.0)), enforcement=mode, kill_grace=0.2
-    )
-    assert (tmp_path / "ready").exists()
-    assert record.outcome is Outcome.TIMED_OUT
+    """Cancelled once its whole tree is up: the kill protocol is the one any limit starts."""
+    spec = ExecutionSpec(target=_tree_script(tmp_path), enforcement=mode, kill_grace=0.2)
+    record = run_spec(spec, cancel_requested=(tmp_path / "ready").exists)
+    assert record.outcome is Outcome.CANCELLED, record
     for name in ("grandchild", "double", "setsid"):
         pid = int((tmp_path / name).read_text())
         wait_until(lambda pid=pid: gone(pid), timeout=guard(5))

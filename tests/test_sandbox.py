@@ -425,20 +425,29 @@ def test_a_command_is_told_when_the_directory_it_is_found_in_is_covered(
                for note in hidden.notes), hidden.notes  # fmt: skip
 
 
-def test_a_start_that_fails_gives_back_the_sandboxs_uid_and_work_directory() -> None:
+def test_a_start_that_fails_gives_back_the_sandboxs_uid_and_work_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The start fails after the sandbox was prepared (here: the fork server cannot start, as
     one asked to preload a module that does not exist). The uid lease and the work directory
     taken for it stayed held for the life of the supervisor."""
+    made: list[str] = []  # this start's work directory: other workers make theirs beside it
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     server = ForkServer(preload=["governor_test_no_such_module"])
-    os.makedirs(work_root(), exist_ok=True)
-    workdirs = set(os.listdir(work_root()))
     assert not _leases_held()
     try:
         with pytest.raises(ForkServerError, match="failed to start"):
             ExecutionHandle(ExecutionSpec(target=["true"], sandbox=True), fork_server=server)
     finally:
         server.close()
-    assert set(os.listdir(work_root())) == workdirs  # none left behind
+    assert [path for path in made if os.path.dirname(path) == work_root()], made  # one was made
+    assert not [path for path in made if os.path.exists(path)]  # and none left behind
     assert not _leases_held()
 
 
