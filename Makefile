@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# The cgroup v2 lane: the tests that touch enforcement, on a real cgroup v2 kernel in a VM
-# (QEMU through virtme-ng; it installs what it needs), where a skipped test fails.
+# The cgroup v2 lane: the tests that touch enforcement (and of the fork server's own, those
+# where cgroups come and go with it), on a real cgroup v2 kernel in a VM (QEMU through
+# virtme-ng; it installs what it needs), where a skipped test fails.
 CGROUP2_VM ?= ../shared/tools/cgroup2-vm.sh
-CGROUP2_TESTS := tests/test_limits_enforced.py tests/test_outcomes.py tests/test_isolation.py \
+CGROUP2_TESTS := tests/test_limits_enforced.py tests/test_outcomes.py \
+	$(addprefix tests/test_isolation.py::test_,children_die_with_the_fork_server \
+	  concurrent_runs_from_threads_share_one_fork_server) \
 	tests/test_recovery.py tests/test_sandbox.py tests/test_sandbox_unprivileged.py \
 	tests/test_cgroup_v2_files.py tests/test_cgroup_v2_delegated.py tests/test_pressure.py \
 	$(addprefix tests/test_cli.py::test_,readme_promise_memory_hog_ends_as_memory_exceeded \

@@ -38,3 +38,9 @@ SLOWNESS = _slowness()
 def guard(seconds: float) -> float:
     """A deadlock guard of ``seconds`` on the development machine, stretched to this host."""
     return seconds * SLOWNESS
+
+
+def repeats(times: int) -> int:
+    """How often to repeat a check for a race: ``times`` here, fewer on a slower host, where
+    each try takes longer and widens the window it samples (at least three)."""
+    return max(3, round(times / SLOWNESS))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import task_helpers as th
 from conftest import wait_until
-from guards import guard
+from guards import guard, repeats
 
 import governor
 from governor import Limits, Outcome
@@ -71,7 +71,7 @@ def test_a_main_function_traceback_names_its_file_and_line(tmp_path: Path) -> No
 def test_wall_time_covers_the_cpu_time_it_reports(target: object) -> None:
     """Wall time runs from the fork to the reap, the span wait4's CPU time covers: a
     single-threaded call never shows more CPU than wall time."""
-    for _ in range(20):
+    for _ in range(repeats(20)):
         usage = governor.run(target, 2, 3).usage  # type: ignore[arg-type]
         assert 0 < usage.cpu_seconds <= usage.wall_seconds + 1e-6, usage
 
