@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +31,9 @@ from governor import (
     Scheduler,
     Task,
 )
+from governor.scheduling._supervision import Supervision
 from policies import UsageEstimator
+from runner._wire import Wakeup
 
 MiB = 1 << 20
 GUARD = guard(30)  # seconds: a deadlock guard, never a delay
@@ -572,3 +574,82 @@ def test_a_task_keeps_its_recent_executions_only() -> None:
     assert len(task.executions) == 3 and [record.attempt for record in task.executions] == [1, 1, 1]
     with pytest.raises(ValueError, match="keep_executions"):
         Task("bad", ["true"], keep_executions=-1)
+
+
+class _Handle:
+    """What the loop's supervision asks of a handle, with what reading one descriptor does."""
+
+    def __init__(self, read: Callable[[_Handle, int], None]) -> None:
+        self.watched: set[int] = set()
+        self.read = read
+        self.seen: list[int] = []
+        self.started, self.done = True, False
+
+    def fds(self) -> list[int]:
+        return sorted(self.watched)
+
+    def deadline(self) -> float | None:
+        return None
+
+    def on_readable(self, fd: int) -> None:
+        self.seen.append(fd)
+        self.read(self, fd)
+
+    def on_time(self, now: float | None = None) -> None:
+        return None
+
+
+class _Run:
+    """A run as the supervision sees it; its hash is its place in the turn's set of runs."""
+
+    def __init__(self, place: int, handle: _Handle) -> None:
+        self.place, self.handle, self.announced = place, handle, True
+
+    def __hash__(self) -> int:
+        return self.place
+
+
+def test_a_descriptor_number_closed_and_reused_in_one_turn_stays_watched_for_its_new_owner() -> None:
+    """Attack (a hang under load): one handle closed a watched descriptor as it read (its pidfd,
+    once the status came) and another, in the same turn, was given that number (the next
+    child's pidfd, in the fork server's reply). Refreshed in that order, the first unwatched
+    the second's descriptor: its child's status never woke the loop, and forgetting it raised."""
+    closer_r, closer_w = os.pipe()
+    opener_r, opener_w = os.pipe()
+    reused: list[tuple[int, int]] = []
+
+    def close_it(handle: _Handle, fd: int) -> None:
+        handle.watched.discard(fd)
+        os.close(fd)
+
+    def open_one(handle: _Handle, fd: int) -> None:
+        os.read(fd, 1)
+        reused.append(os.pipe())  # the lowest free numbers: the one just closed first
+        handle.watched.add(reused[0][0])
+
+    wakeup = Wakeup()
+    supervision = Supervision(wakeup)
+    closer, opener = _Handle(close_it), _Handle(open_one)
+    closer.watched.add(closer_r)
+    opener.watched.add(opener_r)
+    # Added first, the closer's event is read first; the opener, first in the set, is refreshed first.
+    first, second = _Run(2, closer), _Run(1, opener)
+    try:
+        for run in (first, second):
+            supervision.add(run)  # type: ignore[arg-type]
+        os.write(closer_w, b"x")
+        os.write(opener_w, b"x")
+        supervision.wait(guard(10))
+        assert reused and reused[0][0] == closer_r, "the number was not reused: the attack did not happen"
+        os.write(reused[0][1], b"x")
+        supervision.wait(guard(10))
+        assert opener.seen == [opener_r, closer_r], "the opener's new descriptor was not watched"
+        opener.done = closer.done = True
+        for run in (first, second):
+            supervision.touch(run)  # type: ignore[arg-type]
+        _, ended = supervision.wait(0)
+        assert set(ended) == {first, second}
+    finally:
+        for fd in (closer_w, opener_r, opener_w, *(reused[0] if reused else ())):
+            os.close(fd)
+        wakeup.close()

@@ -105,8 +105,7 @@ class Supervision:
         wanted = frozenset(handle.fds()) if descriptors else registered
         if wanted != registered:
             for fd in registered - wanted:
-                self._poll.unregister(fd)
-                del self._owner[fd]
+                self._unwatch(fd, run)
             for fd in wanted - registered:
                 self._poll.register(fd, select.POLLIN)
                 self._owner[fd] = run
@@ -119,6 +118,13 @@ class Supervision:
 
     def _forget(self, run: Run) -> None:
         for fd in self._fds.pop(run, ()):
+            self._unwatch(fd, run)
+        self._current.pop(run, None)
+
+    def _unwatch(self, fd: int, run: Run) -> None:
+        """Stop watching ``fd`` for ``run``, unless the number is another run's by now: a
+        handle closes a descriptor while it reads (a pidfd, once the status came), and the
+        next reply read in the same turn (another child's pidfd) may be given that number."""
+        if self._owner.get(fd) is run:
             self._poll.unregister(fd)
             del self._owner[fd]
-        self._current.pop(run, None)
