@@ -98,7 +98,8 @@ class ExecutionHandle:
         self._forwarding = {"stdout": spec.on_output is not None, "stderr": spec.on_output is not None}
         self._exit: Exited | None = None
         self._zygote_died = False
-        self._next_server_look: float | None = None  # when to see whether the fork server is stopped
+        # When to see whether the fork server is stopped: a start may go unanswered this long.
+        self._next_server_look: float | None = self._t0 + SPAWN_LOOK
         self._pidfd: int | None = None
         self._violation: str | None = None
         self._cancelled = False
@@ -129,7 +130,6 @@ class ExecutionHandle:
         self._release_by = 0.0
         self._reply: socket.socket | None = None  # the zygote answers here, once it has forked
         self._spawn_by = self._t0 + SPAWN_GIVE_UP
-        self._next_server_look = self._t0 + SPAWN_LOOK
         self._sandbox: Prepared | None = None
         if spec.stdin is not None and not is_open(spec.stdin):
             closed = ValueError(f"stdin: {spec.stdin} is not an open file descriptor")
