@@ -57,8 +57,8 @@ KILL_GIVE_UP = 30.0  # unkillable (D-state) processes: record them and stop wait
 RELEASE_GIVE_UP = 5.0  # a cgroup that stays busy this long is left behind, with a note
 SPAWN_GIVE_UP = 30.0  # a fork server that has not answered by then is taken for dead
 # A task may stop the fork server (SIGSTOP to its parent, as the same uid may): look whether it
-# is stopped when a start has had no answer this long, and again this often after the child
-# has ended while its status, which the fork server sends, has not come.
+# is stopped when a start has had no answer this long, and this often once the child has ended
+# and its status, which the fork server sends, has not come (in time, it has: no look at all).
 SPAWN_LOOK = 0.5
 STATUS_LOOK = 0.02
 _serial = itertools.count(1)
@@ -355,8 +355,8 @@ class ExecutionHandle:
             self._read_output(fd, kind)
         elif kind == "pidfd":  # the child has exited: its status should follow at once
             del self._fds[fd]  # the pidfd stays open (for signals) but is watched no longer
-            if self._exit is None and not self._zygote_died:
-                self._look_at_fork_server(time.monotonic())
+            if self._exit is None and not self._zygote_died:  # if it is late, look at the server
+                self._next_server_look = time.monotonic() + STATUS_LOOK
 
     def on_time(self, now: float | None = None) -> None:
         """Advance sampling, limits, throttling and the kill protocol to ``now``."""
