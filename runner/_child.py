@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import _signal
 import contextlib
-import ctypes  # the zygote loads it anyway (preload): sandbox set-up calls libc through it
+import ctypes  # only the zygote imports this module: sandbox set-up calls libc through it
 import fcntl
 import os
 import pickle
@@ -23,7 +23,16 @@ import sys
 
 # Bound now, while the zygote imports this module: a child must never import from ``runner``
 # at run time (that would import the whole package, psutil and all, in every child).
-from runner._messages import ExecFailed, Ok, Raised, SetupFailed
+from runner._messages import (
+    EXIT_EXEC_FAILED,
+    EXIT_EXEC_NOT_FOUND,
+    EXIT_SETUP_FAILED,
+    ChildSpec,
+    ExecFailed,
+    Ok,
+    Raised,
+    SetupFailed,
+)
 from runner._wire import write_frame
 
 RESULT_FD = 3
@@ -54,45 +63,6 @@ def _kernel_setting(path: str, default: int) -> int:
 
 
 _NR_OPEN = _kernel_setting("/proc/sys/fs/nr_open", 1 << 20)  # once, as the zygote imports this
-
-# Exit statuses the child uses for its own failures, before the task runs.
-EXIT_SETUP_FAILED = 70
-EXIT_EXEC_NOT_FOUND = 127
-EXIT_EXEC_FAILED = 126
-
-
-class ChildSpec:
-    """What the zygote's child needs to know; pickled into each fork request (kept small)."""
-
-    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "imports", "payload", "rlimits", "sandbox")
-
-    def __init__(
-        self,
-        *,
-        argv: list[str] | None,
-        payload: bytes | None,
-        env: dict[bytes, bytes | None] | None = None,
-        cwd: str | None,
-        rlimits: list[tuple[int, int, int]],
-        cgroup_procs: list[str],
-        imports: tuple[str, ...] = (),
-        sandbox: dict[str, int | bool | str] | None = None,
-    ) -> None:
-        self.argv = argv
-        self.payload = payload
-        self.env = env or {}  # changes to the zygote's environment (None: unset); the fork server fills it
-        self.cwd = cwd
-        self.rlimits = rlimits
-        self.cgroup_procs = cgroup_procs
-        self.imports = imports  # modules unpickling the payload needs: the zygote loads them once
-        self.sandbox = sandbox  # {"uid", "gid", "network"}: who it runs as, and in what namespaces
-
-    def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple[object, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
 
 
 def child_main(

@@ -34,11 +34,10 @@ from policies import Sandbox
 from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
-from runner._child import ChildSpec
 from runner._confinement import Confinement, Reading, proc_stat, split_cpu
 from runner._errors import ForkServerError
 from runner._forkserver import ForkServer, default_fork_server, is_open, reserve_standard_descriptors
-from runner._messages import STATUS, Exited, Message, Ok, Raised, Unreadable, from_wire
+from runner._messages import STATUS, ChildSpec, Exited, Message, Ok, Raised, Unreadable, from_wire
 from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage

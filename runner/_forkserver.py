@@ -13,9 +13,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from runner._child import ChildSpec, descriptor_ceiling
 from runner._errors import ForkServerError
-from runner._messages import REPLY, REQUEST
+from runner._messages import REPLY, REQUEST, ChildSpec
 
 if TYPE_CHECKING:
     import subprocess
@@ -223,6 +222,9 @@ class ForkServer:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.closerange(3, control)
+            # Here, not at the top: the supervisor never loads the child's side (nor ctypes).
+            from runner._child import descriptor_ceiling
+
             os.closerange(control + 1, descriptor_ceiling())
             from runner import _zygote
 

@@ -29,6 +29,46 @@ REPLY = struct.Struct("<iid")
 STATUS = struct.Struct("<iddqd")
 
 
+# Exit statuses the child uses for its own failures, before the task runs.
+EXIT_SETUP_FAILED = 70
+EXIT_EXEC_NOT_FOUND = 127
+EXIT_EXEC_FAILED = 126
+
+
+class ChildSpec:
+    """What the zygote's child needs to know; pickled into each fork request (kept small)."""
+
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "imports", "payload", "rlimits", "sandbox")
+
+    def __init__(
+        self,
+        *,
+        argv: list[str] | None,
+        payload: bytes | None,
+        env: dict[bytes, bytes | None] | None = None,
+        cwd: str | None,
+        rlimits: list[tuple[int, int, int]],
+        cgroup_procs: list[str],
+        imports: tuple[str, ...] = (),
+        sandbox: dict[str, int | bool | str] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.payload = payload
+        self.env = env or {}  # changes to the zygote's environment (None: unset); the fork server fills it
+        self.cwd = cwd
+        self.rlimits = rlimits
+        self.cgroup_procs = cgroup_procs
+        self.imports = imports  # modules unpickling the payload needs: the zygote loads them once
+        self.sandbox = sandbox  # {"uid", "gid", "network"}: who it runs as, and in what namespaces
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
 class Ok:
     """The call returned ``value``."""
 

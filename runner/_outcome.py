@@ -29,8 +29,17 @@ import signal
 from dataclasses import dataclass
 
 from policies import Limits, format_duration, format_size
-from runner._child import EXIT_EXEC_FAILED, EXIT_EXEC_NOT_FOUND
-from runner._messages import ExecFailed, Exited, Message, Ok, Raised, SetupFailed, Unreadable
+from runner._messages import (
+    EXIT_EXEC_FAILED,
+    EXIT_EXEC_NOT_FOUND,
+    ExecFailed,
+    Exited,
+    Message,
+    Ok,
+    Raised,
+    SetupFailed,
+    Unreadable,
+)
 from runner._records import Outcome, TaskError, Usage
 
 # The outcome of a violation of each limit the supervisor itself acts on.

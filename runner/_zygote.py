@@ -42,7 +42,7 @@ import time
 # Imported at module level, while the boot stub stands in for the ``runner`` package: an
 # import from ``runner`` later would load the real package, psutil and all, into the zygote.
 from runner import _child
-from runner._messages import REPLY, REQUEST, STATUS
+from runner._messages import REPLY, REQUEST, STATUS, ChildSpec
 from runner._wire import drain
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -99,7 +99,7 @@ def main(control_fd: int | None = None) -> None:
                 if len(data) < REQUEST.size:
                     data += _recv_exact(control, REQUEST.size - len(data))
                 size, _count = REQUEST.unpack(data)
-                spec = _child.ChildSpec.__new__(_child.ChildSpec)
+                spec = ChildSpec.__new__(ChildSpec)
                 spec.__setstate__(pickle.loads(_recv_exact(control, size)))
                 pid = _fork(control, spec, fds, children, (wake_r, wake_w), statuses)
                 if pid:

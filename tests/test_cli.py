@@ -285,6 +285,9 @@ def test_a_run_loads_only_what_running_one_command_needs() -> None:
         "croniter", "distributed", "cloudpickle", "psutil",
         # and what only other subcommands, the sandbox, rare warnings or --json need
         "governor.cli._service", "runner._sandboxing", "logging", "secrets", "tempfile", "pathlib", "json",
+        # the child's side (ctypes with it), which only the fork server loads, and what measuring
+        # the terminal for a help text loads (shutil, bz2, lzma)
+        "runner._child", "ctypes", "shutil", "bz2", "lzma",
     )  # fmt: skip
     code = (
         "import sys; from governor.cli import main; sys.argv[1:] = ['run', '-q', '--', 'true']\n"
@@ -295,6 +298,21 @@ def test_a_run_loads_only_what_running_one_command_needs() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=guard(60))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_help_is_wrapped_to_the_terminals_width() -> None:
+    """The parsers are built with a formatter of fixed width (measuring the terminal costs a
+    run's start): the help people read must still be wrapped to the width they have."""
+    lines = {}
+    for columns in (50, 160):
+        environment = {**os.environ, "COLUMNS": str(columns)}
+        done = subprocess.run([*GOVERNOR, "run", "--help"], capture_output=True, text=True, env=environment,
+                              timeout=guard(60))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines[columns] = done.stdout.splitlines()
+    assert max(map(len, lines[50])) <= 50  # an option with its choices is one word, a little wider
+    assert max(map(len, lines[160])) > 80  # not the building formatter's 80 columns
+    assert len(lines[50]) > len(lines[160])
 
 
 def test_shell_completion_completes_subcommands_and_options() -> None:
