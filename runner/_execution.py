@@ -30,7 +30,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from policies import Sandbox
 from runner import _enforcement
 from runner._cgroup_v1 import CgroupV1
 from runner._cgroup_v2 import CgroupV2
@@ -42,13 +41,13 @@ from runner._outcome import Ending, classify, exit_facts
 from runner._owners import owner_token
 from runner._records import Enforcement, Execution, Mechanism, Outcome, Sample, Usage
 from runner._spec import ExecutionSpec
-from runner._throttle import DutyCycle
 from runner._tree import COOKIE_VARIABLE, ProcessTree
 from runner._watch import MemoryWatch
 from runner._wire import FrameReader
 
 if TYPE_CHECKING:
     from runner._sandboxing import Prepared
+    from runner._throttle import DutyCycle
 
 MAX_SAMPLES = 4096  # then the timeline halves its resolution
 KILL_RECHECK = 0.005  # seconds between kill passes while a tree is dying
@@ -115,9 +114,11 @@ class ExecutionHandle:
         self._peak_processes = 1
         self._refused = 0
         self._last: Reading | None = None
-        self._throttle = (
-            DutyCycle(spec.limits.cpu_rate) if self._plan.duty_cycle and spec.limits.cpu_rate else None
-        )
+        self._throttle: DutyCycle | None = None
+        if self._plan.duty_cycle and spec.limits.cpu_rate:
+            from runner._throttle import DutyCycle  # here: only a cpu_rate without cgroups needs it
+
+            self._throttle = DutyCycle(spec.limits.cpu_rate)
         self._watch = (  # no kernel holds memory to the limit: look sooner as it nears it
             MemoryWatch(spec.limits.memory, spec.sample_interval, self._t0)
             if "memory" in self._plan.watch and spec.limits.memory is not None
@@ -140,13 +141,13 @@ class ExecutionHandle:
         except Exception as error:
             self._finish_early(error, "the call could not be pickled")
             return
-        if isinstance(spec.sandbox, Sandbox):  # coerced when the spec was built
+        if spec.sandboxed is not None:
             # Here: a run without a sandbox need not load it (nor tempfile, shutil, pwd).
             from runner._sandboxing import SandboxUnavailable, prepare
 
             try:
                 self._sandbox = prepare(
-                    spec.sandbox, os.environ if spec.env is None else spec.env, command=spec.is_command
+                    spec.sandboxed, os.environ if spec.env is None else spec.env, command=spec.is_command
                 )
             except SandboxUnavailable as error:  # asked for and not possible: never run unconfined
                 self.execution = Execution.unstarted(spec.limits, error, outcome=Outcome.CRASHED)
@@ -168,7 +169,8 @@ class ExecutionHandle:
 
     def _payload(self) -> tuple[bytes | None, tuple[str, ...]]:
         # A seccomp filter is loaded through pyseccomp: the zygote imports it once, for all.
-        extra = ("pyseccomp",) if isinstance(self.spec.sandbox, Sandbox) and self.spec.sandbox.seccomp else ()
+        sandbox = self.spec.sandboxed
+        extra = ("pyseccomp",) if sandbox is not None and sandbox.seccomp else ()
         if self.spec.is_command:
             return None, extra
         from runner._payload import pickle_call  # cloudpickle: a command never needs it

@@ -7,10 +7,13 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from policies import Limits, Sandbox
+from policies import Limits
 from runner._records import Enforcement
+
+if TYPE_CHECKING:
+    from policies import Sandbox
 
 DEFAULT_OUTPUT_CAP = 1 << 20
 
@@ -65,7 +68,12 @@ class ExecutionSpec:
                 if "\0" in part:  # execve could not pass it: refuse now, not in the child
                     raise ValueError(f"target: argv[{index}] contains a NUL byte: {part!r}")
             object.__setattr__(self, "target", argv)
-        object.__setattr__(self, "sandbox", Sandbox.coerce(self.sandbox))
+        if self.sandbox is None or self.sandbox is False:
+            object.__setattr__(self, "sandbox", None)
+        else:  # here: a run without a sandbox need not load its class
+            from policies import Sandbox
+
+            object.__setattr__(self, "sandbox", Sandbox.coerce(self.sandbox))
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits: expected a Limits, got {self.limits!r}")
         try:
@@ -102,3 +110,8 @@ class ExecutionSpec:
     def is_command(self) -> bool:
         """True for an argv command, False for a callable."""
         return isinstance(self.target, list)
+
+    @property
+    def sandboxed(self) -> Sandbox | None:
+        """The sandbox it runs in, or ``None``: ``sandbox`` as building the spec coerced it."""
+        return None if isinstance(self.sandbox, bool) else self.sandbox

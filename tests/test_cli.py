@@ -285,9 +285,9 @@ def test_a_run_loads_only_what_running_one_command_needs() -> None:
         "croniter", "distributed", "cloudpickle", "psutil",
         # and what only other subcommands, the sandbox, rare warnings or --json need
         "governor.cli._service", "runner._sandboxing", "logging", "secrets", "tempfile", "pathlib", "json",
-        # the child's side (ctypes with it), which only the fork server loads, and what measuring
-        # the terminal for a help text loads (shutil, bz2, lzma)
-        "runner._child", "ctypes", "shutil", "bz2", "lzma",
+        # the child's side (ctypes with it), which only the fork server loads; what measuring the
+        # terminal for a help text loads; the sandbox's settings; a cpu_rate's throttle
+        "runner._child", "ctypes", "shutil", "bz2", "lzma", "policies._sandbox", "runner._throttle",
     )  # fmt: skip
     code = (
         "import sys; from governor.cli import main; sys.argv[1:] = ['run', '-q', '--', 'true']\n"

@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from policies import Limits, Sandbox, format_duration, format_size, parse_duration
+from policies import Limits, format_duration, format_size, parse_duration
 from runner._records import Enforcement, Execution, Outcome
 
 # What starting a child needs (runner._execution and the cgroup backends) is imported by the
@@ -186,6 +186,11 @@ def _run(arguments: argparse.Namespace) -> int:
     # to recognise a refused allocation in its stderr. Then it is forwarded as it arrives.
     rlimit_memory = limits.memory is not None and resolve(arguments.enforce) is Enforcement.RLIMIT
     echo = _Echo() if arguments.json or rlimit_memory else None
+    sandbox = None
+    if arguments.sandbox:
+        from policies import Sandbox  # here: a run without one need not load it
+
+        sandbox = Sandbox(network=arguments.sandbox_network)
     try:
         spec = ExecutionSpec(
             target=command,
@@ -196,7 +201,7 @@ def _run(arguments: argparse.Namespace) -> int:
             stdin=0,
             on_output=echo,
             **_timing(arguments),
-            sandbox=Sandbox(network=arguments.sandbox_network) if arguments.sandbox else None,
+            sandbox=sandbox,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
