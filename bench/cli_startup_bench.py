@@ -1,5 +1,6 @@
 """What ``governor run`` costs to start and end a trivial command, beside the tools it stands
-in for, each timed as a fresh process from this script (median and p90 of ``--runs``).
+in for, each timed as a fresh process from this script, the rows in turn (median and p90
+of ``--runs``).
 
     python bench/cli_startup_bench.py [--runs 30] [--busy]
 
@@ -24,13 +25,17 @@ from pathlib import Path
 from host_load import bench_arguments, busy_loops
 
 
-def timed(argv: list[str], runs: int) -> list[float]:
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # warm
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def timed(contenders: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+    """Each contender ``runs`` times, in turn (one of each, then again), so that a burst of
+    load on a shared host slows every row alike rather than one row's whole series."""
+    for argv in contenders.values():  # warm: the page cache, the byte-code cache
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        times.append((time.perf_counter() - start) * 1000)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, argv in contenders.items():
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            times[name].append((time.perf_counter() - start) * 1000)
     return times
 
 
@@ -46,6 +51,15 @@ def loaded_by_a_run() -> list[str]:
     return [name for name in done.stdout.split() if not name.startswith("_")]
 
 
+# The least any Python command line that wraps a command costs: parse its options, then fork,
+# exec and wait. No limit, no measurement, no record.
+BARE_WRAPPER = (
+    "import argparse, os, sys; parser = argparse.ArgumentParser(); parser.add_argument('argv', nargs='+'); "
+    "argv = parser.parse_args().argv; pid = os.fork(); pid or os.execvp(argv[0], argv); "
+    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))"
+)
+
+
 def main() -> None:
     arguments = bench_arguments(__doc__ or "", 30)
     governor = str(Path(sys.executable).with_name("governor"))
@@ -55,6 +69,7 @@ def main() -> None:
         "prlimit --as=1G true": ["prlimit", "--as=1073741824", "true"],
         "python3 -c pass": [sys.executable, "-c", "pass"],
         "python3 -S -c pass": [sys.executable, "-S", "-c", "pass"],
+        "python3 argparse + fork, exec, wait true": [sys.executable, "-c", BARE_WRAPPER, "true"],
         "python3 importing what a run loads, but ours": [sys.executable, "-c", "import " + ", ".join(floor)],
         "governor --version": [governor, "--version"],
         "governor run -q -- true": [governor, "run", "-q", "--", "true"],
@@ -78,7 +93,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).resolve().parents[1])],
                        stdout=subprocess.DEVNULL, check=False)  # fmt: skip
     with busy_loops(2) if arguments.busy else contextlib.nullcontext():
-        results = {name: timed(argv, arguments.runs) for name, argv in contenders.items()}
+        results = timed(contenders, arguments.runs)
     base = statistics.median(results["python3 -c pass"])
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {arguments.runs} runs each, "
           f"busy host: {arguments.busy}")  # fmt: skip
