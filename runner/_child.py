@@ -41,6 +41,15 @@ PR_SET_PDEATHSIG = 1
 # is kept to C functions called with plain ints, bound here once (``signal.signal`` alone would
 # run the enum machinery; the import statement, the import system).
 _SIGKILL = int(signal.SIGKILL)
+# The stop signals: what a terminal or a service manager sends a whole process group, and what
+# a supervisor sends to stop a run politely. The zygote ignores them, and a child inherits
+# that until it restores their defaults: one sent in between (a run timed out or cancelled as
+# it started) would be lost, and the tree would only end at the KILL after the grace. So the
+# zygote forks with them blocked (a blocked signal stays pending, even an ignored one), and
+# they are unblocked where one can be acted on: by the task's process at the end of its
+# set-up, and by a sandbox's relay and init once they pass them on.
+HELD_ACROSS_FORK = frozenset(int(s) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT))
+_SIG_UNBLOCK = int(signal.SIG_UNBLOCK)
 _RESET_SIGNALS = tuple(  # what the zygote (or Python) ignores or handles, as a task finds it by default
     int(s)
     for s in (
@@ -125,6 +134,7 @@ def _confine(
             os.chdir(spec.cwd)
         except OSError as error:
             raise SetupError(f"cannot enter the working directory {spec.cwd!r}: {error.strerror}") from None
+    _signal.pthread_sigmask(_SIG_UNBLOCK, HELD_ACROSS_FORK)  # one that came meanwhile ends it now
 
 
 class SetupError(Exception):
@@ -324,6 +334,7 @@ def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
 
         for signum in _RELAYED:
             _signal.signal(signum, forward)
+        _signal.pthread_sigmask(_SIG_UNBLOCK, HELD_ACROSS_FORK)  # one that came meanwhile goes on now
         status = EXIT_SETUP_FAILED << 8
         while True:
             try:

@@ -72,7 +72,7 @@ def main(control_fd: int | None = None) -> None:
     # What a terminal or a service manager sends the whole process group (^C, a hangup,
     # ^\, systemctl stop) is the supervisor's to handle: killed by it here, this process would
     # leave every tree it forked behind. It ends when the supervisor does, as its socket closes.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+    for signum in _child.HELD_ACROSS_FORK:
         signal.signal(signum, signal.SIG_IGN)
     children: dict[int, socket.socket] = {}  # pid -> its reply socket, for its exit status
     statuses: dict[int, int] = {}  # pid -> the read end its init reports the task's status on
@@ -132,14 +132,18 @@ def _fork(
             status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             _unshare_pid()
         forked_at = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _child.HELD_ACROSS_FORK)  # _child says why
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _child.HELD_ACROSS_FORK)
             if status_r >= 0:
                 _restore_pid_namespace()
             raise
-        if pid and status_r >= 0:
-            _restore_pid_namespace()
+        if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _child.HELD_ACROSS_FORK)  # ignored here, as before
+            if status_r >= 0:
+                _restore_pid_namespace()
     except OSError as error:
         for fd in (*fds[:-1], status_r, status_w):
             if fd >= 0:
