@@ -202,9 +202,11 @@ class CgroupV2:
 
     def read(self, count_processes: bool = True) -> Reading | None:
         try:
+            # The members first: the child moves itself in after the fork, and a reading that
+            # counts it must have read its memory after it moved (cgroup v1 reads the same way).
+            processes = self._procs.read().count(b"\n") if count_processes else 0
             memory = self._memory.number()
             cpu = _keyed(self._cpu.read())
-            processes = self._procs.read().count(b"\n") if count_processes else 0
         except (OSError, ValueError):
             return None
         return Reading(memory, _total_cpu(cpu), processes)

@@ -502,9 +502,10 @@ class ExecutionHandle:
         assert self._confinement is not None
         reading = self._confinement.read()
         self._next_sample = _next_tick(now, self._sample_every)
-        # None: unreadable. No process: the child has not joined its cgroup yet (it moves itself
-        # in after the fork, which a slow host shows), or has just ended: nothing to record.
-        if reading is None or reading.processes == 0:
+        # None: unreadable. No process, or none with a byte charged yet: the child has not
+        # joined its cgroup yet (it moves itself in after the fork, which a slow host shows),
+        # has only just joined, or has just ended: nothing to record.
+        if reading is None or reading.processes == 0 or reading.memory_bytes == 0:
             if self._watch is not None:
                 self._watch.due = self._next_sample
             return

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from policies import Limits
 from runner._cgroup_v2 import CgroupV2, mount_point, own_path, unavailable_reason
+from runner._confinement import CounterFile
 
 
 def _fake_parent(tmp_path: Path) -> Path:
@@ -58,6 +59,38 @@ def test_readings_come_from_the_v2_files(tmp_path: Path) -> None:
     assert group.kill_all() is False  # no cgroup.kill file: the caller falls back to a loop
     (directory / "cgroup.kill").write_text("")
     assert group.kill_all() is True and (directory / "cgroup.kill").read_text() == "1"
+
+
+def test_a_child_joining_between_two_reads_is_not_counted_without_its_memory(tmp_path: Path) -> None:
+    """The child moves itself into its cgroup after the fork. A reading that took memory.current
+    before that move and cgroup.procs after it counted a process with 0 bytes charged: a
+    timeline point the cgroup v2 lane saw on its slow VM. The stand-in kernel here moves the
+    child in just after the first file is read, whichever that is."""
+    parent = _fake_parent(tmp_path)
+    group = CgroupV2("exec-3", Limits(), parent=str(parent))
+    directory = parent / "exec-3"
+    (directory / "memory.current").write_text("0\n")
+    (directory / "cpu.stat").write_text("usage_usec 0\n")
+    (directory / "cgroup.procs").write_text("")
+    moved: list[str] = []
+
+    class MovesTheChildInOnceRead(CounterFile):
+        __slots__ = ()
+
+        def read(self) -> bytes:
+            data = super().read()
+            if not moved:
+                moved.append(self.path)
+                (directory / "cgroup.procs").write_text("4242\n")
+                (directory / "memory.current").write_text("65536\n")
+            return data
+
+    group._memory, group._cpu, group._procs = (
+        MovesTheChildInOnceRead(counter.path) for counter in (group._memory, group._cpu, group._procs)
+    )
+    reading = group.read()
+    assert reading is not None and moved
+    assert reading.processes == 0 or reading.memory_bytes > 0, (moved, reading)
 
 
 def test_unavailable_reason_names_missing_controllers(tmp_path: Path) -> None:
