@@ -41,15 +41,25 @@ def test_limits_are_written_to_the_v2_files(tmp_path: Path) -> None:
     assert group.procs_files() == [str(directory / "cgroup.procs")]
 
 
-def test_readings_come_from_the_v2_files(tmp_path: Path) -> None:
+def _fake_group(tmp_path: Path, name: str, files: dict[str, str]) -> tuple[CgroupV2, Path]:
+    """A group under the stand-in parent, and its directory, with ``files`` as the kernel would
+    show them."""
     parent = _fake_parent(tmp_path)
-    group = CgroupV2("exec-2", Limits(), parent=str(parent))
-    directory = parent / "exec-2"
-    (directory / "memory.current").write_text("1048576\n")
-    (directory / "memory.peak").write_text("5242880\n")
-    (directory / "cpu.stat").write_text("usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\n")
-    (directory / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
-    (directory / "cgroup.procs").write_text("")
+    group = CgroupV2(name, Limits(), parent=str(parent))
+    for file, text in files.items():
+        (parent / name / file).write_text(text)
+    return group, parent / name
+
+
+def test_readings_come_from_the_v2_files(tmp_path: Path) -> None:
+    files = {
+        "memory.current": "1048576\n",
+        "memory.peak": "5242880\n",
+        "cpu.stat": "usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\n",
+        "memory.events": "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        "cgroup.procs": "",
+    }
+    group, directory = _fake_group(tmp_path, "exec-2", files)
     reading = group.read()
     assert reading is not None
     assert (reading.memory_bytes, reading.cpu_seconds) == (1 << 20, 3.0)
@@ -66,12 +76,8 @@ def test_a_child_joining_between_two_reads_is_not_counted_without_its_memory(tmp
     before that move and cgroup.procs after it counted a process with 0 bytes charged: a
     timeline point the cgroup v2 lane saw on its slow VM. The stand-in kernel here moves the
     child in just after the first file is read, whichever that is."""
-    parent = _fake_parent(tmp_path)
-    group = CgroupV2("exec-3", Limits(), parent=str(parent))
-    directory = parent / "exec-3"
-    (directory / "memory.current").write_text("0\n")
-    (directory / "cpu.stat").write_text("usage_usec 0\n")
-    (directory / "cgroup.procs").write_text("")
+    files = {"memory.current": "0\n", "cpu.stat": "usage_usec 0\n", "cgroup.procs": ""}
+    group, directory = _fake_group(tmp_path, "exec-3", files)
     moved: list[str] = []
 
     class MovesTheChildInOnceRead(CounterFile):
