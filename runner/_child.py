@@ -49,7 +49,7 @@ _SIGKILL = int(signal.SIGKILL)
 # they are unblocked where one can be acted on: by the task's process at the end of its
 # set-up, and by a sandbox's relay and init once they pass them on.
 HELD_ACROSS_FORK = frozenset(int(s) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT))
-_SIG_UNBLOCK = int(signal.SIG_UNBLOCK)
+_SIG_BLOCK, _SIG_UNBLOCK = int(signal.SIG_BLOCK), int(signal.SIG_UNBLOCK)
 _RESET_SIGNALS = tuple(  # what the zygote (or Python) ignores or handles, as a task finds it by default
     int(s)
     for s in (
@@ -60,6 +60,16 @@ _RESET_SIGNALS = tuple(  # what the zygote (or Python) ignores or handles, as a 
 _SIG_DFL = int(signal.SIG_DFL)
 _F_DUPFD = fcntl.F_DUPFD
 _RLIMIT_NOFILE = resource.RLIMIT_NOFILE
+
+
+def hold_stop_signals() -> None:
+    """Block ``HELD_ACROSS_FORK``: one sent from now on stays pending (the zygote, as it forks)."""
+    _signal.pthread_sigmask(_SIG_BLOCK, HELD_ACROSS_FORK)
+
+
+def release_stop_signals() -> None:
+    """Unblock them: one that is pending is acted on now, as this process's disposition says."""
+    _signal.pthread_sigmask(_SIG_UNBLOCK, HELD_ACROSS_FORK)
 
 
 def _kernel_setting(path: str, default: int) -> int:
@@ -134,7 +144,7 @@ def _confine(
             os.chdir(spec.cwd)
         except OSError as error:
             raise SetupError(f"cannot enter the working directory {spec.cwd!r}: {error.strerror}") from None
-    _signal.pthread_sigmask(_SIG_UNBLOCK, HELD_ACROSS_FORK)  # one that came meanwhile ends it now
+    release_stop_signals()  # one that came meanwhile ends it now
 
 
 class SetupError(Exception):
@@ -334,7 +344,7 @@ def _relay(pid: int, *, keep: int, pid_one: bool) -> None:
 
         for signum in _RELAYED:
             _signal.signal(signum, forward)
-        _signal.pthread_sigmask(_SIG_UNBLOCK, HELD_ACROSS_FORK)  # one that came meanwhile goes on now
+        release_stop_signals()  # one that came meanwhile goes on now
         status = EXIT_SETUP_FAILED << 8
         while True:
             try:

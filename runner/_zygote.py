@@ -132,18 +132,15 @@ def _fork(
             status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             _unshare_pid()
         forked_at = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _child.HELD_ACROSS_FORK)  # _child says why
+        _child.hold_stop_signals()  # _child.HELD_ACROSS_FORK says why
+        pid = -1  # if the fork fails
         try:
             pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _child.HELD_ACROSS_FORK)
-            if status_r >= 0:
-                _restore_pid_namespace()
-            raise
-        if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _child.HELD_ACROSS_FORK)  # ignored here, as before
-            if status_r >= 0:
-                _restore_pid_namespace()
+        finally:
+            if pid:  # this process, forked or not: here they are ignored again (the child unblocks its own)
+                _child.release_stop_signals()
+                if status_r >= 0:
+                    _restore_pid_namespace()
     except OSError as error:
         for fd in (*fds[:-1], status_r, status_w):
             if fd >= 0:

@@ -31,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
     While the parsers are built, their formatter has a fixed width: argparse formats every
     argument as it is added, to check it, and measuring the terminal imports ``shutil`` (and
-    with it bz2 and lzma), about 3% of a ``governor run``'s start. ``_parser`` gives each the
-    measuring formatter back, for the usage and help that people read."""
+    with it bz2 and lzma), a few milliseconds of every ``governor run``. ``_parser`` gives each
+    the measuring formatter back, for the usage and help that people read."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _unmeasured_formatter)
